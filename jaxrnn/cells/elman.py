@@ -1,0 +1,170 @@
+"""The Elman RNN of the seed document: S(t) = act([S(t-1), X(t)] U + B), O(t) = S(t) V + c."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import base
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+class ElmanParams(NamedTuple):
+  """Parameters of `jaxrnn.elman`; ``x @ w_ih`` layout (PyTorch's weights transposed).
+
+  Attributes:
+    w_ih: ``(input_size, hidden_size)``, the seed's last ``x`` rows of ``U``.
+    w_hh: ``(hidden_size, hidden_size)``, the seed's first ``n`` rows of ``U``.
+    b: ``(hidden_size,)`` or None, the seed's ``B`` (PyTorch's ``b_ih + b_hh``).
+    w_out: ``(hidden_size, output_size)`` or None, the seed's readout ``V``.
+    b_out: ``(output_size,)`` or None, the readout bias ``c``.
+  """
+
+  w_ih: jax.Array
+  w_hh: jax.Array
+  b: jax.Array | None = None
+  w_out: jax.Array | None = None
+  b_out: jax.Array | None = None
+
+  @property
+  def input_size(self) -> int:
+    return self.w_ih.shape[-2]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_hh.shape[-1]
+
+  @classmethod
+  def from_concatenated(cls, u, b=None, v=None, c=None) -> ElmanParams:
+    """Builds params from the seed's concatenated ``U`` of shape ``(n + x, n)``.
+
+    The state comes first: ``[S(t-1), X(t)] @ U``, so ``U[:n]`` is the recurrent
+    matrix and ``U[n:]`` the input matrix.
+
+    Args:
+      u: ``(n + x, n)``.
+      b: ``(n,)`` or None.
+      v: ``(n, o)`` readout or None.
+      c: ``(o,)`` readout bias or None.
+
+    Returns:
+      `ElmanParams`.
+
+    Raises:
+      ValueError: if ``u`` is not ``(n + x, n)`` with ``x >= 1`` or the others disagree.
+
+    Example:
+      >>> p = ElmanParams.from_concatenated(jnp.ones((3, 2)), jnp.zeros(2))
+      >>> p.w_hh.shape, p.w_ih.shape
+      ((2, 2), (1, 2))
+    """
+    u = jnp.asarray(u)
+    if u.ndim != 2 or u.shape[0] <= u.shape[1]:
+      raise ValueError(f"u has shape {u.shape}; expected (n + x, n) with x >= 1.")
+    n = u.shape[1]
+    if b is not None and jnp.shape(b) != (n,):
+      raise ValueError(f"b has shape {jnp.shape(b)}; expected ({n},).")
+    if v is not None and (jnp.ndim(v) != 2 or jnp.shape(v)[0] != n):
+      raise ValueError(f"v has shape {jnp.shape(v)}; expected ({n}, output_size).")
+    if c is not None and v is None:
+      raise ValueError("c (readout bias) was given without v (readout).")
+    if c is not None and jnp.shape(c) != (jnp.shape(v)[1],):
+      raise ValueError(f"c has shape {jnp.shape(c)}; expected ({jnp.shape(v)[1]},).")
+    as_arr = lambda a: None if a is None else jnp.asarray(a, u.dtype)  # noqa: E731
+    return cls(w_ih=u[n:], w_hh=u[:n], b=as_arr(b), w_out=as_arr(v), b_out=as_arr(c))
+
+  def concatenated(self) -> jax.Array:
+    """The seed's ``U = [[w_hh], [w_ih]]`` of shape ``(n + x, n)``."""
+    return jnp.concatenate([self.w_hh, self.w_ih], axis=-2)
+
+
+def elman(
+  hidden_size: int,
+  *,
+  activation: str = "tanh",
+  output_size: int | None = None,
+  use_bias: bool = True,
+  recurrent_init: str = "uniform",
+  dtype: Any = jnp.float32,
+) -> base.Cell:
+  """The Elman RNN cell of the seed document.
+
+  ``h' = act(x @ w_ih + h @ w_hh + b)``; the output is ``h'``, or
+  ``h' @ w_out + b_out`` when ``output_size`` is given (the seed's readout V).
+  With ``activation="tanh"`` and no readout this is ``torch.nn.RNNCell``.
+
+  Args:
+    hidden_size: H, the state size (the seed's n).
+    activation: ``"tanh"`` or ``"relu"``.
+    output_size: size of the optional linear readout; None means ``y = h``.
+    use_bias: whether ``b`` (and ``b_out``) exist; PyTorch's ``bias=False``.
+    recurrent_init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H))),
+      ``"orthogonal"`` or ``"identity"`` (IRNN: identity ``w_hh``, zero bias,
+      N(0, 0.001^2) input weights, Le et al. 2015).
+    dtype: dtype of the parameters made by ``init``.
+
+  Returns:
+    A `Cell` with carry `HiddenCarry(h)`, ``h`` of shape ``(*batch, H)``.
+
+  Raises:
+    ValueError: for a non-positive size or an unknown activation or initialiser.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.elman(hidden_size=4, output_size=2)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry = cell.initial_carry(params, batch_shape=(5,))
+    >>> carry, y = cell.step(params, carry, jnp.ones((5, 3)))
+    >>> carry.h.shape, y.shape
+    ((5, 4), (5, 2))
+  """
+  base.check_positive("hidden_size", hidden_size)
+  base.check_positive("output_size", output_size, allow_none=True)
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}.")
+  base.check_recurrent_init(recurrent_init)
+  act = ACTIVATIONS[activation]
+  scale = base.hidden_scale(hidden_size)
+
+  def init(key, input_size):
+    base.check_input_size(input_size)
+    k_ih, k_hh, k_b, k_out, k_bout = jax.random.split(key, 5)
+    if recurrent_init == "identity":
+      w_ih = 0.001 * jax.random.normal(k_ih, (input_size, hidden_size), dtype)
+    else:
+      w_ih = base.uniform(k_ih, (input_size, hidden_size), scale, dtype)
+    w_hh = base.recurrent_matrix(k_hh, recurrent_init, hidden_size, hidden_size, 1, scale, dtype)
+    b = None
+    if use_bias:
+      b = (
+        base.uniform(k_b, (hidden_size,), scale, dtype)
+        if recurrent_init == "uniform"
+        else jnp.zeros((hidden_size,), dtype)
+      )
+    w_out = b_out = None
+    if output_size is not None:
+      w_out = base.uniform(k_out, (hidden_size, output_size), scale, dtype)
+      b_out = base.uniform(k_bout, (output_size,), scale, dtype) if use_bias else None
+    return ElmanParams(w_ih, w_hh, b, w_out, b_out)
+
+  def initial_carry(params, batch_shape=()):
+    shape = base.as_batch_shape(batch_shape) + (params.w_hh.shape[-1],)
+    return base.HiddenCarry(jnp.zeros(shape, params.w_hh.dtype))
+
+  def step(params, carry, x):
+    base.check_step_input("elman", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
+    h = act(base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b))
+    y = h if params.w_out is None else base.add_bias(h @ params.w_out, params.b_out)
+    return base.HiddenCarry(h), y
+
+  config = dict(
+    hidden_size=hidden_size,
+    activation=activation,
+    output_size=output_size,
+    use_bias=use_bias,
+    recurrent_init=recurrent_init,
+  )
+  return base.Cell(init, initial_carry, step, "elman", tuple(sorted(config.items())))

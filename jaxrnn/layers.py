@@ -1,0 +1,341 @@
+"""Sequence models: a cell over time, bidirectional pairs, stacks with dropout between layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import cells
+from jaxrnn.cells.base import PyTree
+from jaxrnn.scan import scan
+
+CELL_FACTORIES = {"elman": cells.elman, "lstm": cells.lstm, "gru": cells.gru}
+
+
+class SequenceModel(NamedTuple):
+  """A whole-sequence model as a bundle of pure functions.
+
+  Attributes:
+    init: ``init(key, input_size) -> params``.
+    apply: ``apply(params, xs, carry=None, *, seq_lengths=None, key=None,
+      deterministic=False) -> (carry, ys)``. ``key`` and ``deterministic``
+      matter only to models with dropout.
+    initial_carry: ``initial_carry(params, batch_shape=()) -> carry``.
+    name: ``"recurrent"``, ``"bidirectional"`` or ``"stack"``.
+    config: static configuration as sorted ``(name, value)`` pairs.
+  """
+
+  init: Callable[..., PyTree]
+  apply: Callable[..., tuple[PyTree, jax.Array]]
+  initial_carry: Callable[..., PyTree]
+  name: str = "custom"
+  config: tuple[tuple[str, Any], ...] = ()
+
+
+class BidirectionalParams(NamedTuple):
+  """Parameters of a `bidirectional` layer."""
+
+  forward: PyTree
+  backward: PyTree
+
+
+class BidirectionalCarry(NamedTuple):
+  """Carry of a `bidirectional` layer: each direction's own carry."""
+
+  forward: PyTree
+  backward: PyTree
+
+
+def _time_major(model: SequenceModel) -> bool:
+  return bool(dict(model.config).get("time_major", False))
+
+
+def recurrent(
+  cell: cells.Cell, *, reverse: bool = False, time_major: bool = False, unroll: int | bool = 1
+) -> SequenceModel:
+  """A cell over time as a sequence model; ``apply`` is `jaxrnn.scan`.
+
+  Args:
+    cell: a `Cell`.
+    reverse: read each sequence's valid part backwards (see `jaxrnn.scan`).
+    time_major: ``xs`` is ``(T, *batch, I)`` instead of ``(*batch, T, I)``.
+    unroll: passed to `jax.lax.scan`.
+
+  Returns:
+    A `SequenceModel` whose params and carry are the cell's.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> model = jaxrnn.recurrent(jaxrnn.gru(8))
+    >>> params = model.init(jax.random.key(0), input_size=3)
+    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape
+    (2, 5, 8)
+  """
+  if not isinstance(cell, cells.Cell):
+    raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
+
+  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+    del key, deterministic  # no randomness in a single recurrent layer
+    return scan(
+      cell,
+      params,
+      xs,
+      carry,
+      seq_lengths=seq_lengths,
+      reverse=reverse,
+      time_major=time_major,
+      unroll=unroll,
+    )
+
+  config = dict(
+    cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major, unroll=unroll
+  )
+  return SequenceModel(
+    cell.init, apply, cell.initial_carry, "recurrent", tuple(sorted(config.items()))
+  )
+
+
+def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceModel:
+  """Runs two sequence models on the same input and concatenates their outputs.
+
+  The ``backward`` model should read in reverse (``recurrent(cell, reverse=True)``);
+  its outputs are already aligned in time with the forward ones, on padded
+  batches too, so ``ys[..., t, :]`` is ``[forward_t, backward_t]``.
+
+  Args:
+    forward: a `SequenceModel`.
+    backward: a `SequenceModel` with the same ``time_major``.
+
+  Returns:
+    A `SequenceModel` with `BidirectionalParams` and `BidirectionalCarry`,
+    outputs ``(..., F_forward + F_backward)``.
+
+  Raises:
+    ValueError: if the two disagree on ``time_major``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.lstm(4)
+    >>> model = jaxrnn.bidirectional(
+    ...     jaxrnn.recurrent(cell), jaxrnn.recurrent(cell, reverse=True))
+    >>> params = model.init(jax.random.key(0), input_size=3)
+    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, carry.backward.c.shape
+    ((2, 5, 8), (2, 4))
+  """
+  for m in (forward, backward):
+    if not isinstance(m, SequenceModel):
+      raise ValueError(f"expected a jaxrnn.SequenceModel, got {type(m).__name__}.")
+  if _time_major(forward) != _time_major(backward):
+    raise ValueError(
+      f"forward has time_major={_time_major(forward)} but backward has "
+      f"time_major={_time_major(backward)}; they must agree."
+    )
+
+  def init(key, input_size):
+    k_f, k_b = jax.random.split(key)
+    return BidirectionalParams(forward.init(k_f, input_size), backward.init(k_b, input_size))
+
+  def initial_carry(params, batch_shape=()):
+    return BidirectionalCarry(
+      forward.initial_carry(params.forward, batch_shape),
+      backward.initial_carry(params.backward, batch_shape),
+    )
+
+  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+    if carry is None:
+      carry = BidirectionalCarry(None, None)
+    k_f = k_b = None
+    if key is not None:
+      k_f, k_b = jax.random.split(key)
+    kw = dict(seq_lengths=seq_lengths, deterministic=deterministic)
+    c_f, y_f = forward.apply(params.forward, xs, carry.forward, key=k_f, **kw)
+    c_b, y_b = backward.apply(params.backward, xs, carry.backward, key=k_b, **kw)
+    return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
+
+  config = dict(
+    forward=(forward.name, forward.config),
+    backward=(backward.name, backward.config),
+    time_major=_time_major(forward),
+  )
+  return SequenceModel(init, apply, initial_carry, "bidirectional", tuple(sorted(config.items())))
+
+
+_bidirectional = bidirectional  # rnn_layers' keyword of the same name shadows it
+
+
+def _output_size(model: SequenceModel, params: PyTree, input_size: int) -> int:
+  """The feature size of ``model``'s outputs, found abstractly (no FLOPs)."""
+  leaves = jax.tree.leaves(params)
+  dtype = leaves[0].dtype if leaves else jnp.float32
+  probe = jax.ShapeDtypeStruct((1, input_size), dtype)
+  out = jax.eval_shape(lambda p, x: model.apply(p, x, deterministic=True)[1], params, probe)
+  return int(out.shape[-1])
+
+
+def dropout(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
+  """Inverted dropout: zeroes each entry with probability ``rate``, scales the rest."""
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> SequenceModel:
+  """Layers applied in turn, each reading the previous one's outputs.
+
+  Dropout (as in ``torch.nn.LSTM(dropout=...)``) is applied to the outputs of
+  every layer but the last, with an explicit ``key``. ``apply(...,
+  deterministic=True)`` turns it off for evaluation; with ``dropout_rate > 0``
+  and ``deterministic=False`` a ``key`` is required.
+
+  Args:
+    layers: one or more `SequenceModel` with the same ``time_major``.
+    dropout_rate: probability in ``[0, 1)`` of zeroing an output between layers.
+
+  Returns:
+    A `SequenceModel` whose params and carry are tuples with one entry per layer.
+
+  Raises:
+    ValueError: for no layers, a rate outside ``[0, 1)``, mixed layouts, or a
+      missing key when dropout is active.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> model = jaxrnn.stack([jaxrnn.recurrent(jaxrnn.lstm(8)),
+    ...                       jaxrnn.recurrent(jaxrnn.gru(4))], dropout_rate=0.5)
+    >>> params = model.init(jax.random.key(0), input_size=3)
+    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)), key=jax.random.key(1))
+    >>> ys.shape, len(carry)
+    ((2, 5, 4), 2)
+  """
+  layers = tuple(layers)
+  if not layers:
+    raise ValueError("stack needs at least one layer, got none.")
+  for m in layers:
+    if not isinstance(m, SequenceModel):
+      raise ValueError(f"expected a jaxrnn.SequenceModel, got {type(m).__name__}.")
+  if not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate={dropout_rate!r}: expected a number in [0, 1).")
+  layouts = {_time_major(m) for m in layers}
+  if len(layouts) > 1:
+    raise ValueError("the layers of a stack disagree on time_major.")
+
+  def init(key, input_size):
+    cells.base.check_input_size(input_size)
+    params = []
+    for model, k in zip(layers, jax.random.split(key, len(layers)), strict=True):
+      p = model.init(k, input_size)
+      params.append(p)
+      input_size = _output_size(model, p, input_size)
+    return tuple(params)
+
+  def initial_carry(params, batch_shape=()):
+    _check_num_layers(params)
+    return tuple(m.initial_carry(p, batch_shape) for m, p in zip(layers, params, strict=True))
+
+  def _check_num_layers(params):
+    if not isinstance(params, tuple | list) or len(params) != len(layers):
+      got = len(params) if isinstance(params, tuple | list) else type(params).__name__
+      raise ValueError(f"params has {got} layers; this stack has {len(layers)}.")
+
+  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+    _check_num_layers(params)
+    if carry is None:
+      carry = (None,) * len(layers)
+    elif not isinstance(carry, tuple | list) or len(carry) != len(layers):
+      raise ValueError(f"carry must be a tuple of {len(layers)} per-layer carries.")
+    active = dropout_rate > 0.0 and not deterministic and len(layers) > 1
+    if active and key is None:
+      raise ValueError(
+        f"dropout_rate={dropout_rate} needs a key: pass key=... to train, or "
+        "deterministic=True to evaluate without dropout."
+      )
+    keys = jax.random.split(key, 2 * len(layers)) if key is not None else [None] * 2 * len(layers)
+    new_carry = []
+    for i, (model, p, c) in enumerate(zip(layers, params, carry, strict=True)):
+      c, xs = model.apply(
+        p, xs, c, seq_lengths=seq_lengths, key=keys[2 * i], deterministic=deterministic
+      )
+      new_carry.append(c)
+      if active and i < len(layers) - 1:
+        xs = dropout(keys[2 * i + 1], dropout_rate, xs)
+    return tuple(new_carry), xs
+
+  config = dict(
+    layers=tuple((m.name, m.config) for m in layers),
+    dropout_rate=dropout_rate,
+    time_major=layouts.pop(),
+  )
+  return SequenceModel(init, apply, initial_carry, "stack", tuple(sorted(config.items())))
+
+
+def rnn_layers(
+  kind: str,
+  hidden_size: int,
+  *,
+  num_layers: int = 1,
+  bidirectional: bool = False,
+  dropout_rate: float = 0.0,
+  time_major: bool = False,
+  unroll: int | bool = 1,
+  **cell_kwargs: Any,
+) -> SequenceModel:
+  """The torch-like convenience: ``torch.nn.LSTM(...)`` as a jaxrnn `stack`.
+
+  Args:
+    kind: ``"elman"``, ``"lstm"`` or ``"gru"``.
+    hidden_size: H of every layer.
+    num_layers: how many layers to stack.
+    bidirectional: each layer is a forward and a reverse pass, concatenated.
+    dropout_rate: dropout between layers (see `stack`).
+    time_major: ``xs`` is ``(T, *batch, I)`` (PyTorch's ``batch_first=False``).
+    unroll: passed to `jax.lax.scan`.
+    **cell_kwargs: passed to the cell factory (``activation``, ``proj_size``,
+      ``use_bias``, ``forget_bias``, ``recurrent_init``, ``dtype``...).
+
+  Returns:
+    A `SequenceModel` (a `stack`): params and carry are tuples over layers,
+    each layer's a cell's or, if bidirectional, a `BidirectionalParams` /
+    `BidirectionalCarry`.
+
+  Raises:
+    ValueError: for an unknown ``kind`` or a bad size.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> model = jaxrnn.rnn_layers("lstm", 16, num_layers=2, bidirectional=True,
+    ...                           proj_size=8, dropout_rate=0.1)
+    >>> params = model.init(jax.random.key(0), input_size=3)
+    >>> xs = jnp.ones((4, 10, 3))
+    >>> carry, ys = model.apply(params, xs, seq_lengths=jnp.array([10, 7, 3, 0]),
+    ...                         deterministic=True)
+    >>> ys.shape, carry[1].forward.h.shape, carry[1].forward.c.shape
+    ((4, 10, 16), (4, 8), (4, 16))
+  """
+  if kind not in CELL_FACTORIES:
+    raise ValueError(f"kind={kind!r} is not one of {tuple(CELL_FACTORIES)}.")
+  cells.base.check_positive("num_layers", num_layers)
+  cell = CELL_FACTORIES[kind](hidden_size, **cell_kwargs)
+  models = []
+  for _ in range(num_layers):
+    fwd = recurrent(cell, time_major=time_major, unroll=unroll)
+    if bidirectional:
+      bwd = recurrent(cell, reverse=True, time_major=time_major, unroll=unroll)
+      models.append(_bidirectional(fwd, bwd))
+    else:
+      models.append(fwd)
+  model = stack(models, dropout_rate=dropout_rate)
+  config = dict(
+    kind=kind,
+    hidden_size=hidden_size,
+    num_layers=num_layers,
+    bidirectional=bidirectional,
+    dropout_rate=dropout_rate,
+    time_major=time_major,
+    unroll=unroll,
+    cell_config=cell.config,
+  )
+  return model._replace(name="rnn_layers", config=tuple(sorted(config.items())))

@@ -1,0 +1,169 @@
+"""Unrolling a cell over time with `lax.scan`: masks for variable lengths, reverse, unroll."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxrnn.cells.base import Cell, PyTree
+
+
+def _batch_and_time(xs: jax.Array, time_major: bool) -> tuple[tuple[int, ...], int]:
+  if xs.ndim < 2:
+    layout = "(T, *batch, input_size)" if time_major else "(*batch, T, input_size)"
+    raise ValueError(f"xs has shape {xs.shape} (rank {xs.ndim}); expected rank >= 2, {layout}.")
+  if time_major:
+    return tuple(xs.shape[1:-1]), xs.shape[0]
+  return tuple(xs.shape[:-2]), xs.shape[-2]
+
+
+def check_seq_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], length: int) -> jax.Array:
+  """Validates ``seq_lengths`` eagerly; returns it as an integer array.
+
+  Static properties (dtype, shape) are always checked. Values are checked
+  when they are concrete (not traced): ``0 <= seq_lengths <= T``. Under
+  `jax.jit` values cannot be seen, and they are clamped to ``[0, T]`` instead.
+  """
+  if isinstance(seq_lengths, jax.core.Tracer):
+    arr = seq_lengths
+  else:
+    arr = np.asarray(seq_lengths) if not isinstance(seq_lengths, jax.Array) else seq_lengths
+  if not jnp.issubdtype(arr.dtype, jnp.integer):
+    raise ValueError(
+      f"seq_lengths has dtype {arr.dtype}; expected an integer dtype (lengths count time steps)."
+    )
+  if tuple(arr.shape) != batch_shape:
+    raise ValueError(
+      f"seq_lengths has shape {tuple(arr.shape)}; expected the batch shape of xs, {batch_shape}."
+    )
+  if not isinstance(arr, jax.core.Tracer):
+    host = np.asarray(arr)
+    if host.size and (host.min() < 0 or host.max() > length):
+      raise ValueError(
+        f"seq_lengths must lie in [0, T={length}]; got values from {host.min()} to {host.max()}."
+      )
+  return jnp.asarray(arr)
+
+
+def check_carry(carry: PyTree, batch_shape: tuple[int, ...]) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(carry):
+    shape = tuple(jnp.shape(leaf))
+    if shape[:-1] != batch_shape:
+      name = "carry" + jax.tree_util.keystr(path)
+      raise ValueError(
+        f"{name} has shape {shape}; expected (*batch, features) with the batch shape of xs, "
+        f"{batch_shape}."
+      )
+
+
+def check_input_size(params: PyTree, xs: jax.Array) -> None:
+  expected = getattr(params, "input_size", None)
+  if isinstance(expected, int) and xs.shape[-1] != expected:
+    raise ValueError(
+      f"xs has {xs.shape[-1]} features (shape {xs.shape}), but the params expect "
+      f"input_size={expected}."
+    )
+
+
+def _expand_to(mask: jax.Array, leaf: jax.Array) -> jax.Array:
+  return jnp.reshape(mask, mask.shape + (1,) * (leaf.ndim - mask.ndim))
+
+
+def scan(
+  cell: Cell,
+  params: PyTree,
+  xs: jax.Array,
+  carry: PyTree | None = None,
+  *,
+  seq_lengths: jax.Array | None = None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int | bool = 1,
+) -> tuple[PyTree, jax.Array]:
+  """Runs ``cell.step`` over the time axis of ``xs`` with `jax.lax.scan`.
+
+  Variable lengths: at time ``t`` row ``b`` is updated only if
+  ``t < seq_lengths[b]``. Past its length a row's carry is frozen and its
+  outputs are zero, so the returned carry is the one after the row's last valid
+  step, and a length of 0 returns the initial carry. With ``reverse=True`` each
+  row's valid part is read backwards (from ``seq_lengths[b] - 1`` down to 0)
+  and padding stays at the end; outputs stay aligned with the inputs in time.
+  This is what `torch.nn.utils.rnn.pack_padded_sequence` computes.
+
+  Args:
+    cell: a `Cell`.
+    params: the cell's parameters.
+    xs: ``(*batch, T, input_size)``, or ``(T, *batch, input_size)`` if
+      ``time_major``. ``batch`` may be empty.
+    carry: the initial carry, leaves ``(*batch, ...)``; zeros if None.
+    seq_lengths: integer ``(*batch,)`` or None (all rows have length T).
+      Values are checked to lie in ``[0, T]`` when concrete; under `jax.jit`
+      they cannot be checked and are effectively clamped to ``[0, T]``.
+    reverse: run from the end of each (valid part of the) sequence.
+    time_major: layout of ``xs`` and of the returned ``ys``.
+    unroll: passed to `jax.lax.scan`.
+
+  Returns:
+    ``(carry, ys)``: the final carry and the outputs, ``(*batch, T, output_size)``
+    (or ``(T, *batch, output_size)`` if ``time_major``).
+
+  Raises:
+    ValueError: wrong rank of ``xs``; input size not matching ``params``;
+      batch shape of ``carry`` or ``seq_lengths`` not matching ``xs``;
+      non-integer or out-of-range ``seq_lengths``; a bad ``unroll``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.lstm(hidden_size=8)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> xs = jnp.ones((2, 5, 3))                     # (batch, time, features)
+    >>> carry, ys = jaxrnn.scan(cell, params, xs, seq_lengths=jnp.array([5, 2]))
+    >>> ys.shape, carry.h.shape
+    ((2, 5, 8), (2, 8))
+    >>> bool((ys[1, 2:] == 0).all())                  # padding gives zeros
+    True
+  """
+  if not isinstance(cell, Cell):
+    raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
+  if isinstance(unroll, bool):
+    pass
+  elif not isinstance(unroll, int) or unroll < 1:
+    raise ValueError(f"unroll={unroll!r}: expected a positive int or a bool.")
+  xs = jnp.asarray(xs) if not isinstance(xs, jax.Array | jax.core.Tracer) else xs
+  batch_shape, length = _batch_and_time(xs, time_major)
+  check_input_size(params, xs)
+  if carry is None:
+    carry = cell.initial_carry(params, batch_shape)
+  else:
+    check_carry(carry, batch_shape)
+  if seq_lengths is not None:
+    seq_lengths = check_seq_lengths(seq_lengths, batch_shape, length)
+
+  xs_t = xs if time_major else jnp.moveaxis(xs, -2, 0)
+
+  if seq_lengths is None:
+
+    def body(c, x):
+      return cell.step(params, c, x)
+
+    carry, ys = lax.scan(body, carry, xs_t, reverse=reverse, unroll=unroll)
+  else:
+    times = jnp.arange(length, dtype=seq_lengths.dtype)
+
+    def body(c, inputs):
+      x, t = inputs
+      new_c, y = cell.step(params, c, x)
+      valid = t < seq_lengths
+      new_c = jax.tree.map(lambda n, o: jnp.where(_expand_to(valid, n), n, o), new_c, c)
+      y = jax.tree.map(lambda v: jnp.where(_expand_to(valid, v), v, jnp.zeros_like(v)), y)
+      return new_c, y
+
+    carry, ys = lax.scan(body, carry, (xs_t, times), reverse=reverse, unroll=unroll)
+
+  if not time_major:
+    ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
+  return carry, ys
