@@ -1,0 +1,178 @@
+"""`jaxrnn.scan` against a Python loop of `step`, one sequence at a time."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxrnn
+
+CELLS = {
+  "elman": jaxrnn.elman(5, output_size=3),
+  "lstm": jaxrnn.lstm(5, proj_size=3),
+  "gru": jaxrnn.gru(5),
+}
+I = 4
+
+
+def loop_reference(cell, params, xs, lengths, reverse, carry0=None):
+  """One row at a time: run `step` over the valid part only, in the given direction."""
+  B, T, _ = xs.shape
+  ys_all, carries = [], []
+  for b in range(B):
+    c = cell.initial_carry(params) if carry0 is None else jax.tree.map(lambda a: a[b], carry0)
+    n = int(lengths[b])
+    order = range(n - 1, -1, -1) if reverse else range(n)
+    ys = [None] * T
+    for t in order:
+      c, ys[t] = cell.step(params, c, xs[b, t])
+    width = cell.step(params, c, xs[b, 0])[1].shape[-1]
+    ys = [jnp.zeros(width) if y is None else y for y in ys]
+    ys_all.append(jnp.stack(ys))
+    carries.append(c)
+  return jax.tree.map(lambda *a: jnp.stack(a), *carries), jnp.stack(ys_all)
+
+
+def _data(cell, B=4, T=7, seed=0):
+  params = cell.init(jax.random.key(seed), I)
+  xs = jax.random.normal(jax.random.key(seed + 1), (B, T, I))
+  return params, xs
+
+
+def assert_tree_close(a, b, atol=1e-6):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=atol, rtol=1e-6), a, b)
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_scan_equals_python_loop(name, reverse, masked):
+  cell = CELLS[name]
+  params, xs = _data(cell)
+  lengths = np.array([7, 3, 0, 5]) if masked else np.full(4, 7)
+  carry0 = jax.tree.map(
+    lambda a: jax.random.normal(jax.random.key(9), a.shape), cell.initial_carry(params, (4,))
+  )
+  ref_c, ref_y = loop_reference(cell, params, xs, lengths, reverse, carry0)
+  kw = dict(seq_lengths=jnp.asarray(lengths)) if masked else {}
+  c, ys = jaxrnn.scan(cell, params, xs, carry0, reverse=reverse, **kw)
+  assert_tree_close(c, ref_c)
+  assert_tree_close(ys, ref_y)
+  # Length 0 returns the initial carry, and padding gives exact zeros.
+  if masked:
+    assert_tree_close(jax.tree.map(lambda a: a[2], c), jax.tree.map(lambda a: a[2], carry0), 0)
+    assert float(jnp.abs(ys[1, 3:]).max()) == 0.0
+  # The same under jit, time-major and unrolled.
+  jc, jys = jax.jit(
+    lambda p, x, c0: jaxrnn.scan(cell, p, x, c0, reverse=reverse, unroll=3, **kw)
+  )(params, xs, carry0)
+  assert_tree_close(jc, ref_c)
+  assert_tree_close(jys, ref_y)
+  tc, tys = jaxrnn.scan(cell, params, jnp.swapaxes(xs, 0, 1), carry0, reverse=reverse,
+                        time_major=True, **kw)
+  assert_tree_close(tc, ref_c)
+  assert_tree_close(jnp.swapaxes(tys, 0, 1), ref_y)
+
+
+def test_reverse_with_padding_reverses_the_valid_part_only():
+  # An "accumulate" cell makes the order visible: y_t = sum of inputs read so far.
+  def init(key, input_size):
+    return ()
+
+  def initial_carry(params, batch_shape=()):
+    return jaxrnn.HiddenCarry(jnp.zeros(tuple(batch_shape) + (1,)))
+
+  def step(params, carry, x):
+    h = carry.h + x
+    return jaxrnn.HiddenCarry(h), h
+
+  acc = jaxrnn.Cell(init, initial_carry, step)
+  xs = jnp.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 99.0]])[..., None]
+  c, ys = jaxrnn.scan(acc, (), xs, seq_lengths=jnp.array([4, 3]), reverse=True)
+  np.testing.assert_array_equal(ys[..., 0], [[10, 9, 7, 4], [6, 5, 3, 0]])
+  np.testing.assert_array_equal(c.h[:, 0], [10, 6])
+
+
+def test_lengths_beyond_T_are_clamped_under_jit():
+  cell = CELLS["gru"]
+  params, xs = _data(cell)
+  f = jax.jit(lambda L: jaxrnn.scan(cell, params, xs, seq_lengths=L))
+  c_big, y_big = f(jnp.array([100, 7, -3, 7]))
+  c_ref, y_ref = f(jnp.array([7, 7, 0, 7]))
+  assert_tree_close(c_big, c_ref, 0)
+  np.testing.assert_array_equal(y_big, y_ref)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_vmap_over_parameter_sets(name):
+  cell = CELLS[name]
+  keys = jax.random.split(jax.random.key(0), 3)
+  params = jax.vmap(lambda k: cell.init(k, I))(keys)
+  xs = jax.random.normal(jax.random.key(1), (4, 6, I))
+  lengths = jnp.array([6, 2, 0, 4])
+  run = lambda p: jaxrnn.scan(cell, p, xs, seq_lengths=lengths)  # noqa: E731
+  c, ys = jax.jit(jax.vmap(run))(params)
+  for i in range(3):
+    p_i = jax.tree.map(lambda a: a[i], params)
+    ref_c, ref_y = loop_reference(cell, p_i, xs, np.asarray(lengths), False)
+    assert_tree_close(jax.tree.map(lambda a: a[i], c), ref_c)
+    assert_tree_close(ys[i], ref_y)
+
+
+def test_gradients_through_masked_scan():
+  with jax.enable_x64(True):
+    cell = jaxrnn.lstm(3)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(jax.random.key(0), 2))
+    xs = jax.random.normal(jax.random.key(1), (3, 5, 2), jnp.float64)
+    lengths = jnp.array([5, 2, 0])
+
+    def loss(params, xs):
+      c, ys = jaxrnn.scan(cell, params, xs, seq_lengths=lengths, reverse=True)
+      return jnp.sum(ys**2) + jnp.sum(c.c)
+
+    check_grads(loss, (params, xs), order=1, modes=("rev",), eps=1e-4)
+    # Padded inputs have exactly zero gradient.
+    gx = jax.grad(loss, argnums=1)(params, xs)
+    assert float(jnp.abs(gx[1, 2:]).max()) == 0.0 and float(jnp.abs(gx[2]).max()) == 0.0
+
+
+def test_batchless_and_multidim_batch():
+  cell = CELLS["lstm"]
+  params, xs = _data(cell, B=6)
+  c, ys = jaxrnn.scan(cell, params, xs[0])
+  c_ref, ys_ref = jaxrnn.scan(cell, params, xs[:1])
+  np.testing.assert_allclose(ys, ys_ref[0], atol=1e-6)
+  lengths = jnp.array([[7, 1, 3], [0, 7, 2]])
+  c2, ys2 = jaxrnn.scan(cell, params, xs.reshape(2, 3, 7, I), seq_lengths=lengths)
+  c1, ys1 = jaxrnn.scan(cell, params, xs, seq_lengths=lengths.reshape(6))
+  np.testing.assert_allclose(ys2.reshape(ys1.shape), ys1, atol=1e-6)
+  np.testing.assert_allclose(c2.c.reshape(c1.c.shape), c1.c, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
+    (dict(xs=jnp.ones((4,))), r"xs has shape \(4,\) \(rank 1\); expected rank >= 2"),
+    (dict(xs=jnp.ones((2, 7, 5))), r"xs has 5 features .* expect input_size=4"),
+    (dict(carry="wrong-batch"), r"carry.* has shape \(3, 5\); expected .* batch shape of xs, \(2,\)"),
+    (dict(seq_lengths=jnp.array([1.0, 2.0])), r"seq_lengths has dtype float32; expected an integer"),
+    (dict(seq_lengths=jnp.array([1, 2, 3])), r"seq_lengths has shape \(3,\); expected .* \(2,\)"),
+    (dict(seq_lengths=jnp.array([1, 8])), r"seq_lengths must lie in \[0, T=7\]; got .* to 8"),
+    (dict(seq_lengths=np.array([-1, 2])), r"seq_lengths must lie in \[0, T=7\]; got values from -1"),
+    (dict(unroll=0), r"unroll=0: expected a positive int"),
+  ],
+)
+def test_bad_input_raises_before_tracing(kwargs, match):
+  cell = CELLS["gru"]
+  params = cell.init(jax.random.key(0), I)
+  xs = kwargs.pop("xs", jnp.ones((2, 7, I)))
+  if kwargs.get("carry") == "wrong-batch":
+    kwargs["carry"] = cell.initial_carry(params, (3,))
+  with pytest.raises(ValueError, match=match):
+    jaxrnn.scan(cell, params, xs, **kwargs)
+
+
+def test_not_a_cell_raises():
+  with pytest.raises(ValueError, match=r"cell must be a jaxrnn.Cell, got function"):
+    jaxrnn.scan(lambda p, c, x: (c, x), (), jnp.ones((2, 3)))
