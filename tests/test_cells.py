@@ -198,8 +198,10 @@ def test_cells_are_hashable_and_configured():
     (lambda: jaxrnn.lstm(4, proj_size=4), r"proj_size=4 must be smaller than hidden_size=4"),
     (lambda: jaxrnn.gru(4, recurrent_init="xavier"), r"recurrent_init='xavier' is not one of"),
     (lambda: jaxrnn.gru(4).init(jax.random.key(0), 0), r"input_size=0: expected a positive"),
-    (lambda: jaxrnn.lstm(4, proj_size=2, recurrent_init="identity").init(jax.random.key(0), 3),
-     r"identity' needs a square recurrent block"),
+    (
+      lambda: jaxrnn.lstm(4, proj_size=2, recurrent_init="identity").init(jax.random.key(0), 3),
+      r"identity' needs a square recurrent block",
+    ),
   ],
 )
 def test_bad_configuration_raises(make, match):

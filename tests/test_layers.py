@@ -47,9 +47,7 @@ def _run_torch(m, x, lengths, state):
 @pytest.mark.parametrize("padded", [False, True])
 def test_from_torch_matches_module(kind, num_layers, bidir, bias, batch_first, padded, rng):
   torch.manual_seed(0)
-  m = MODULES[kind](
-    num_layers=num_layers, bidirectional=bidir, bias=bias, batch_first=batch_first
-  )
+  m = MODULES[kind](num_layers=num_layers, bidirectional=bidir, bias=bias, batch_first=batch_first)
   model, params = jaxrnn.from_torch(m)
   x = rng.standard_normal((B, T, I)).astype(np.float32)
   lengths = np.array([6, 2, 5, 1]) if padded else None
@@ -198,10 +196,16 @@ def test_stack_initial_carry_matches_apply_default(rng):
     (lambda: jaxrnn.rnn_layers("lstm", 4, num_layers=0), r"num_layers=0: expected a positive"),
     (lambda: jaxrnn.stack([]), r"stack needs at least one layer"),
     (lambda: jaxrnn.rnn_layers("gru", 4, dropout_rate=1.0), r"dropout_rate=1.0: expected a number"),
-    (lambda: jaxrnn.bidirectional(jaxrnn.recurrent(jaxrnn.gru(2)),
-                                  jaxrnn.recurrent(jaxrnn.gru(2), time_major=True)),
-     r"forward has time_major=False but backward has time_major=True"),
-    (lambda: jaxrnn.from_torch(torch.nn.Linear(2, 2)), r"module is a Linear; expected torch.nn.RNN"),
+    (
+      lambda: jaxrnn.bidirectional(
+        jaxrnn.recurrent(jaxrnn.gru(2)), jaxrnn.recurrent(jaxrnn.gru(2), time_major=True)
+      ),
+      r"forward has time_major=False but backward has time_major=True",
+    ),
+    (
+      lambda: jaxrnn.from_torch(torch.nn.Linear(2, 2)),
+      r"module is a Linear; expected torch.nn.RNN",
+    ),
   ],
 )
 def test_bad_configuration_raises(make, match):

@@ -21,7 +21,7 @@ def loop_reference(cell, params, xs, lengths, reverse, carry0=None):
   B, T, _ = xs.shape
   ys_all, carries = [], []
   for b in range(B):
-    c = cell.initial_carry(params) if carry0 is None else jax.tree.map(lambda a: a[b], carry0)
+    c = cell.initial_carry(params) if carry0 is None else jax.tree.map(lambda a, b=b: a[b], carry0)
     n = int(lengths[b])
     order = range(n - 1, -1, -1) if reverse else range(n)
     ys = [None] * T
@@ -64,13 +64,14 @@ def test_scan_equals_python_loop(name, reverse, masked):
     assert_tree_close(jax.tree.map(lambda a: a[2], c), jax.tree.map(lambda a: a[2], carry0), 0)
     assert float(jnp.abs(ys[1, 3:]).max()) == 0.0
   # The same under jit, time-major and unrolled.
-  jc, jys = jax.jit(
-    lambda p, x, c0: jaxrnn.scan(cell, p, x, c0, reverse=reverse, unroll=3, **kw)
-  )(params, xs, carry0)
+  jc, jys = jax.jit(lambda p, x, c0: jaxrnn.scan(cell, p, x, c0, reverse=reverse, unroll=3, **kw))(
+    params, xs, carry0
+  )
   assert_tree_close(jc, ref_c)
   assert_tree_close(jys, ref_y)
-  tc, tys = jaxrnn.scan(cell, params, jnp.swapaxes(xs, 0, 1), carry0, reverse=reverse,
-                        time_major=True, **kw)
+  tc, tys = jaxrnn.scan(
+    cell, params, jnp.swapaxes(xs, 0, 1), carry0, reverse=reverse, time_major=True, **kw
+  )
   assert_tree_close(tc, ref_c)
   assert_tree_close(jnp.swapaxes(tys, 0, 1), ref_y)
 
@@ -114,9 +115,9 @@ def test_vmap_over_parameter_sets(name):
   run = lambda p: jaxrnn.scan(cell, p, xs, seq_lengths=lengths)  # noqa: E731
   c, ys = jax.jit(jax.vmap(run))(params)
   for i in range(3):
-    p_i = jax.tree.map(lambda a: a[i], params)
+    p_i = jax.tree.map(lambda a, i=i: a[i], params)
     ref_c, ref_y = loop_reference(cell, p_i, xs, np.asarray(lengths), False)
-    assert_tree_close(jax.tree.map(lambda a: a[i], c), ref_c)
+    assert_tree_close(jax.tree.map(lambda a, i=i: a[i], c), ref_c)
     assert_tree_close(ys[i], ref_y)
 
 
@@ -155,11 +156,20 @@ def test_batchless_and_multidim_batch():
   [
     (dict(xs=jnp.ones((4,))), r"xs has shape \(4,\) \(rank 1\); expected rank >= 2"),
     (dict(xs=jnp.ones((2, 7, 5))), r"xs has 5 features .* expect input_size=4"),
-    (dict(carry="wrong-batch"), r"carry.* has shape \(3, 5\); expected .* batch shape of xs, \(2,\)"),
-    (dict(seq_lengths=jnp.array([1.0, 2.0])), r"seq_lengths has dtype float32; expected an integer"),
+    (
+      dict(carry="wrong-batch"),
+      r"carry.* has shape \(3, 5\); expected .* batch shape of xs, \(2,\)",
+    ),
+    (
+      dict(seq_lengths=jnp.array([1.0, 2.0])),
+      r"seq_lengths has dtype float32; expected an integer",
+    ),
     (dict(seq_lengths=jnp.array([1, 2, 3])), r"seq_lengths has shape \(3,\); expected .* \(2,\)"),
     (dict(seq_lengths=jnp.array([1, 8])), r"seq_lengths must lie in \[0, T=7\]; got .* to 8"),
-    (dict(seq_lengths=np.array([-1, 2])), r"seq_lengths must lie in \[0, T=7\]; got values from -1"),
+    (
+      dict(seq_lengths=np.array([-1, 2])),
+      r"seq_lengths must lie in \[0, T=7\]; got values from -1",
+    ),
     (dict(unroll=0), r"unroll=0: expected a positive int"),
   ],
 )

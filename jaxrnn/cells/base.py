@@ -55,9 +55,7 @@ RECURRENT_INITS = ("uniform", "orthogonal", "identity")
 
 def check_recurrent_init(recurrent_init: str) -> None:
   if recurrent_init not in RECURRENT_INITS:
-    raise ValueError(
-      f"recurrent_init={recurrent_init!r} is not one of {RECURRENT_INITS}."
-    )
+    raise ValueError(f"recurrent_init={recurrent_init!r} is not one of {RECURRENT_INITS}.")
 
 
 def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:

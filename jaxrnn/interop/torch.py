@@ -217,8 +217,9 @@ def carry_from_torch(model: SequenceModel, h_0, c_0=None) -> tuple:
   c_0 = None if c_0 is None else as_j(c_0)
   dirs = 2 if bidir else 1
   if h_0.shape[0] != num_layers * dirs:
-    raise ValueError(f"h_0 has {h_0.shape[0]} rows; expected num_layers * directions = "
-                     f"{num_layers * dirs}.")
+    raise ValueError(
+      f"h_0 has {h_0.shape[0]} rows; expected num_layers * directions = {num_layers * dirs}."
+    )
 
   def one(i):
     return LSTMCarry(h_0[i], c_0[i]) if kind == "lstm" else HiddenCarry(h_0[i])
