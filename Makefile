@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench experiments clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,18 @@ $(VENV)/.dev: $(VENV)/.core
 	$(PIP) install --quiet -e '.[dev]'
 	touch $@
 
+$(VENV)/.experiments: $(VENV)/.core
+	$(PIP) install --quiet -e '.[experiments]'
+	touch $@
+
 run: $(VENV)/.core
 	$(PY) -m experiments.demo
+
+bench: $(VENV)/.dev
+	$(PY) -m experiments.benchmark
+
+experiments: $(VENV)/.experiments
+	$(PY) -m experiments.all
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -n 2
