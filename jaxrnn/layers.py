@@ -54,7 +54,12 @@ def _time_major(model: SequenceModel) -> bool:
 
 
 def recurrent(
-  cell: cells.Cell, *, reverse: bool = False, time_major: bool = False, unroll: int | bool = 1
+  cell: cells.Cell,
+  *,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int | bool | None = None,
+  remat: int | bool | None = None,
 ) -> SequenceModel:
   """A cell over time as a sequence model; ``apply`` is `jaxrnn.scan`.
 
@@ -62,7 +67,8 @@ def recurrent(
     cell: a `Cell`.
     reverse: read each sequence's valid part backwards (see `jaxrnn.scan`).
     time_major: ``xs`` is ``(T, *batch, I)`` instead of ``(*batch, T, I)``.
-    unroll: passed to `jax.lax.scan`.
+    unroll: passed to `jaxrnn.scan` (None: the backend's measured default).
+    remat: passed to `jaxrnn.scan` (gradient checkpointing every ``remat`` steps).
 
   Returns:
     A `SequenceModel` whose params and carry are the cell's.
@@ -89,10 +95,16 @@ def recurrent(
       reverse=reverse,
       time_major=time_major,
       unroll=unroll,
+      remat=remat,
     )
 
   config = dict(
-    cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major, unroll=unroll
+    cell=cell.name,
+    cell_config=cell.config,
+    reverse=reverse,
+    time_major=time_major,
+    unroll=unroll,
+    remat=remat,
   )
   return SequenceModel(
     cell.init, apply, cell.initial_carry, "recurrent", tuple(sorted(config.items()))
@@ -280,7 +292,8 @@ def rnn_layers(
   bidirectional: bool = False,
   dropout_rate: float = 0.0,
   time_major: bool = False,
-  unroll: int | bool = 1,
+  unroll: int | bool | None = None,
+  remat: int | bool | None = None,
   **cell_kwargs: Any,
 ) -> SequenceModel:
   """The torch-like convenience: ``torch.nn.LSTM(...)`` as a jaxrnn `stack`.
@@ -292,7 +305,8 @@ def rnn_layers(
     bidirectional: each layer is a forward and a reverse pass, concatenated.
     dropout_rate: dropout between layers (see `stack`).
     time_major: ``xs`` is ``(T, *batch, I)`` (PyTorch's ``batch_first=False``).
-    unroll: passed to `jax.lax.scan`.
+    unroll: passed to `jaxrnn.scan` (None: the backend's measured default).
+    remat: passed to `jaxrnn.scan` (gradient checkpointing for long sequences).
     **cell_kwargs: passed to the cell factory (``activation``, ``proj_size``,
       ``use_bias``, ``forget_bias``, ``recurrent_init``, ``dtype``...).
 
@@ -321,9 +335,10 @@ def rnn_layers(
   cell = CELL_FACTORIES[kind](hidden_size, **cell_kwargs)
   models = []
   for _ in range(num_layers):
-    fwd = recurrent(cell, time_major=time_major, unroll=unroll)
+    kw = dict(time_major=time_major, unroll=unroll, remat=remat)
+    fwd = recurrent(cell, **kw)
     if bidirectional:
-      bwd = recurrent(cell, reverse=True, time_major=time_major, unroll=unroll)
+      bwd = recurrent(cell, reverse=True, **kw)
       models.append(_bidirectional(fwd, bwd))
     else:
       models.append(fwd)
@@ -336,6 +351,7 @@ def rnn_layers(
     dropout_rate=dropout_rate,
     time_major=time_major,
     unroll=unroll,
+    remat=remat,
     cell_config=cell.config,
   )
   return model._replace(name="rnn_layers", config=tuple(sorted(config.items())))

@@ -1,0 +1,297 @@
+"""`make bench`: jaxrnn against PyTorch, flax, equinox and haiku, side by side in one process.
+
+For LSTM and GRU, configs S (B=1, T=512, I=32, H=128), M (B=32, T=128, I=128, H=256)
+and L (B=64, T=256, I=256, H=512), forward and forward+backward (the gradient of the
+summed outputs with respect to the params and the inputs). Every implementation is
+compiled (or warmed up) first, then timed in interleaved rounds: round r times each
+implementation once, so that the machine's load drifts over all of them alike. The
+median over rounds is reported, with the ratio to PyTorch and to the best JAX peer, and
+the GFLOP/s as a fraction of a large float32 matmul's GFLOP/s measured in the same run
+(the practical ceiling of this machine).
+
+Writes results/benchmark.json and results/benchmark.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxrnn
+
+CONFIGS = {
+  "S": dict(B=1, T=512, I=32, H=128),
+  "M": dict(B=32, T=128, I=128, H=256),
+  "L": dict(B=64, T=256, I=256, H=512),
+}
+TINY = {"tiny": dict(B=2, T=8, I=4, H=8)}
+GATES = {"lstm": 4, "gru": 3}
+
+
+def flops(kind: str, B: int, T: int, I: int, H: int) -> float:
+  """Forward multiply-adds of the gate matmuls, times 2 (elementwise work is ignored)."""
+  return 2.0 * B * T * (I + H) * GATES[kind] * H
+
+
+# ----------------------------------------------------------------------------- jaxrnn
+
+
+def jaxrnn_impl(kind, B, T, I, H, key):
+  cell = jaxrnn.lstm(H) if kind == "lstm" else jaxrnn.gru(H)
+  params = cell.init(key, I)
+
+  def fwd(params, xs):
+    return jaxrnn.scan(cell, params, xs)[1]
+
+  return fwd, params
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def flax_impl(kind, B, T, I, H, key):
+  import flax.linen as nn
+
+  cell = nn.OptimizedLSTMCell(H) if kind == "lstm" else nn.GRUCell(H)
+  model = nn.RNN(cell)
+  params = model.init(key, jnp.zeros((B, T, I)))
+
+  def fwd(params, xs):
+    return model.apply(params, xs)
+
+  return fwd, params
+
+
+def equinox_impl(kind, B, T, I, H, key):
+  import equinox as eqx
+
+  cell = eqx.nn.LSTMCell(I, H, key=key) if kind == "lstm" else eqx.nn.GRUCell(I, H, key=key)
+  params, static = eqx.partition(cell, eqx.is_array)
+
+  def fwd(params, xs):
+    c = eqx.combine(params, static)
+    step1 = jax.vmap(c)  # over the batch
+
+    def body(state, x):
+      state = step1(x, state)
+      h = state[0] if kind == "lstm" else state
+      return state, h
+
+    z = jnp.zeros((xs.shape[0], H), xs.dtype)
+    init = (z, z) if kind == "lstm" else z
+    _, hs = jax.lax.scan(body, init, jnp.swapaxes(xs, 0, 1))
+    return jnp.swapaxes(hs, 0, 1)
+
+  return fwd, params
+
+
+def haiku_impl(kind, B, T, I, H, key):
+  import haiku as hk
+
+  def f(xs):
+    core = hk.LSTM(H) if kind == "lstm" else hk.GRU(H)
+    hs, _ = hk.dynamic_unroll(
+      core, xs, core.initial_state(xs.shape[0]), time_major=False
+    )
+    return hs
+
+  model = hk.without_apply_rng(hk.transform(f))
+  params = model.init(key, jnp.zeros((B, T, I)))
+  return model.apply, params
+
+
+JAX_IMPLS = {"jaxrnn": jaxrnn_impl, "flax": flax_impl, "equinox": equinox_impl, "haiku": haiku_impl}
+
+
+def build_jax(name, kind, mode, cfg, seed=0):
+  B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
+  k_p, k_x = jax.random.split(jax.random.key(seed))
+  fwd, params = JAX_IMPLS[name](kind, B, T, I, H, k_p)
+  xs = jax.random.normal(k_x, (B, T, I), jnp.float32)
+  if mode == "fwd":
+    f = jax.jit(fwd)
+  else:
+    f = jax.jit(jax.grad(lambda p, x: jnp.sum(fwd(p, x)), argnums=(0, 1)))
+  run = lambda: jax.block_until_ready(f(params, xs))  # noqa: E731
+  run()  # compile
+  return run
+
+
+def build_torch(kind, mode, cfg, seed=0):
+  import torch
+
+  B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
+  torch.manual_seed(seed)
+  m = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(I, H, batch_first=True)
+  x = torch.randn(B, T, I)
+  if mode == "fwd":
+
+    def run():
+      with torch.no_grad():
+        return m(x)[0]
+
+  else:
+    xg = x.clone().requires_grad_(True)
+
+    def run():
+      m.zero_grad(set_to_none=True)
+      xg.grad = None
+      m(xg)[0].sum().backward()
+      return xg.grad
+
+  run()
+  return run
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def interleaved(runs: dict[str, Callable], rounds: int) -> dict[str, float]:
+  """Median seconds per call of each callable, timed in interleaved rounds."""
+  times = {k: [] for k in runs}
+  for _ in range(rounds):
+    for k, run in runs.items():
+      t0 = time.perf_counter()
+      run()
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def speed_table(configs, kinds, modes, rounds, peers):
+  ceiling = matmul_gflops()
+  print(f"matmul ceiling (2048^2 float32, jax): {ceiling:.1f} GFLOP/s")
+  rows = []
+  for kind in kinds:
+    for cname, cfg in configs.items():
+      for mode in modes:
+        runs = {name: build_jax(name, kind, mode, cfg) for name in ["jaxrnn", *peers]}
+        runs["torch"] = build_torch(kind, mode, cfg)
+        med = interleaved(runs, rounds)
+        fl = flops(kind, **cfg) * (1 if mode == "fwd" else 3)
+        best_peer = min(peers, key=lambda p: med[p]) if peers else None
+        for name, sec in med.items():
+          row = dict(
+            kind=kind, config=cname, mode=mode, impl=name, ms=sec * 1e3,
+            vs_torch=sec / med["torch"],
+            vs_best_jax_peer=(sec / med[best_peer]) if best_peer else None,
+            best_jax_peer=best_peer,
+            gflops=fl / sec / 1e9, ceiling_fraction=fl / sec / 1e9 / ceiling, **cfg,
+          )
+          rows.append(row)
+        line = "  ".join(f"{n}={med[n] * 1e3:8.2f}" for n in med)
+        print(f"{kind:4} {cname} {mode:7} ms: {line}", flush=True)
+  return rows, ceiling
+
+
+def machine() -> dict:
+  import torch
+
+  return dict(
+    platform=platform.platform(),
+    processor=platform.processor() or platform.machine(),
+    cpus=os.cpu_count(),
+    jax=jax.__version__,
+    jax_backend=jax.default_backend(),
+    jax_devices=[str(d) for d in jax.devices()],
+    torch=torch.__version__,
+    torch_threads=torch.get_num_threads(),
+  )
+
+
+def markdown(rows) -> str:
+  out = [
+    "| cell | config | pass | jaxrnn ms | PyTorch ms | best JAX peer ms | vs PyTorch | vs best peer "
+    "| jaxrnn % of matmul ceiling |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  by = {}
+  for r in rows:
+    by.setdefault((r["kind"], r["config"], r["mode"]), {})[r["impl"]] = r
+  for (kind, cname, mode), d in by.items():
+    j, t = d["jaxrnn"], d["torch"]
+    peer = d.get(j["best_jax_peer"]) if j["best_jax_peer"] else None
+    out.append(
+      f"| {kind} | {cname} | {mode} | {j['ms']:.2f} | {t['ms']:.2f} | "
+      + (f"{peer['ms']:.2f} ({peer['impl']})" if peer else "-")
+      + f" | {j['vs_torch']:.2f}x | "
+      + (f"{j['vs_best_jax_peer']:.2f}x" if peer else "-")
+      + f" | {100 * j['ceiling_fraction']:.0f}% |"
+    )
+  return "\n".join(out)
+
+
+def plot(rows, path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  groups = sorted({(r["kind"], r["config"], r["mode"]) for r in rows})
+  impls = ["jaxrnn", "torch", "flax", "equinox", "haiku"]
+  impls = [i for i in impls if any(r["impl"] == i for r in rows)]
+  fig, ax = plt.subplots(figsize=(max(8, len(groups) * 1.2), 4.5))
+  width = 0.8 / len(impls)
+  for k, impl in enumerate(impls):
+    vals = []
+    for g in groups:
+      match = [r for r in rows if (r["kind"], r["config"], r["mode"]) == g and r["impl"] == impl]
+      vals.append(match[0]["vs_torch"] if match else np.nan)
+    ax.bar(np.arange(len(groups)) + k * width, vals, width, label=impl)
+  ax.axhline(1.0, color="k", lw=0.8)
+  ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+  ax.set_xticklabels([f"{a}\n{b} {c}" for a, b, c in groups])
+  ax.set_ylabel("time / PyTorch time (lower is faster)")
+  ax.set_title("jaxrnn vs PyTorch and JAX peers, CPU, median of interleaved rounds")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", default="S,M,L")
+  parser.add_argument("--kinds", default="lstm,gru")
+  parser.add_argument("--modes", default="fwd,fwd+bwd")
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--peers", default="flax,equinox,haiku")
+  parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
+  parser.add_argument("--out", default="results")
+  args = parser.parse_args(argv)
+  configs = TINY if args.tiny else {c: CONFIGS[c] for c in args.configs.split(",")}
+  peers = [p for p in args.peers.split(",") if p]
+  rows, ceiling = speed_table(
+    configs, args.kinds.split(","), args.modes.split(","), args.rounds, peers
+  )
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  result = dict(machine=machine(), matmul_gflops=ceiling, rounds=args.rounds, speed=rows)
+  (out / "benchmark.json").write_text(json.dumps(result, indent=1))
+  table = markdown(rows)
+  (out / "benchmark.md").write_text(table + "\n")
+  plot(rows, out / "benchmark.png")
+  print(table)
+  return result
+
+
+if __name__ == "__main__":
+  main()
