@@ -202,6 +202,68 @@ def speed_table(configs, kinds, modes, rounds, peers):
   return rows, ceiling
 
 
+def unroll_table(rounds: int, tiny: bool):
+  """Evidence for `jaxrnn.scan`'s per-backend default: LSTM on M for several unroll factors."""
+  cfg = TINY["tiny"] if tiny else CONFIGS["M"]
+  B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
+  cell = jaxrnn.lstm(H)
+  params = cell.init(jax.random.key(0), I)
+  xs = jax.random.normal(jax.random.key(1), (B, T, I))
+  runs = {}
+  for u in (1, 4) if tiny else (1, 2, 4, 8):
+    fwd = jax.jit(lambda p, x, u=u: jaxrnn.scan(cell, p, x, unroll=u)[1])
+    grad = jax.jit(
+      jax.grad(lambda p, x, u=u: jnp.sum(jaxrnn.scan(cell, p, x, unroll=u)[1]), argnums=(0, 1))
+    )
+    for mode, f in (("fwd", fwd), ("fwd+bwd", grad)):
+      run = lambda f=f: jax.block_until_ready(f(params, xs))  # noqa: E731
+      run()
+      runs[(u, mode)] = run
+  med = interleaved(runs, rounds)
+  rows = [dict(unroll=u, mode=m, ms=sec * 1e3) for (u, m), sec in med.items()]
+  for r in rows:
+    r["vs_unroll_1"] = r["ms"] / next(
+      q["ms"] for q in rows if q["unroll"] == 1 and q["mode"] == r["mode"]
+    )
+    print(f"unroll={r['unroll']} {r['mode']:7} {r['ms']:8.2f} ms  {r['vs_unroll_1']:.2f}x")
+  return rows
+
+
+def remat_table(lengths, B, H, I, reps):
+  """Peak memory (XLA's buffer assignment) and time of the LSTM gradient, with and without remat."""
+  cell = jaxrnn.lstm(H)
+  params = cell.init(jax.random.key(0), I)
+  rows = []
+  for T in lengths:
+    xs = jax.random.normal(jax.random.key(1), (B, T, I))
+    runs, mem = {}, {}
+    for remat in (None, True):
+      loss = lambda p, x, r=remat: jnp.sum(jaxrnn.scan(cell, p, x, remat=r)[1])  # noqa: E731
+      f = jax.jit(jax.grad(loss, argnums=(0, 1)))
+      compiled = f.lower(params, xs).compile()
+      m = compiled.memory_analysis()
+      mem[remat] = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+      run = lambda c=compiled, x=xs: jax.block_until_ready(c(params, x))  # noqa: E731
+      run()
+      runs[remat] = run
+    med = interleaved(runs, reps)
+    row = dict(
+      T=T, B=B, H=H, I=I,
+      plain_mb=mem[None] / 2**20, remat_mb=mem[True] / 2**20,
+      memory_ratio=mem[True] / mem[None],
+      plain_s=med[None], remat_s=med[True], time_ratio=med[True] / med[None],
+      chunk=int(np.ceil(np.sqrt(T))),
+    )
+    rows.append(row)
+    print(
+      f"T={T:5d}: peak {row['plain_mb']:9.1f} MiB -> {row['remat_mb']:7.1f} MiB "
+      f"({row['memory_ratio']:.3f}x), time {row['plain_s']:.3f} s -> {row['remat_s']:.3f} s "
+      f"({row['time_ratio']:.2f}x)",
+      flush=True,
+    )
+  return rows
+
+
 def machine() -> dict:
   import torch
 
@@ -235,6 +297,19 @@ def markdown(rows) -> str:
       + f" | {j['vs_torch']:.2f}x | "
       + (f"{j['vs_best_jax_peer']:.2f}x" if peer else "-")
       + f" | {100 * j['ceiling_fraction']:.0f}% |"
+    )
+  return "\n".join(out)
+
+
+def remat_markdown(rows) -> str:
+  out = [
+    "| T | plain peak MiB | remat peak MiB | memory ratio | plain s | remat s | time ratio |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    out.append(
+      f"| {r['T']} | {r['plain_mb']:.1f} | {r['remat_mb']:.1f} | {r['memory_ratio']:.3f} "
+      f"| {r['plain_s']:.3f} | {r['remat_s']:.3f} | {r['time_ratio']:.2f} |"
     )
   return "\n".join(out)
 
@@ -276,20 +351,41 @@ def main(argv=None):
   parser.add_argument("--peers", default="flax,equinox,haiku")
   parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
   parser.add_argument("--out", default="results")
+  parser.add_argument("--remat-lengths", default="1024,4096,8192")
+  parser.add_argument("--skip", default="", help="comma list of sections to skip: speed,unroll,remat,streaming")
   args = parser.parse_args(argv)
   configs = TINY if args.tiny else {c: CONFIGS[c] for c in args.configs.split(",")}
   peers = [p for p in args.peers.split(",") if p]
-  rows, ceiling = speed_table(
-    configs, args.kinds.split(","), args.modes.split(","), args.rounds, peers
-  )
+  skip = set(args.skip.split(","))
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  result = dict(machine=machine(), matmul_gflops=ceiling, rounds=args.rounds, speed=rows)
-  (out / "benchmark.json").write_text(json.dumps(result, indent=1))
-  table = markdown(rows)
-  (out / "benchmark.md").write_text(table + "\n")
-  plot(rows, out / "benchmark.png")
-  print(table)
+  result = dict(machine=machine(), rounds=args.rounds)
+  md = []
+  if "speed" not in skip:
+    rows, ceiling = speed_table(
+      configs, args.kinds.split(","), args.modes.split(","), args.rounds, peers
+    )
+    result.update(matmul_gflops=ceiling, speed=rows)
+    plot(rows, out / "benchmark.png")
+    md += [f"Matmul ceiling: {ceiling:.0f} GFLOP/s (2048x2048 float32, jax).", "", markdown(rows)]
+  if "unroll" not in skip:
+    result["unroll"] = unroll_table(args.rounds, args.tiny)
+  if "remat" not in skip:
+    lengths = [16, 64] if args.tiny else [int(t) for t in args.remat_lengths.split(",")]
+    B, H, I = (2, 8, 4) if args.tiny else (32, 256, 32)
+    result["remat"] = remat_table(lengths, B, H, I, 2 if args.tiny else 3)
+    md += ["", remat_markdown(result["remat"])]
+  if "streaming" not in skip:
+    from experiments.bench_streaming import streaming_latency
+    from experiments.bench_streaming import table as streaming_markdown
+
+    result["streaming"] = streaming_latency(
+      hidden_sizes=(8,) if args.tiny else (128, 512), **({"repeats": 20} if args.tiny else {})
+    )
+    md += ["", streaming_markdown(result["streaming"])]
+  (out / "benchmark.json").write_text(json.dumps(result, indent=1, default=str))
+  (out / "benchmark.md").write_text("\n".join(md) + "\n")
+  print("\n".join(md))
   return result
 
 
