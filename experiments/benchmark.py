@@ -165,11 +165,19 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
   return 2.0 * n**3 / statistics.median(times) / 1e9
 
 
-def interleaved(runs: dict[str, Callable], rounds: int) -> dict[str, float]:
-  """Median seconds per call of each callable, timed in interleaved rounds."""
+def interleaved(runs: dict[str, Callable], rounds: int, seed: int = 0) -> dict[str, float]:
+  """Median seconds per call of each callable, timed in interleaved rounds.
+
+  The order within each round is shuffled: PyTorch's OpenMP threads keep spinning for a
+  while after a parallel region, which slows whatever runs right after it, so a fixed
+  order would charge that to one implementation.
+  """
   times = {k: [] for k in runs}
+  rng = np.random.default_rng(seed)
+  keys = list(runs)
   for _ in range(rounds):
-    for k, run in runs.items():
+    for i in rng.permutation(len(keys)):
+      k, run = keys[i], runs[keys[i]]
       t0 = time.perf_counter()
       run()
       times[k].append(time.perf_counter() - t0)
