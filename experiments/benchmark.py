@@ -100,9 +100,7 @@ def haiku_impl(kind, B, T, I, H, key):
 
   def f(xs):
     core = hk.LSTM(H) if kind == "lstm" else hk.GRU(H)
-    hs, _ = hk.dynamic_unroll(
-      core, xs, core.initial_state(xs.shape[0]), time_major=False
-    )
+    hs, _ = hk.dynamic_unroll(core, xs, core.initial_state(xs.shape[0]), time_major=False)
     return hs
 
   model = hk.without_apply_rng(hk.transform(f))
@@ -198,11 +196,17 @@ def speed_table(configs, kinds, modes, rounds, peers):
         best_peer = min(peers, key=lambda p: med[p]) if peers else None
         for name, sec in med.items():
           row = dict(
-            kind=kind, config=cname, mode=mode, impl=name, ms=sec * 1e3,
+            kind=kind,
+            config=cname,
+            mode=mode,
+            impl=name,
+            ms=sec * 1e3,
             vs_torch=sec / med["torch"],
             vs_best_jax_peer=(sec / med[best_peer]) if best_peer else None,
             best_jax_peer=best_peer,
-            gflops=fl / sec / 1e9, ceiling_fraction=fl / sec / 1e9 / ceiling, **cfg,
+            gflops=fl / sec / 1e9,
+            ceiling_fraction=fl / sec / 1e9 / ceiling,
+            **cfg,
           )
           rows.append(row)
         line = "  ".join(f"{n}={med[n] * 1e3:8.2f}" for n in med)
@@ -256,10 +260,16 @@ def remat_table(lengths, B, H, I, reps):
       runs[remat] = run
     med = interleaved(runs, reps)
     row = dict(
-      T=T, B=B, H=H, I=I,
-      plain_mb=mem[None] / 2**20, remat_mb=mem[True] / 2**20,
+      T=T,
+      B=B,
+      H=H,
+      I=I,
+      plain_mb=mem[None] / 2**20,
+      remat_mb=mem[True] / 2**20,
       memory_ratio=mem[True] / mem[None],
-      plain_s=med[None], remat_s=med[True], time_ratio=med[True] / med[None],
+      plain_s=med[None],
+      remat_s=med[True],
+      time_ratio=med[True] / med[None],
       chunk=int(np.ceil(np.sqrt(T))),
     )
     rows.append(row)
@@ -289,8 +299,8 @@ def machine() -> dict:
 
 def markdown(rows) -> str:
   out = [
-    "| cell | config | pass | jaxrnn ms | PyTorch ms | best JAX peer ms | vs PyTorch | vs best peer "
-    "| jaxrnn % of matmul ceiling |",
+    "| cell | config | pass | jaxrnn ms | PyTorch ms | best JAX peer ms | vs PyTorch "
+    "| vs best peer | jaxrnn % of matmul ceiling |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   by = {}
@@ -360,7 +370,9 @@ def main(argv=None):
   parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
   parser.add_argument("--out", default="results")
   parser.add_argument("--remat-lengths", default="1024,4096,8192")
-  parser.add_argument("--skip", default="", help="comma list of sections to skip: speed,unroll,remat,streaming")
+  parser.add_argument(
+    "--skip", default="", help="comma list of sections to skip: speed,unroll,remat,streaming"
+  )
   args = parser.parse_args(argv)
   configs = TINY if args.tiny else {c: CONFIGS[c] for c in args.configs.split(",")}
   peers = [p for p in args.peers.split(",") if p]

@@ -166,6 +166,8 @@ def scan(
     raise ValueError(f"unroll={unroll!r}: expected a positive int, a bool or None.")
   xs = jnp.asarray(xs) if not isinstance(xs, jax.Array | jax.core.Tracer) else xs
   batch_shape, length = _batch_and_time(xs, time_major)
+  if jax.export.is_symbolic_dim(length):  # jax.export: lax.scan unrolls concrete lengths only
+    unroll, remat = 1, None
   check_input_size(params, xs)
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)

@@ -1,0 +1,360 @@
+"""`jaxrnn.export`: artifacts against the live model, without jaxrnn, the CLI, bad inputs."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrnn
+from jaxrnn.export import loading
+
+TOL = dict(atol=1e-6, rtol=1e-6)
+I = 3
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Default unroll (4 on CPU) and remat: jaxrnn.scan falls back to a plain loop over a symbolic T.
+MODELS = {
+  "lstm_proj_2_layers": lambda: jaxrnn.rnn_layers("lstm", 6, num_layers=2, proj_size=3, remat=True),
+  "gru_time_major": lambda: jaxrnn.rnn_layers("gru", 5, time_major=True, dropout_rate=0.2),
+  "bidirectional": lambda: jaxrnn.rnn_layers("elman", 4, num_layers=2, bidirectional=True),
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """name -> (model, params, path), each saved once."""
+  out = {}
+  for i, (name, build) in enumerate(MODELS.items()):
+    model = build()
+    params = model.init(jax.random.key(i), I)
+    path = tmp_path_factory.mktemp(name)
+    jaxrnn.export.save(path, model, params)
+    out[name] = model, params, path
+  return out
+
+
+def _xs(rng, batch, length, time_major=False):
+  shape = (length, batch, I) if time_major else (batch, length, I)
+  return rng.standard_normal(shape).astype(np.float32)
+
+
+def _named_state(carry):
+  leaves = jax.tree_util.tree_flatten_with_path(carry)[0]
+  return {jax.tree_util.keystr(p, simple=True, separator="."): v for p, v in leaves}
+
+
+def _assert_close(a, b):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), **TOL)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_apply_matches_live_model_for_any_batch_and_length(saved, name, rng):
+  model, params, path = saved[name]
+  art = jaxrnn.export.load(path, expected_config=model.config, expected_version="0.1.0")
+  time_major = dict(model.config)["time_major"]
+  for batch, length in [(1, 1), (5, 2)]:  # one artifact, symbolic b and t
+    xs = _xs(rng, batch, length, time_major)
+    state, ys = art.apply(xs)
+    carry, ref = model.apply(params, xs, deterministic=True)
+    _assert_close(ys, ref)
+    for k, v in _named_state(carry).items():
+      _assert_close(state[k], v)
+  lengths = np.array([7, 0, 3])
+  xs = _xs(rng, 3, 7, time_major)
+  state, ys = art.apply(xs, seq_lengths=lengths)
+  carry, ref = model.apply(params, xs, seq_lengths=lengths, deterministic=True)
+  _assert_close(ys, ref)
+  assert sorted(state) == sorted(_named_state(carry))
+  for k, v in _named_state(carry).items():
+    _assert_close(state[k], v)
+
+
+def test_step_matches_live_model_and_resets(saved, rng):
+  model, params, path = saved["lstm_proj_2_layers"]
+  art = jaxrnn.export.load(path)
+  xs = _xs(rng, 3, 6)
+  state = art.init_state(3)
+  ys = []
+  for t in range(6):
+    state, y = art.step(state, xs[:, t], np.array([False, t == 2, False]))
+    ys.append(y)
+  ys = np.stack(ys, axis=1)
+  carry, ref = model.apply(params, xs)
+  _assert_close(ys[[0, 2]], ref[np.array([0, 2])])  # rows never reset
+  _, fresh = model.apply(params, xs[1:2, 2:])  # row 1 restarted at t=2
+  _assert_close(ys[1, 2:], fresh[0])
+  _assert_close(ys[1, :2], ref[1, :2])
+  # A state from apply continues in step and vice versa.
+  state, _ = art.apply(xs[:, :4])
+  for t in range(4, 6):
+    state, y = art.step(state, xs[:, t])
+  for k, v in _named_state(carry).items():
+    _assert_close(state[k], v)
+
+
+def test_weights_stored_alongside_and_manifest(saved):
+  model, params, path = saved["lstm_proj_2_layers"]
+  manifest = json.loads((path / "manifest.json").read_text())
+  assert manifest["jaxrnn_version"] == jaxrnn.__version__
+  assert manifest["jax_version"] == jax.__version__
+  assert manifest["model"]["name"] == "rnn_layers"
+  assert manifest["model"]["config"]["hidden_size"] == 6
+  assert manifest["model"]["config"]["num_layers"] == 2
+  assert manifest["input"] == {
+    "size": 3,
+    "dtype": "float32",
+    "time_major": False,
+    "layout": "(batch, time, features)",
+  }
+  assert manifest["output_size"] == 3
+  assert manifest["streaming"] == {"available": True, "reason": None}
+  assert [s["name"] for s in manifest["state"]] == ["0.h", "0.c", "1.h", "1.c"]
+  with np.load(path / "params.npz", allow_pickle=False) as npz:
+    for (k, v), leaf in zip(_named_state(params).items(), jax.tree.leaves(params), strict=True):
+      np.testing.assert_array_equal(npz[f"param:{k}"], np.asarray(leaf))
+      np.testing.assert_array_equal(npz[f"param:{k}"], np.asarray(v))
+  _, _, bidi = saved["bidirectional"]
+  manifest = json.loads((bidi / "manifest.json").read_text())
+  assert manifest["streaming"]["available"] is False
+  assert "step" not in manifest["functions"]
+  art = jaxrnn.export.load(bidi)
+  with pytest.raises(ValueError, match=r"no streaming step: .*bidirectional=True"):
+    art.step(art.init_state(1), np.ones((1, I), np.float32))
+
+
+def test_save_for_cpu_and_cuda(tmp_path, rng):
+  model = jaxrnn.recurrent(jaxrnn.lstm(4))
+  params = model.init(jax.random.key(0), I)
+  manifest = jaxrnn.export.save(tmp_path, model, params, platforms=("cpu", "cuda"))
+  assert manifest["platforms"] == ["cpu", "cuda"]
+  for name in manifest["functions"].values():
+    exp = jax.export.deserialize(bytearray((tmp_path / name).read_bytes()))
+    assert exp.platforms == ("cpu", "cuda")
+  xs = _xs(rng, 2, 5)
+  _, ys = jaxrnn.export.load(tmp_path).apply(xs)  # the cpu lowering runs here
+  _assert_close(ys, model.apply(params, xs)[1])
+
+
+LOADER_SCRIPT = textwrap.dedent(
+  """
+  import importlib.util, sys
+  import numpy as np
+  spec = importlib.util.spec_from_file_location("standalone_loader", sys.argv[1])
+  loader = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(loader)
+  art = loader.load(sys.argv[2])
+  xs = np.load(sys.argv[3])
+  state, ys = art.apply(xs, seq_lengths=np.array([5, 2]))
+  s = art.init_state(2)
+  steps = []
+  for t in range(xs.shape[1]):
+    s, y = art.step(s, xs[:, t])
+    steps.append(np.asarray(y))
+  np.save(sys.argv[4], np.asarray(ys))
+  np.save(sys.argv[5], np.stack(steps, axis=1))
+  jaxrnn_modules = sorted(m for m in sys.modules if m.split(".")[0] == "jaxrnn")
+  assert not jaxrnn_modules, jaxrnn_modules
+  assert "jaxrnn.layers" not in sys.modules and "torch" not in sys.modules
+  print("ok")
+  """
+)
+
+
+def test_loads_in_a_process_that_never_imports_jaxrnn(saved, tmp_path, rng):
+  model, params, path = saved["lstm_proj_2_layers"]
+  xs = _xs(rng, 2, 5)
+  np.save(tmp_path / "xs.npy", xs)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      LOADER_SCRIPT,
+      loading.__file__,
+      str(path),
+      str(tmp_path / "xs.npy"),
+      str(tmp_path / "ys.npy"),
+      str(tmp_path / "steps.npy"),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,  # not the repo root, where `import jaxrnn` would find the source
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "ok"
+  _, ref = model.apply(params, xs, seq_lengths=np.array([5, 2]))
+  _assert_close(np.load(tmp_path / "ys.npy"), ref)
+  _assert_close(np.load(tmp_path / "steps.npy"), model.apply(params, xs)[1])
+
+
+def test_cli_writes_the_live_models_outputs(saved, tmp_path, rng):
+  model, params, path = saved["gru_time_major"]
+  xs = _xs(rng, 4, 6, time_major=True).astype(np.float64)  # cast to float32 by the CLI
+  lengths = np.array([6, 1, 0, 4])
+  np.save(tmp_path / "xs.npy", xs)
+  np.save(tmp_path / "lengths.npy", lengths)
+  cmd = [sys.executable, "-m", "jaxrnn.export", str(path), "--input", str(tmp_path / "xs.npy")]
+  out = subprocess.run(
+    cmd
+    + ["--output", str(tmp_path / "ys.npy"), "--seq-lengths", str(tmp_path / "lengths.npy")]
+    + ["--final-state", str(tmp_path / "state.npz")],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr
+  assert "wrote outputs float32[6, 4, 5]" in out.stderr
+  carry, ref = model.apply(params, xs.astype(np.float32), seq_lengths=lengths, deterministic=True)
+  _assert_close(np.load(tmp_path / "ys.npy"), ref)
+  with np.load(tmp_path / "state.npz") as state:
+    _assert_close(state["0.h"], carry[0].h)
+
+
+def test_cli_errors(saved, tmp_path, capsys):
+  from jaxrnn.export.__main__ import main
+
+  _, _, path = saved["lstm_proj_2_layers"]
+  np.save(tmp_path / "bad.npy", np.ones((2, 5, 4), np.float32))
+  with pytest.raises(SystemExit) as exit_info:
+    main([str(path), "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "o.npy")])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "error: xs has shape (2, 5, 4); expected (batch, time, features) with features=3" in err
+  with pytest.raises(SystemExit):
+    main([str(tmp_path), "--input", str(tmp_path / "bad.npy"), "--output", "o.npy"])
+  assert "no manifest.json; expected a directory written by jaxrnn.export.save" in (
+    capsys.readouterr().err
+  )
+
+
+def _copy(path, tmp_path):
+  dst = tmp_path / "artifact"
+  shutil.copytree(path, dst)
+  return dst
+
+
+def _edit_manifest(path, edit):
+  manifest = json.loads((path / "manifest.json").read_text())
+  edit(manifest)
+  (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _set(keys, value):
+  def edit(m):
+    for k in keys[:-1]:
+      m = m[k]
+    m[keys[-1]] = value
+
+  return edit
+
+
+def _truncate(name):
+  def corrupt(path):
+    data = (path / name).read_bytes()
+    (path / name).write_bytes(data[: len(data) // 2])
+
+  return corrupt
+
+
+def _rehash(name, data):
+  def corrupt(path):
+    (path / name).write_bytes(data)
+    _edit_manifest(path, _set(["files", name], loading.sha256(path / name)))
+
+  return corrupt
+
+
+@pytest.mark.parametrize(
+  "corrupt, match",
+  [
+    (_truncate("apply.jaxexport"), r"apply.jaxexport: sha256 is \w+; expected \w+ from manifest"),
+    (_truncate("params.npz"), r"params.npz: sha256 is \w+; expected \w+ from manifest.json"),
+    (_truncate("manifest.json"), r"manifest.json: not valid JSON, .*corrupt or truncated"),
+    (lambda p: (p / "step.jaxexport").unlink(), r"step.jaxexport: missing; the manifest"),
+    (_rehash("step.jaxexport", b"\0" * 64), r"step.jaxexport: not a jax.export serialization"),
+    (_rehash("params.npz", b"PK garbage"), r"params.npz: not a readable .npz"),
+    (
+      lambda p: _edit_manifest(p, _set(["format_version"], 2)),
+      r"field 'format_version' is 2; expected 1",
+    ),
+    (lambda p: _edit_manifest(p, lambda m: m.pop("output_size")), r"'output_size' is missing"),
+    (
+      lambda p: _edit_manifest(p, _set(["input", "size"], "3")),
+      r"field 'input.size' is '3' \(str\); expected int",
+    ),
+    (
+      lambda p: _edit_manifest(p, _set(["input", "size"], 4)),
+      r"field 'input' says float32\[..., 4\], but apply.jaxexport takes float32\[..., 3\]",
+    ),
+    (
+      lambda p: _edit_manifest(p, _set(["params", 0, "shape"], [4, 24])),
+      r"params.npz: param:0.w_ih is float32\[3, 24\]; expected float32\[4, 24\] from manifest",
+    ),
+  ],
+)
+def test_corrupt_artifacts(saved, tmp_path, corrupt, match):
+  path = _copy(saved["lstm_proj_2_layers"][2], tmp_path)
+  corrupt(path)
+  with pytest.raises(ValueError, match=match):
+    jaxrnn.export.load(path)
+
+
+def test_expected_config_and_version(saved):
+  model, _, path = saved["lstm_proj_2_layers"]
+  jaxrnn.export.load(path, expected_config=model, expected_version=jaxrnn.__version__)
+  other = jaxrnn.rnn_layers("lstm", 6, num_layers=3, proj_size=3)
+  with pytest.raises(ValueError, match=r"model config field 'num_layers' is 2; expected 3"):
+    jaxrnn.export.load(path, expected_config=other.config)
+  other = jaxrnn.rnn_layers("lstm", 6, num_layers=2, proj_size=2)
+  with pytest.raises(ValueError, match=r"field 'cell_config\[2\]\[1\]' is 3; expected 2"):
+    jaxrnn.export.load(path, expected_config=other)
+  with pytest.raises(ValueError, match=r"field 'jaxrnn_version' is '0.1.0'; expected '9.9.9'"):
+    jaxrnn.export.load(path, expected_version="9.9.9")
+
+
+def test_bad_call_inputs(saved):
+  _, _, path = saved["lstm_proj_2_layers"]
+  art = jaxrnn.export.load(path)
+  xs = np.ones((2, 5, I), np.float32)
+  with pytest.raises(ValueError, match=r"xs has shape \(2, 5, 4\); expected .* features=3"):
+    art.apply(np.ones((2, 5, 4), np.float32))
+  with pytest.raises(ValueError, match=r"xs has shape \(5, 3\); expected \(batch, time"):
+    art.apply(xs[0])
+  with pytest.raises(ValueError, match=r"xs has dtype int32; expected a floating dtype"):
+    art.apply(np.ones((2, 5, I), np.int32))
+  with pytest.raises(ValueError, match=r"seq_lengths must lie in \[0, T=5\]; got values from"):
+    art.apply(xs, seq_lengths=np.array([6, 1]))
+  with pytest.raises(ValueError, match=r"seq_lengths is float32\[2\]; expected integers"):
+    art.apply(xs, seq_lengths=np.array([5, 1], np.float32))
+  with pytest.raises(ValueError, match=r"x has shape \(2, 4\); expected \(batch, features\)"):
+    art.step(art.init_state(2), np.ones((2, 4), np.float32))
+  with pytest.raises(ValueError, match=r"state\['0.h'\] has shape \(3, 3\); expected \(2, 3\)"):
+    art.step(art.init_state(3), xs[:, 0])
+  with pytest.raises(ValueError, match=r"state has keys \['0.h'\]; expected a dict with keys"):
+    art.step({"0.h": jnp.zeros((2, 3))}, xs[:, 0])
+  with pytest.raises(ValueError, match=r"reset has dtype int64; expected bool"):
+    art.step(art.init_state(2), xs[:, 0], np.array([0, 1]))
+  with pytest.raises(ValueError, match=r"batch_size=0: expected a positive int"):
+    art.init_state(0)
+
+
+def test_bad_save_arguments(saved, tmp_path):
+  model, params, path = saved["bidirectional"]
+  with pytest.raises(ValueError, match=r"platforms='cpu': expected a non-empty tuple"):
+    jaxrnn.export.save(tmp_path, model, params, platforms="cpu")
+  with pytest.raises(ValueError, match=r"'gpu' is not one of \('cpu', 'cuda', 'rocm', 'tpu'\)"):
+    jaxrnn.export.save(tmp_path, model, params, platforms=("cpu", "gpu"))
+  with pytest.raises(ValueError, match=r"bidirectional=True.*expected bidirectional=False"):
+    jaxrnn.export.save(tmp_path, model, params, streaming=True)
+  with pytest.raises(ValueError, match=r"holds an artifact already; pass overwrite=True"):
+    jaxrnn.export.save(path, model, params)
+  with pytest.raises(ValueError, match=r"expected a jaxrnn.SequenceModel, got Cell"):
+    jaxrnn.export.save(tmp_path, jaxrnn.lstm(3), params)
