@@ -1,5 +1,6 @@
 """jaxrnn: pure-functional recurrent networks for JAX."""
 
+from jaxrnn import export  # a submodule: jaxrnn.export.save / load
 from jaxrnn.cells import (
   Cell,
   ElmanParams,
@@ -22,6 +23,7 @@ from jaxrnn.layers import (
   stack,
 )
 from jaxrnn.scan import scan
+from jaxrnn.stream import Stream, stream
 
 __version__ = "0.1.0"
 
@@ -35,10 +37,12 @@ __all__ = [
   "LSTMCarry",
   "LSTMParams",
   "SequenceModel",
+  "Stream",
   "bidirectional",
   "carry_from_torch",
   "carry_to_torch",
   "elman",
+  "export",
   "from_torch",
   "gru",
   "lstm",
@@ -46,5 +50,6 @@ __all__ = [
   "rnn_layers",
   "scan",
   "stack",
+  "stream",
   "to_torch",
 ]
