@@ -107,6 +107,7 @@ def scan(
   time_major: bool = False,
   unroll: int | bool | None = None,
   remat: int | bool | None = None,
+  impl: str = "auto",
 ) -> tuple[PyTree, jax.Array]:
   """Runs ``cell.step`` over the time axis of ``xs`` with `jax.lax.scan`.
 
@@ -137,6 +138,11 @@ def scan(
       when its gradient is needed. ``remat=True`` uses ``k = ceil(sqrt(T))``, so
       the gradient stores O(sqrt(T)) carries instead of O(T), for about one extra
       forward pass of compute. Values and gradients are unchanged.
+    impl: ``"auto"`` uses the cell's whole-sequence kernel with a hand-written
+      VJP when it has one (the built-in cells do; `jaxrnn.cells.fused`), which
+      makes the gradient faster; ``"step"`` always runs `jax.lax.scan` over
+      ``cell.step`` (needed for forward-mode autodiff, `jax.jvp` / `jax.jacfwd`);
+      ``"fused"`` insists on the kernel. All three compute the same values.
 
   Returns:
     ``(carry, ys)``: the final carry and the outputs, ``(*batch, T, output_size)``
@@ -145,7 +151,8 @@ def scan(
   Raises:
     ValueError: wrong rank of ``xs``; input size not matching ``params``;
       batch shape of ``carry`` or ``seq_lengths`` not matching ``xs``;
-      non-integer or out-of-range ``seq_lengths``; a bad ``unroll`` or ``remat``.
+      non-integer or out-of-range ``seq_lengths``; a bad ``unroll``, ``remat`` or
+      ``impl``.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
@@ -160,6 +167,11 @@ def scan(
   """
   if not isinstance(cell, Cell):
     raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
+  if impl not in ("auto", "step", "fused"):
+    raise ValueError(f"impl={impl!r} is not one of ('auto', 'step', 'fused').")
+  if impl == "fused" and cell.sequence is None:
+    raise ValueError(f"impl='fused', but the {cell.name!r} cell has no whole-sequence kernel.")
+  kernel = cell.sequence if impl != "step" else None
   if unroll is None:
     unroll = default_unroll()
   elif not isinstance(unroll, bool) and (not isinstance(unroll, int) or unroll < 1):
@@ -184,33 +196,52 @@ def scan(
     if seq_lengths is None:
       seq_lengths = jnp.full(batch_shape, length, jnp.int32)
 
-  def plain_body(c, x):
-    return cell.step(params, c, x)
+  times = jnp.arange(padded, dtype=jnp.int32 if seq_lengths is None else seq_lengths.dtype)
+  mask = None
+  if seq_lengths is not None:
+    mask = times.reshape((padded,) + (1,) * len(batch_shape)) < seq_lengths[None]
 
-  def masked_body(c, inputs):
-    x, t = inputs
-    new_c, y = cell.step(params, c, x)
-    valid = t < seq_lengths
-    new_c = jax.tree.map(lambda n, o: jnp.where(_expand_to(valid, n), n, o), new_c, c)
-    y = jax.tree.map(lambda v: jnp.where(_expand_to(valid, v), v, jnp.zeros_like(v)), y)
-    return new_c, y
+  if kernel is not None:
+    # The kernel works on one flat batch axis; check shapes with the cell's own step first.
+    jax.eval_shape(cell.step, params, carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
+    n = math.prod(batch_shape)
+    carry = jax.tree.map(lambda a: a.reshape((n, a.shape[-1])), carry)
+    inputs = (
+      xs_t.reshape((padded, n, xs_t.shape[-1])),
+      None if mask is None else mask.reshape((padded, n)),
+    )
 
-  if seq_lengths is None:
-    body, inputs = plain_body, xs_t
+    def run(c, chunk_inputs):
+      return kernel(params, c, *chunk_inputs, reverse, unroll)
+
   else:
-    body, inputs = masked_body, (xs_t, jnp.arange(padded, dtype=seq_lengths.dtype))
 
-  if chunk is None:
-    carry, ys = lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
-  else:
-    # Outer scan over chunks stores one carry per chunk; the inner scan is rematerialised.
-    @jax.checkpoint
-    def run_chunk(c, chunk_inputs):
+    def body(c, step_inputs):
+      x, m = step_inputs
+      new_c, y = cell.step(params, c, x)
+      if m is None:
+        return new_c, y
+      new_c = jax.tree.map(lambda n, o: jnp.where(_expand_to(m, n), n, o), new_c, c)
+      y = jax.tree.map(lambda v: jnp.where(_expand_to(m, v), v, jnp.zeros_like(v)), y)
+      return new_c, y
+
+    inputs = (xs_t, mask)
+
+    def run(c, chunk_inputs):
       return lax.scan(body, c, chunk_inputs, reverse=reverse, unroll=unroll)
 
+  if chunk is None:
+    carry, ys = run(carry, inputs)
+  else:
+    # Outer scan over chunks stores one carry per chunk; each chunk is rematerialised.
     split = lambda a: a.reshape((padded // chunk, chunk) + a.shape[1:])  # noqa: E731
-    carry, ys = lax.scan(run_chunk, carry, jax.tree.map(split, inputs), reverse=reverse)
-    ys = jax.tree.map(lambda y: y.reshape((padded,) + y.shape[2:])[:length], ys)
+    carry, ys = lax.scan(jax.checkpoint(run), carry, jax.tree.map(split, inputs), reverse=reverse)
+    ys = jax.tree.map(lambda y: y.reshape((padded,) + y.shape[2:]), ys)
+  ys = jax.tree.map(lambda y: y[:length], ys)
+
+  if kernel is not None:
+    carry = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
+    ys = jax.tree.map(lambda y: y.reshape((length,) + batch_shape + y.shape[2:]), ys)
 
   if not time_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)

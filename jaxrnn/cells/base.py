@@ -28,6 +28,11 @@ class Cell(NamedTuple):
     name: the cell family, ``"elman"``, ``"lstm"`` or ``"gru"``.
     config: the factory's keyword arguments as sorted ``(name, value)`` pairs,
       so that ``cell.config`` is hashable and ``dict(cell.config)`` rebuilds it.
+    sequence: optional, the same cell over a whole sequence with a hand-written
+      VJP, ``sequence(params, carry, xs, mask, reverse, unroll) -> (carry, ys)``
+      on ``xs`` ``(T, N, I)`` and ``mask`` ``(T, N)`` or None (see
+      `jaxrnn.cells.fused`); `jaxrnn.scan` uses it when present. A custom cell
+      may leave it None: `scan` then loops over ``step``.
   """
 
   init: Callable[..., PyTree]
@@ -35,6 +40,7 @@ class Cell(NamedTuple):
   step: Callable[..., tuple[PyTree, Array]]
   name: str = "custom"
   config: tuple[tuple[str, Any], ...] = ()
+  sequence: Callable[..., tuple[PyTree, Array]] | None = None
 
 
 class HiddenCarry(NamedTuple):

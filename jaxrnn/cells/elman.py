@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, fused
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
@@ -167,4 +168,5 @@ def elman(
     use_bias=use_bias,
     recurrent_init=recurrent_init,
   )
-  return base.Cell(init, initial_carry, step, "elman", tuple(sorted(config.items())))
+  sequence = functools.partial(fused.elman_sequence, activation=activation)
+  return base.Cell(init, initial_carry, step, "elman", tuple(sorted(config.items())), sequence)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, fused
 
 
 class GRUParams(NamedTuple):
@@ -106,4 +106,5 @@ def gru(
     return base.HiddenCarry(h), h
 
   config = dict(hidden_size=hidden_size, use_bias=use_bias, recurrent_init=recurrent_init)
-  return base.Cell(init, initial_carry, step, "gru", tuple(sorted(config.items())))
+  config = tuple(sorted(config.items()))
+  return base.Cell(init, initial_carry, step, "gru", config, fused.gru_sequence)

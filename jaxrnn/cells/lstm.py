@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, fused
 
 
 class LSTMParams(NamedTuple):
@@ -140,4 +140,5 @@ def lstm(
     use_bias=use_bias,
     recurrent_init=recurrent_init,
   )
-  return base.Cell(init, initial_carry, step, "lstm", tuple(sorted(config.items())))
+  config = tuple(sorted(config.items()))
+  return base.Cell(init, initial_carry, step, "lstm", config, fused.lstm_sequence)
