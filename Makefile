@@ -20,8 +20,8 @@ $(VENV)/.experiments: $(VENV)/.core
 	$(PIP) install --quiet -e '.[experiments]'
 	touch $@
 
-run: $(VENV)/.core
-	$(PY) -m experiments.demo
+run: $(VENV)/.experiments
+	$(PY) -m experiments.default
 
 bench: $(VENV)/.dev
 	$(PY) -m experiments.benchmark

@@ -1,0 +1,122 @@
+"""`make experiments`: every experiment at full size, then ``results/summary.json`` and ``.md``.
+
+Runs, in order, ``vanishing``, ``adding``, ``copy``, ``sunspots``, ``digits``,
+``charlm`` and ``ucr`` (each also ``python -m experiments.NAME``), each writing
+``OUT/NAME/NAME.json`` and ``.png``, and collects their checks into one table:
+our number, the reference, its source, PASS or FAIL. An experiment that raises
+is recorded as an error and the others still run. Training runs checkpoint
+under ``OUT/NAME/checkpoints/`` (git-ignored), so an interrupted
+``make experiments`` started again resumes where it stopped; a finished run is
+restored, not retrained.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+import traceback
+
+from experiments import common
+
+NAME = "all"
+EXPERIMENTS = ("vanishing", "adding", "copy", "sunspots", "digits", "charlm", "ucr")
+
+
+def summarize(records: dict, out: str) -> tuple[dict, str]:
+  """Writes ``OUT/summary.json`` and ``OUT/summary.md`` from experiment records."""
+  rows = []
+  for name, rec in records.items():
+    if "error" in rec:
+      rows.append(
+        {
+          "experiment": name,
+          "name": f"{name}: error",
+          "ours": rec["error"],
+          "reference": "-",
+          "source": "-",
+          "pass": False,
+          "rule": "the experiment must run",
+        }
+      )
+      continue
+    for c in rec["checks"]:
+      rows.append({"experiment": name, **c})
+  quick = any(rec.get("quick") for rec in records.values())
+  summary = {
+    "quick": quick,
+    "passed": sum(r["pass"] for r in rows),
+    "failed": sum(not r["pass"] for r in rows),
+    "checks": rows,
+    "seconds": {n: r.get("seconds") for n, r in records.items()},
+  }
+  lines = [
+    "# jaxrnn experiments: summary",
+    "",
+    "Each row: our number, the reference it is compared with, where the reference comes from,",
+    "and PASS/FAIL under the rule written in the experiment (`python -m experiments.NAME --help`).",
+  ]
+  if quick:
+    lines += ["", "**Quick run (tiny sizes): these are smoke-test numbers, not results.**"]
+  lines += [
+    "",
+    "| experiment | check | ours | reference | source | result | notes |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  cell = common.md_cell
+  for r in rows:
+    verdict = "PASS" if r["pass"] else "FAIL"
+    lines.append(
+      f"| {r['experiment']} | {cell(r['name'])} | {cell(common.fmt(r['ours']))} | "
+      f"{cell(common.fmt(r['reference']))} | {cell(r['source'])} | {verdict} | "
+      f"{cell(r.get('note', ''))} |"
+    )
+  lines += ["", f"{summary['passed']} PASS, {summary['failed']} FAIL."]
+  table = "\n".join(lines) + "\n"
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+    f.write("\n")
+  with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+    f.write(table)
+  return summary, table
+
+
+def main(argv=None) -> dict:
+  p = common.parser(NAME, __doc__)
+  p.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+  p.add_argument(
+    "--summarize-only",
+    action="store_true",
+    help="run nothing: rebuild the summary from the existing OUT/NAME/NAME.json files",
+  )
+  args = p.parse_args(argv)
+  flags = ["--out", args.out, "--seed", str(args.seed)]
+  flags += ["--quick"] * args.quick + ["--no-progress"] * args.no_progress
+  flags += ["--no-checkpoints"] * args.no_checkpoints
+  records = {}
+  for name in args.only:
+    if args.summarize_only:
+      path = os.path.join(args.out, name, f"{name}.json")
+      if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          records[name] = json.load(f)
+      else:
+        records[name] = {"error": f"{path} not found", "seconds": 0.0}
+      continue
+    print(f"\n===== {name} =====", flush=True)
+    t0 = time.perf_counter()
+    try:
+      records[name] = importlib.import_module(f"experiments.{name}").main(flags)
+    except Exception as e:  # one broken experiment must not hide the others' results
+      traceback.print_exc()
+      records[name] = {"error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
+  summary, table = summarize(records, args.out)
+  print("\n" + table)
+  print(f"wrote {os.path.join(args.out, 'summary.json')} and summary.md")
+  return summary
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,433 @@
+"""Checkpoints of parameters and optimizer state through orbax-checkpoint.
+
+A checkpoint is one step directory written by `orbax.checkpoint.CheckpointManager`:
+the arrays (``state``, orbax's tensorstore/OCDBT format) and a JSON record
+(``meta``) with the jaxrnn version, the model's name and configuration, and the
+path, shape, dtype and SHA-256 of every array. Orbax writes into a temporary
+directory and renames it when complete, so a process killed while saving leaves
+the previous checkpoint intact and the half-written one invisible.
+
+Loading never unpickles: the record is parsed as JSON, the arrays are read by
+tensorstore and checked against their SHA-256, and anything unexpected (a file
+that is not a checkpoint, a truncated or altered file, a model or tree that does
+not match) raises a `ValueError` that says what differs.
+
+orbax-checkpoint is the ``experiments`` extra; it is imported when a function
+here is first called, so ``import jaxrnn`` needs only the core dependencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn.cells.base import PyTree
+
+__all__ = ["all_steps", "latest_step", "model_spec", "read_metadata", "restore", "save"]
+
+FORMAT = "jaxrnn-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _ocp():
+  try:
+    import orbax.checkpoint as ocp
+  except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError(
+      "jaxrnn.checkpoint needs orbax-checkpoint: pip install 'jaxrnn[experiments]'."
+    ) from e
+  return ocp
+
+
+def _version() -> str:
+  import jaxrnn
+
+  return getattr(jaxrnn, "__version__", "unknown")
+
+
+def _jsonable(value: Any, where: str) -> Any:
+  """A config value as JSON: tuples of ``(name, value)`` pairs become objects."""
+  if value is None or isinstance(value, bool | int | str):
+    return value
+  if isinstance(value, float):
+    return value
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+  if isinstance(value, tuple | list):
+    pairs = all(
+      isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str) for p in value
+    )
+    keys = [p[0] for p in value] if pairs else []
+    if value and pairs and len(set(keys)) == len(keys):
+      return {k: _jsonable(v, f"{where}.{k}") for k, v in value}
+    return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+  if isinstance(value, np.generic):
+    return value.item()
+  raise ValueError(
+    f"model config field {where} = {value!r} ({type(value).__name__}) is not JSON-serialisable; "
+    "expected None, bool, int, float, str, or tuples/dicts of them."
+  )
+
+
+def model_spec(model: Any) -> dict[str, Any] | None:
+  """The JSON record of a model that a checkpoint keeps: ``{"name", "config"}``.
+
+  Args:
+    model: a `jaxrnn.Cell` or `jaxrnn.SequenceModel` (anything with ``name`` and
+      ``config``), a dict ``{"name": ..., "config": ...}``, or None.
+
+  Returns:
+    A JSON-serialisable dict, or None for ``model=None``.
+
+  Raises:
+    ValueError: if ``model`` has no ``name``/``config`` or the config is not
+      JSON-serialisable.
+
+  Example:
+    >>> import jaxrnn
+    >>> from jaxrnn.checkpoint import model_spec
+    >>> model_spec(jaxrnn.gru(8))
+    {'name': 'gru', 'config': {'hidden_size': 8, 'recurrent_init': 'uniform', 'use_bias': True}}
+  """
+  if model is None:
+    return None
+  if isinstance(model, Mapping):
+    if set(model) != {"name", "config"}:
+      raise ValueError(f"model spec has keys {sorted(model)}; expected ['config', 'name'].")
+    name, config = model["name"], model["config"]
+  elif hasattr(model, "name") and hasattr(model, "config"):
+    name, config = model.name, model.config
+  else:
+    raise ValueError(
+      f"model={type(model).__name__}: expected a jaxrnn.Cell or SequenceModel (with .name and "
+      ".config), a dict {'name', 'config'}, or None."
+    )
+  spec = {"name": _jsonable(name, "name"), "config": _jsonable(config, "config")}
+  return json.loads(json.dumps(spec))  # exactly what reading it back gives
+
+
+def _first_difference(saved: Any, expected: Any, where: str) -> str | None:
+  if isinstance(saved, dict) and isinstance(expected, dict):
+    order = ["name"] if "name" in saved and "name" in expected else []  # the cell family first
+    for k in order + sorted((set(saved) | set(expected)) - set(order)):
+      field = f"{where}.{k}" if where else k
+      if k not in saved:
+        return f"{field} is missing from the checkpoint (model has {expected[k]!r})"
+      if k not in expected:
+        return f"{field} is in the checkpoint ({saved[k]!r}) but not in the model"
+      diff = _first_difference(saved[k], expected[k], field)
+      if diff:
+        return diff
+    return None
+  if isinstance(saved, list) and isinstance(expected, list) and len(saved) == len(expected):
+    for i, (s, e) in enumerate(zip(saved, expected, strict=True)):
+      diff = _first_difference(s, e, f"{where}[{i}]")
+      if diff:
+        return diff
+    return None
+  if saved != expected or type(saved) is not type(expected):
+    return f"{where}: checkpoint has {saved!r}, model has {expected!r}"
+  return None
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(f".{k.name}")
+    elif isinstance(k, jax.tree_util.DictKey):
+      parts.append(f"[{k.key!r}]")
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(f"[{k.idx}]")
+    else:
+      parts.append(str(k))
+  return "".join(parts) or "<root>"
+
+
+def _is_key(leaf: Any) -> bool:
+  return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+  """Shape and dtype of a target leaf as stored (typed keys as their key data)."""
+  if _is_key(leaf):
+    leaf = jax.eval_shape(jax.random.key_data, leaf)
+  if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+    leaf = np.asarray(leaf)
+  return tuple(leaf.shape), np.dtype(leaf.dtype)
+
+
+def _leaf_records(state: PyTree) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+  records, arrays = [], {}
+  for i, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0]):
+    record: dict[str, Any] = {"path": _path_str(path)}
+    if _is_key(leaf):
+      record["prng_impl"] = str(jax.random.key_impl(leaf))
+      leaf = jax.random.key_data(leaf)
+    arr = np.asarray(leaf)
+    if arr.dtype == object:
+      raise ValueError(f"state leaf {record['path']} is a Python object; expected an array.")
+    record.update(
+      shape=list(arr.shape), dtype=str(arr.dtype), sha256=hashlib.sha256(arr.tobytes()).hexdigest()
+    )
+    records.append(record)
+    arrays[f"leaf_{i:05d}"] = arr
+  return records, arrays
+
+
+def _manager(directory: str, *, read_only: bool, keep: int | None = None):
+  ocp = _ocp()
+  # Readers use create=False rather than orbax's read_only, which logs warnings on every call;
+  # they only list and restore, and with max_to_keep=None nothing is ever deleted.
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=None if read_only else keep, create=not read_only, enable_async_checkpointing=False
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _check_directory(directory: Any) -> str:
+  if not isinstance(directory, str | os.PathLike):
+    raise ValueError(f"directory={directory!r}: expected a path (str or os.PathLike).")
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    what = "a file" if os.path.exists(directory) else "missing"
+    raise ValueError(
+      f"{directory!r} is {what}; expected a checkpoint directory written by jaxrnn.checkpoint.save."
+    )
+  return directory
+
+
+def save(
+  directory: str | os.PathLike,
+  step: int,
+  state: PyTree,
+  *,
+  model: Any = None,
+  metadata: Mapping[str, Any] | None = None,
+  keep: int | None = None,
+) -> str:
+  """Saves ``state`` (params, optimizer state, anything) as checkpoint ``step``.
+
+  The write is atomic: orbax writes into ``<step>.orbax-checkpoint-tmp`` and
+  renames it to ``<step>`` when everything is on disk, so a process killed
+  meanwhile leaves only the earlier checkpoints visible.
+
+  Args:
+    directory: the run's checkpoint directory, one subdirectory per step.
+    step: a non-negative int, the name of this checkpoint.
+    state: a pytree of arrays (NamedTuples, dicts, lists, None; typed PRNG
+      keys are stored as their key data and rebuilt on restore).
+    model: the `Cell` or `SequenceModel` (or a `model_spec` dict) whose
+      ``name`` and ``config`` are recorded and checked by `restore`.
+    metadata: extra JSON-serialisable information (seed, data, flags).
+    keep: keep only the newest ``keep`` checkpoints; None keeps all.
+
+  Returns:
+    The path of the new checkpoint.
+
+  Raises:
+    ValueError: a bad ``step`` or ``keep``, an existing ``step``, or a state
+      leaf or config that cannot be stored.
+
+  Example:
+    >>> import tempfile, jax, jaxrnn
+    >>> from jaxrnn import checkpoint
+    >>> cell = jaxrnn.lstm(4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> d = tempfile.mkdtemp()
+    >>> _ = checkpoint.save(d, 10, params, model=cell)
+    >>> restored, info = checkpoint.restore(d, params, model=cell)
+    >>> info["step"], restored.w_hh.shape
+    (10, (4, 16))
+  """
+  if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+    raise ValueError(f"step={step!r}: expected a non-negative int.")
+  if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+    raise ValueError(f"keep={keep!r}: expected a positive int or None.")
+  step = int(step)
+  records, arrays = _leaf_records(state)
+  meta = {
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "jaxrnn_version": _version(),
+    "step": step,
+    "model": model_spec(model),
+    "leaves": records,
+    "metadata": _jsonable(dict(metadata or {}), "metadata"),
+  }
+  directory = os.fspath(directory)
+  ocp = _ocp()
+  manager = _manager(directory, read_only=False, keep=keep)
+  try:
+    if step in manager.all_steps():
+      raise ValueError(f"checkpoint step {step} already exists in {directory!r}.")
+    manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+  return os.path.join(directory, str(step))
+
+
+def all_steps(directory: str | os.PathLike) -> list[int]:
+  """The steps of the complete checkpoints in ``directory`` (ascending; [] if none or missing)."""
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    return []
+  manager = _manager(directory, read_only=True)
+  try:
+    return sorted(int(s) for s in manager.all_steps())
+  finally:
+    manager.close()
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+  """The newest complete checkpoint step in ``directory``, or None."""
+  steps = all_steps(directory)
+  return steps[-1] if steps else None
+
+
+def _read_meta(manager, directory: str, step: int) -> dict[str, Any]:
+  ocp = _ocp()
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # orbax/json raise many types; none of them may escape as-is
+    raise ValueError(
+      f"checkpoint {directory!r} step {step}: its record is not valid jaxrnn JSON "
+      f"({type(e).__name__}: {e})."
+    ) from None
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise ValueError(
+      f"checkpoint {directory!r} step {step}: format is "
+      f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}; "
+      f"expected {FORMAT!r}."
+    )
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise ValueError(
+      f"checkpoint {directory!r} step {step}: format_version={meta.get('format_version')!r}; "
+      f"this jaxrnn reads {FORMAT_VERSION}."
+    )
+  return meta
+
+
+def read_metadata(directory: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+  """The JSON record of a checkpoint (version, step, model, leaves, metadata), no arrays.
+
+  Raises:
+    ValueError: if ``directory`` holds no such jaxrnn checkpoint.
+  """
+  directory = _check_directory(directory)
+  manager = _manager(directory, read_only=True)
+  try:
+    step = _pick_step(manager, directory, step)
+    return _read_meta(manager, directory, step)
+  finally:
+    manager.close()
+
+
+def _pick_step(manager, directory: str, step: int | None) -> int:
+  steps = sorted(int(s) for s in manager.all_steps())
+  if not steps:
+    raise ValueError(f"{directory!r} holds no complete checkpoint.")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise ValueError(f"step={step!r} is not in {directory!r}; it holds steps {steps}.")
+  return step
+
+
+def restore(
+  directory: str | os.PathLike,
+  target: PyTree,
+  *,
+  step: int | None = None,
+  model: Any = None,
+) -> tuple[PyTree, dict[str, Any]]:
+  """Loads checkpoint ``step`` (the newest if None) into the structure of ``target``.
+
+  Checks, each a `ValueError` naming what differs: the record is jaxrnn JSON;
+  ``model`` (if given) has the recorded name and configuration, field by field;
+  the tree has the same leaf paths, shapes and dtypes as ``target``; every
+  array has its recorded SHA-256 (so truncated or altered files are caught).
+
+  Args:
+    directory: the directory given to `save`.
+    target: a pytree like the saved one (e.g. freshly initialised params or
+      train state) whose structure, shapes and dtypes the checkpoint must
+      match. Leaves may be arrays or `jax.ShapeDtypeStruct`; a leaf with a
+      ``sharding`` is placed with it, others on the default device.
+    step: which checkpoint; None for the newest.
+    model: the `Cell`/`SequenceModel` (or `model_spec` dict) to check the
+      recorded configuration against; None skips that check.
+
+  Returns:
+    ``(state, info)``: the restored pytree (jax arrays) and the JSON record
+    (``step``, ``jaxrnn_version``, ``model``, ``metadata``, ``leaves``).
+
+  Raises:
+    ValueError: for any of the mismatches above, a missing step, or a
+      directory that is not a jaxrnn checkpoint.
+  """
+  directory = _check_directory(directory)
+  expected_model = model_spec(model)
+  ocp = _ocp()
+  manager = _manager(directory, read_only=True)
+  try:
+    step = _pick_step(manager, directory, step)
+    meta = _read_meta(manager, directory, step)
+    where = f"checkpoint {directory!r} step {step}"
+    if expected_model is not None:
+      if meta.get("model") is None:
+        raise ValueError(f"{where} records no model; cannot check it against {model_spec(model)}.")
+      diff = _first_difference(meta["model"], expected_model, "")
+      if diff:
+        raise ValueError(f"{where} was saved for a different model: {diff}.")
+    records = meta.get("leaves")
+    flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+    if not isinstance(records, list) or len(records) != len(flat):
+      got = len(records) if isinstance(records, list) else records
+      raise ValueError(f"{where} has {got} arrays; target has {len(flat)}.")
+    abstract = {}
+    for i, ((path, leaf), rec) in enumerate(zip(flat, records, strict=True)):
+      name = _path_str(path)
+      shape, dtype = _shape_dtype(leaf)
+      if rec.get("path") != name:
+        raise ValueError(f"{where}: array {i} is {rec.get('path')!r}; target has {name!r}.")
+      if tuple(rec.get("shape", ())) != shape or rec.get("dtype") != str(dtype):
+        raise ValueError(
+          f"{where}: {name} has shape {tuple(rec.get('shape', ()))} and dtype {rec.get('dtype')}; "
+          f"target has shape {shape} and dtype {dtype}."
+        )
+      abstract[f"leaf_{i:05d}"] = np.zeros(shape, dtype)
+    try:
+      arrays = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      )["state"]
+    except Exception as e:  # tensorstore/orbax errors on damaged files
+      raise ValueError(
+        f"{where}: its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})."
+      ) from None
+  finally:
+    manager.close()
+  leaves = []
+  for i, ((_, leaf), rec) in enumerate(zip(flat, records, strict=True)):
+    arr = np.asarray(arrays[f"leaf_{i:05d}"])
+    if hashlib.sha256(arr.tobytes()).hexdigest() != rec.get("sha256"):
+      raise ValueError(f"{where}: {rec['path']} does not match its recorded SHA-256 (damaged).")
+    if "prng_impl" in rec:
+      out = jax.random.wrap_key_data(arr, impl=rec["prng_impl"])
+    else:
+      out = jnp.asarray(arr)
+    sharding = getattr(leaf, "sharding", None)
+    leaves.append(jax.device_put(out, sharding) if sharding is not None else out)
+  return jax.tree_util.tree_unflatten(treedef, leaves), meta

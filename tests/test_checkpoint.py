@@ -1,0 +1,253 @@
+"""jaxrnn.checkpoint: exact round trip, atomic under SIGKILL, no unpickling, config checks."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxrnn
+from jaxrnn import checkpoint
+
+
+def _state(cell, seed=0, input_size=3):
+  params = cell.init(jax.random.key(seed), input_size)
+  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+  return {
+    "params": params,
+    "opt_state": opt.init(params),
+    "key": jax.random.key(seed + 7),
+    "step": jnp.int32(12),
+  }
+
+
+def _assert_same(a, b):
+  la, ta = jax.tree.flatten(a)
+  lb, tb = jax.tree.flatten(b)
+  assert ta == tb
+  for x, y in zip(la, lb, strict=True):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def _largest_file(root):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def test_round_trip_is_exact_and_records_version_and_config(tmp_path):
+  cell = jaxrnn.lstm(8, proj_size=4, forget_bias=2.0)  # w_proj present
+  state = _state(cell)
+  checkpoint.save(tmp_path, 12, state, model=cell, metadata={"seed": 0, "lr": 1e-3})
+  restored, info = checkpoint.restore(tmp_path, jax.tree.map(jnp.zeros_like, state), model=cell)
+  _assert_same(state, restored)
+  assert info["step"] == 12 and info["jaxrnn_version"] == jaxrnn.__version__
+  assert info["model"] == {"name": "lstm", "config": checkpoint.model_spec(cell)["config"]}
+  assert info["model"]["config"]["forget_bias"] == 2.0
+  assert info["metadata"] == {"seed": 0, "lr": 1e-3}
+  assert checkpoint.read_metadata(tmp_path)["model"]["config"]["proj_size"] == 4
+  # sequence models and ShapeDtypeStruct targets too
+  model = jaxrnn.rnn_layers("gru", 5, num_layers=2, bidirectional=True)
+  params = model.init(jax.random.key(1), 3)
+  checkpoint.save(tmp_path / "seq", 0, params, model=model)
+  restored, _ = checkpoint.restore(tmp_path / "seq", jax.eval_shape(lambda: params), model=model)
+  _assert_same(params, restored)
+
+
+def test_steps_keep_and_errors(tmp_path):
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  for step in (1, 2, 3):
+    checkpoint.save(tmp_path, step, jax.tree.map(lambda x, s=step: x + s, params), keep=2)
+  assert checkpoint.all_steps(tmp_path) == [2, 3]
+  restored, info = checkpoint.restore(tmp_path, params, step=2)
+  assert info["step"] == 2
+  np.testing.assert_array_equal(restored.w_hh, params.w_hh + 2)
+  with pytest.raises(ValueError, match="step 3 already exists"):
+    checkpoint.save(tmp_path, 3, params)
+  with pytest.raises(ValueError, match="step=-1"):
+    checkpoint.save(tmp_path, -1, params)
+  with pytest.raises(ValueError, match=r"step=1 is not in .* holds steps \[2, 3\]"):
+    checkpoint.restore(tmp_path, params, step=1)
+  with pytest.raises(ValueError, match="missing"):
+    checkpoint.restore(tmp_path / "nope", params)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="holds no complete checkpoint"):
+    checkpoint.restore(tmp_path / "empty", params)
+  assert checkpoint.latest_step(tmp_path / "nope") is None
+
+
+@pytest.mark.parametrize(
+  ("saved", "loaded", "message"),
+  [
+    (jaxrnn.lstm(8), jaxrnn.lstm(16), "config.hidden_size: checkpoint has 8, model has 16"),
+    (jaxrnn.lstm(8), jaxrnn.gru(8), "name: checkpoint has 'lstm', model has 'gru'"),
+    (jaxrnn.lstm(8), jaxrnn.lstm(8, forget_bias=0.0), "config.forget_bias: checkpoint has 1.0"),
+    (
+      jaxrnn.elman(8),
+      jaxrnn.elman(8, activation="relu"),
+      "config.activation: checkpoint has 'tanh', model has 'relu'",
+    ),
+    (
+      jaxrnn.rnn_layers("lstm", 8, num_layers=2),
+      jaxrnn.rnn_layers("lstm", 8, num_layers=3),
+      "config.num_layers: checkpoint has 2, model has 3",
+    ),
+    (
+      jaxrnn.rnn_layers("lstm", 8),
+      jaxrnn.rnn_layers("lstm", 8, proj_size=4),
+      "config.cell_config.proj_size: checkpoint has None, model has 4",
+    ),
+  ],
+)
+def test_mismatched_config_names_the_field(tmp_path, saved, loaded, message):
+  params = saved.init(jax.random.key(0), 3)
+  checkpoint.save(tmp_path, 0, params, model=saved)
+  with pytest.raises(ValueError, match="saved for a different model") as err:
+    checkpoint.restore(tmp_path, params, model=loaded)
+  assert message in str(err.value)
+
+
+def test_mismatched_tree_names_the_leaf(tmp_path):
+  params = jaxrnn.lstm(8).init(jax.random.key(0), 3)
+  checkpoint.save(tmp_path, 0, params)
+  other = jaxrnn.lstm(8).init(jax.random.key(0), 5)
+  with pytest.raises(ValueError, match=r"\.w_ih has shape \(3, 32\) .* target has shape \(5, 32\)"):
+    checkpoint.restore(tmp_path, other)
+  with pytest.raises(ValueError, match="has 3 arrays; target has 2"):
+    checkpoint.restore(tmp_path, jaxrnn.lstm(8, use_bias=False).init(jax.random.key(0), 3))
+  as_f16 = jax.tree.map(lambda x: x.astype(jnp.float16), params)
+  with pytest.raises(ValueError, match="dtype float32; target has .* dtype float16"):
+    checkpoint.restore(tmp_path, as_f16)
+
+
+class _Payload:
+  """Unpickling this creates the marker file: proof that code ran."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_never_run(tmp_path):
+  marker = tmp_path / "pwned"
+  poison = pickle.dumps(_Payload(str(marker)))
+  # the payload is live: unpickling it does create a marker
+  live = tmp_path / "live"
+  pickle.loads(pickle.dumps(_Payload(str(live)))).close()
+  assert live.exists()
+
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  # 1. a pickle file where a checkpoint directory should be
+  (tmp_path / "model.pkl").write_bytes(poison)
+  with pytest.raises(ValueError, match="is a file; expected a checkpoint directory"):
+    checkpoint.restore(tmp_path / "model.pkl", params)
+  # 2. a directory holding only a pickle
+  (tmp_path / "pkl_dir").mkdir()
+  (tmp_path / "pkl_dir" / "checkpoint.pkl").write_bytes(poison)
+  with pytest.raises(ValueError, match="no complete checkpoint"):
+    checkpoint.restore(tmp_path / "pkl_dir", params)
+  # 3. a real checkpoint whose JSON record was replaced by the pickle
+  checkpoint.save(tmp_path / "c1", 1, params, model=cell)
+  (tmp_path / "c1" / "1" / "meta" / "metadata").write_bytes(poison)
+  with pytest.raises(ValueError, match="record is not valid jaxrnn JSON"):
+    checkpoint.restore(tmp_path / "c1", params, model=cell)
+  # 4. a real checkpoint whose array data were replaced by the pickle
+  checkpoint.save(tmp_path / "c2", 1, params, model=cell)
+  with open(_largest_file(tmp_path / "c2" / "1" / "state"), "wb") as f:
+    f.write(poison)
+  with pytest.raises(ValueError, match="cannot be read|SHA-256"):
+    checkpoint.restore(tmp_path / "c2", params, model=cell)
+  assert not marker.exists()
+
+
+def test_truncated_files_raise_value_error(tmp_path):
+  cell = jaxrnn.lstm(32)
+  params = cell.init(jax.random.key(0), 8)
+  checkpoint.save(tmp_path / "a", 1, params, model=cell)
+  data = _largest_file(tmp_path / "a" / "1" / "state")
+  with open(data, "r+b") as f:
+    f.truncate(os.path.getsize(data) // 2)
+  with pytest.raises(ValueError, match="cannot be read|SHA-256"):
+    checkpoint.restore(tmp_path / "a", params, model=cell)
+
+  checkpoint.save(tmp_path / "b", 1, params, model=cell)
+  record = tmp_path / "b" / "1" / "meta" / "metadata"
+  record.write_bytes(record.read_bytes()[:100])
+  with pytest.raises(ValueError, match="record is not valid jaxrnn JSON"):
+    checkpoint.restore(tmp_path / "b", params, model=cell)
+
+  # a flipped byte that still decodes is caught by the recorded SHA-256
+  checkpoint.save(tmp_path / "c", 1, params, model=cell)
+  meta = checkpoint.read_metadata(tmp_path / "c")
+  meta_path = tmp_path / "c" / "1" / "meta" / "metadata"
+  text = meta_path.read_text()
+  sha = meta["leaves"][0]["sha256"]
+  meta_path.write_text(text.replace(sha, sha[::-1]))
+  with pytest.raises(ValueError, match=r"\.w_ih does not match its recorded SHA-256"):
+    checkpoint.restore(tmp_path / "c", params, model=cell)
+
+
+_WRITER = textwrap.dedent(
+  """
+  import sys, time, jax, jaxrnn
+  from jaxrnn import checkpoint
+  from orbax.checkpoint._src.path import atomicity
+
+  directory, signal_file = sys.argv[1], sys.argv[2]
+  cell = jaxrnn.lstm(64)
+  params = cell.init(jax.random.key(0), 16)
+  checkpoint.save(directory, 1, params, model=cell)
+
+  async def stalled_finalize(self):  # every array is written; the commit (rename) is next
+    open(signal_file, "w").close()
+    time.sleep(600)
+
+  atomicity.AtomicRenameTemporaryPath.finalize = stalled_finalize
+  checkpoint.save(directory, 2, jax.tree.map(lambda x: x + 1, params), model=cell)
+  """
+)
+
+
+def test_kill_during_write_leaves_the_previous_checkpoint_intact(tmp_path):
+  directory, signal_file = tmp_path / "ckpt", tmp_path / "writing"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.Popen(
+    [sys.executable, "-c", _WRITER, str(directory), str(signal_file)],
+    env=env,
+    stderr=subprocess.PIPE,
+  )
+  deadline = time.monotonic() + 120
+  while not signal_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+  assert signal_file.exists(), proc.stderr.read().decode()[-3000:] if proc.poll() else "timeout"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  proc.stderr.close()
+  # the half-written step 2 is on disk, but invisible
+  assert any(".orbax-checkpoint-tmp" in p for p in os.listdir(directory))
+  assert checkpoint.all_steps(directory) == [1]
+
+  cell = jaxrnn.lstm(64)
+  params = cell.init(jax.random.key(0), 16)
+  restored, info = checkpoint.restore(directory, params, model=cell)
+  assert info["step"] == 1
+  _assert_same(params, restored)
+  # and the next save of step 2 goes through
+  checkpoint.save(directory, 2, jax.tree.map(lambda x: x + 1, params), model=cell)
+  restored, info = checkpoint.restore(directory, params, model=cell)
+  assert info["step"] == 2
+  np.testing.assert_array_equal(restored.w_hh, params.w_hh + 1)
