@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxrnn
+from jaxrnn.scan import remat_chunk
 
 CONFIGS = {
   "S": dict(B=1, T=512, I=32, H=128),
@@ -270,7 +271,7 @@ def remat_table(lengths, B, H, I, reps):
       plain_s=med[None],
       remat_s=med[True],
       time_ratio=med[True] / med[None],
-      chunk=int(np.ceil(np.sqrt(T))),
+      chunk=remat_chunk(True, T),
     )
     rows.append(row)
     print(
@@ -379,29 +380,42 @@ def main(argv=None):
   skip = set(args.skip.split(","))
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  result = dict(machine=machine(), rounds=args.rounds)
-  md = []
+  # Sections skipped in this run keep their numbers from the last run in OUT.
+  previous = out / "benchmark.json"
+  partial = skip - {""} or args.kinds != "lstm,gru" or args.configs != "S,M,L"
+  result = json.loads(previous.read_text()) if previous.exists() and partial else {}
+  result.update(machine=machine(), rounds=args.rounds)
   if "speed" not in skip:
     rows, ceiling = speed_table(
       configs, args.kinds.split(","), args.modes.split(","), args.rounds, peers
     )
+    key = lambda r: (r["kind"], r["config"], r["mode"])  # noqa: E731
+    measured = {key(r) for r in rows}
+    kept = [r for r in result.get("speed", []) if key(r) not in measured]
+    rows = kept + rows  # rows of kinds/configs not measured now keep their last numbers
     result.update(matmul_gflops=ceiling, speed=rows)
     plot(rows, out / "benchmark.png")
-    md += [f"Matmul ceiling: {ceiling:.0f} GFLOP/s (2048x2048 float32, jax).", "", markdown(rows)]
   if "unroll" not in skip:
     result["unroll"] = unroll_table(args.rounds, args.tiny)
   if "remat" not in skip:
     lengths = [16, 64] if args.tiny else [int(t) for t in args.remat_lengths.split(",")]
     B, H, I = (2, 8, 4) if args.tiny else (32, 256, 32)
     result["remat"] = remat_table(lengths, B, H, I, 2 if args.tiny else 3)
-    md += ["", remat_markdown(result["remat"])]
   if "streaming" not in skip:
     from experiments.bench_streaming import streaming_latency
-    from experiments.bench_streaming import table as streaming_markdown
 
     result["streaming"] = streaming_latency(
       hidden_sizes=(8,) if args.tiny else (128, 512), **({"repeats": 20} if args.tiny else {})
     )
+  from experiments.bench_streaming import table as streaming_markdown
+
+  md = []
+  if "speed" in result:
+    md += [f"Matmul ceiling: {result['matmul_gflops']:.0f} GFLOP/s (2048x2048 float32, jax).", ""]
+    md += [markdown(result["speed"])]
+  if "remat" in result:
+    md += ["", remat_markdown(result["remat"])]
+  if "streaming" in result:
     md += ["", streaming_markdown(result["streaming"])]
   (out / "benchmark.json").write_text(json.dumps(result, indent=1, default=str))
   (out / "benchmark.md").write_text("\n".join(md) + "\n")

@@ -346,6 +346,31 @@ def _pick_step(manager, directory: str, step: int | None) -> int:
   return step
 
 
+def _check_readable(step_dir: str, where: str) -> None:
+  """Reads every stored value of the arrays' OCDBT store, one at a time, synchronously.
+
+  A truncated or replaced data file fails here, in one plain call, instead of
+  inside orbax's concurrent reads, whose other in-flight reads would then call
+  back into an event loop that orbax has already closed (an unraisable
+  ``RuntimeError: Event loop is closed`` after the ``ValueError``). Stores in
+  another layout are left to orbax and the SHA-256 checks.
+  """
+  state = os.path.join(step_dir, "state")
+  if not os.path.exists(os.path.join(state, "manifest.ocdbt")):
+    return
+  import tensorstore as ts
+
+  try:
+    spec = {"driver": "ocdbt", "base": "file://" + os.path.abspath(state) + "/"}
+    store = ts.KvStore.open(spec).result()
+    for key in store.list().result():
+      store.read(key).result()
+  except Exception as e:  # tensorstore reports damage as ValueError, OSError, ...
+    raise ValueError(
+      f"{where}: its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})."
+    ) from None
+
+
 def restore(
   directory: str | os.PathLike,
   target: PyTree,
@@ -358,7 +383,8 @@ def restore(
   Checks, each a `ValueError` naming what differs: the record is jaxrnn JSON;
   ``model`` (if given) has the recorded name and configuration, field by field;
   the tree has the same leaf paths, shapes and dtypes as ``target``; every
-  array has its recorded SHA-256 (so truncated or altered files are caught).
+  stored value can be read (truncated files are caught before any array is
+  built); every array has its recorded SHA-256 (altered files are caught).
 
   Args:
     directory: the directory given to `save`.
@@ -409,6 +435,7 @@ def restore(
           f"target has shape {shape} and dtype {dtype}."
         )
       abstract[f"leaf_{i:05d}"] = np.zeros(shape, dtype)
+    _check_readable(os.path.join(directory, str(step)), where)
     try:
       arrays = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))

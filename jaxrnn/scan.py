@@ -90,6 +90,12 @@ def remat_chunk(remat: int | bool | None, length: int) -> int | None:
   if remat is None or remat is False:
     return None
   if remat is True:
+    # A divisor of T near sqrt(T) needs no padding (padding costs a copy of the sequence);
+    # otherwise ceil(sqrt(T)) steps, the last chunk padded with masked steps.
+    root = math.sqrt(max(length, 1))
+    divisors = [k for k in range(math.ceil(root / 2), int(2 * root) + 1) if length % k == 0]
+    if divisors:
+      return min(divisors, key=lambda k: abs(k - root))
     return max(1, math.isqrt(max(length - 1, 0)) + 1)
   if isinstance(remat, int) and remat >= 1:
     return remat
