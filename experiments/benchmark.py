@@ -26,9 +26,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 import jaxrnn
-from jaxrnn.scan import remat_chunk
+from jaxrnn.scan import default_unroll, remat_chunk
 
 CONFIGS = {
   "S": dict(B=1, T=512, I=32, H=128),
@@ -283,6 +284,109 @@ def remat_table(lengths, B, H, I, reps):
   return rows
 
 
+def breakdown_table(configs, rounds: int, ceiling: float):
+  """Where the time of jaxrnn's LSTM goes on this backend: evidence for the README.
+
+  Each part is its own compiled function, timed interleaved with the others:
+  ``fwd`` (the forward pass), ``fwd_save`` (the custom-VJP forward, which also writes the
+  gate activations and carries the backward needs), ``bwd`` (the hand-written backward),
+  ``bwd_matmuls`` (its three weight/input-gradient matmuls over all ``T*B`` rows alone),
+  ``recurrent_matmul`` (a `lax.scan` of ``T`` steps of only ``h @ w_hh``, the floor of any
+  scan-based forward) and ``gate_math`` (``T`` steps of only the gate elementwise work).
+  """
+  rows = []
+  for cname, cfg in configs.items():
+    rows += _breakdown_config(cname, rounds, ceiling, **cfg)
+  return rows
+
+
+def _breakdown_config(cname, rounds, ceiling, B, T, I, H):
+  from jaxrnn.cells import fused
+  from jaxrnn.cells.base import LSTMCarry
+
+  rows = []
+  cell = jaxrnn.lstm(H)
+  params = cell.init(jax.random.key(0), I)
+  xs = jax.random.normal(jax.random.key(1), (T, B, I))
+  carry = cell.initial_carry(params, (B,))
+  unroll = default_unroll()
+  fwd = jax.jit(lambda p, x: jaxrnn.scan(cell, p, x, time_major=True)[1])
+  fwd_save = jax.jit(lambda p, x: fused._lstm_fwd(p, carry, x, None, False, unroll))
+  residuals = fwd_save(params, xs)[1]
+  cts = (jax.tree.map(jnp.ones_like, carry), jnp.ones((T, B, H)))
+  bwd = jax.jit(lambda r, c: fused._lstm_bwd(False, unroll, r, c))
+  dz = jnp.full((T * B, 4 * H), 0.01)
+  h_prev = residuals[3][0].reshape(T * B, H)
+
+  @jax.jit
+  def bwd_matmuls(p, x, h_prev, dz):
+    x = x.reshape(T * B, I)
+    return x.T @ dz, h_prev.T @ dz, dz @ p.w_ih.T, jnp.sum(dz, axis=0)
+
+  @jax.jit
+  def recurrent_matmul(p, h):
+    def body(h, _):  # every gate column feeds the next step, so nothing is dead code
+      z = h @ p.w_hh
+      return z[:, :H] + z[:, H : 2 * H] + z[:, 2 * H : 3 * H] + z[:, 3 * H :], None
+
+    return lax.scan(body, h, None, length=T, unroll=unroll)[0]
+
+  @jax.jit
+  def gate_math(z, c):
+    def body(c, _):
+      acts = fused._lstm_gates(z + jnp.tile(c.h, (1, 4)))
+      i, f, g, o = jnp.split(acts, 4, axis=-1)
+      c_new = f * c.c + i * g
+      return LSTMCarry(o * jnp.tanh(c_new), c_new), None
+
+    return lax.scan(body, c, None, length=T, unroll=unroll)[0]
+
+  z0 = jax.random.normal(jax.random.key(2), (B, 4 * H))
+  h0 = jax.random.normal(jax.random.key(3), (B, H))
+  calls = {
+    "fwd": lambda: fwd(params, xs),
+    "fwd_save": lambda: fwd_save(params, xs),
+    "bwd": lambda: bwd(residuals, cts),
+    "bwd_matmuls": lambda: bwd_matmuls(params, xs, h_prev, dz),
+    "recurrent_matmul": lambda: recurrent_matmul(params, h0),
+    "gate_math": lambda: gate_math(z0, carry),
+  }
+  runs = {k: (lambda f=f: jax.block_until_ready(f())) for k, f in calls.items()}
+  for run in runs.values():
+    run()
+  med = interleaved(runs, rounds)
+  fl = {
+    "fwd": flops("lstm", B, T, I, H),
+    "fwd_save": flops("lstm", B, T, I, H),
+    "bwd": 2 * flops("lstm", B, T, I, H),
+    "bwd_matmuls": 2.0 * T * B * 4 * H * (I + H + I),
+    "recurrent_matmul": 2.0 * T * B * H * 4 * H,
+    "gate_math": 0.0,
+  }
+  for part, sec in med.items():
+    gf = fl[part] / sec / 1e9
+    row = dict(config=cname, part=part, ms=sec * 1e3, gflops=gf, ceiling_fraction=gf / ceiling)
+    row["ns_per_step"] = sec / T * 1e9
+    rows.append(row)
+    print(
+      f"breakdown {cname} {part:16} {row['ms']:9.2f} ms  {gf:6.1f} GFLOP/s "
+      f"({row['ceiling_fraction']:.0%} of ceiling)",
+      flush=True,
+    )
+  return rows
+
+
+def breakdown_markdown(rows) -> str:
+  head = "| config | part | ms | GFLOP/s | % of matmul ceiling | us per time step |"
+  lines = [head, "|---|---|---:|---:|---:|---:|"]
+  for r in rows:
+    gf = f"{r['gflops']:.0f}" if r["gflops"] else "-"
+    pct = f"{r['ceiling_fraction']:.0%}" if r["gflops"] else "-"
+    us = r["ns_per_step"] / 1e3
+    lines.append(f"| {r['config']} | {r['part']} | {r['ms']:.2f} | {gf} | {pct} | {us:.0f} |")
+  return "\n".join(lines)
+
+
 def machine() -> dict:
   import torch
 
@@ -372,7 +476,9 @@ def main(argv=None):
   parser.add_argument("--out", default="results")
   parser.add_argument("--remat-lengths", default="1024,4096,8192")
   parser.add_argument(
-    "--skip", default="", help="comma list of sections to skip: speed,unroll,remat,streaming"
+    "--skip",
+    default="",
+    help="comma list of sections to skip: speed,breakdown,unroll,remat,streaming",
   )
   args = parser.parse_args(argv)
   configs = TINY if args.tiny else {c: CONFIGS[c] for c in args.configs.split(",")}
@@ -395,6 +501,9 @@ def main(argv=None):
     rows = kept + rows  # rows of kinds/configs not measured now keep their last numbers
     result.update(matmul_gflops=ceiling, speed=rows)
     plot(rows, out / "benchmark.png")
+  if "breakdown" not in skip:
+    ceiling = ceiling if "speed" not in skip else matmul_gflops()  # this run's ceiling
+    result["breakdown"] = breakdown_table(configs, args.rounds, ceiling)
   if "unroll" not in skip:
     result["unroll"] = unroll_table(args.rounds, args.tiny)
   if "remat" not in skip:
@@ -413,6 +522,8 @@ def main(argv=None):
   if "speed" in result:
     md += [f"Matmul ceiling: {result['matmul_gflops']:.0f} GFLOP/s (2048x2048 float32, jax).", ""]
     md += [markdown(result["speed"])]
+  if "breakdown" in result:
+    md += ["", breakdown_markdown(result["breakdown"])]
   if "remat" in result:
     md += ["", remat_markdown(result["remat"])]
   if "streaming" in result:

@@ -29,6 +29,14 @@ def test_benchmark_tiny(tmp_path):
   remat = {r["T"]: r for r in result["remat"]}
   assert remat[64]["memory_ratio"] < 1.0 and remat[64]["chunk"] == 8
   assert {r["unroll"] for r in saved["unroll"]} == {1, 4}
+  parts = {r["part"]: r for r in saved["breakdown"]}
+  assert set(parts) == {"fwd", "fwd_save", "bwd", "bwd_matmuls", "recurrent_matmul", "gate_math"}
+  B, T, I, H = 2, 8, 4, 8
+  np.testing.assert_allclose(  # the three gradient matmuls over T * B rows
+    parts["bwd_matmuls"]["gflops"],
+    2 * T * B * 4 * H * (2 * I + H) / parts["bwd_matmuls"]["ms"] / 1e6,
+  )
+  np.testing.assert_allclose(parts["gate_math"]["ns_per_step"], parts["gate_math"]["ms"] * 1e6 / T)
   assert saved["streaming"][0]["hidden_size"] == 8
 
 
