@@ -25,6 +25,7 @@ def test_benchmark_tiny(tmp_path):
     np.testing.assert_allclose(r["vs_torch"], r["ms"] / torch_ms, rtol=1e-9)
     flop = benchmark.flops(r["kind"], B=2, T=8, I=4, H=8) * (1 if r["mode"] == "fwd" else 3)
     np.testing.assert_allclose(r["gflops"], flop / r["ms"] / 1e6, rtol=1e-9)
+    np.testing.assert_allclose(r["ceiling_fraction"], r["gflops"] / r["ceiling_gflops"])
   # Remat at T=64 stores fewer bytes than the plain scan, by XLA's own accounting.
   remat = {r["T"]: r for r in result["remat"]}
   assert remat[64]["memory_ratio"] < 1.0 and remat[64]["chunk"] == 8
