@@ -137,9 +137,7 @@ def scan(
     reverse: run from the end of each (valid part of the) sequence.
     time_major: layout of ``xs`` and of the returned ``ys``.
     unroll: steps per loop iteration, passed to `jax.lax.scan`; None picks the
-      measured best for the backend (`default_unroll`: 4 on CPU, else 1). The
-      fused kernels also compute the input projection once per block of that
-      many steps. Results do not depend on it beyond float rounding.
+      measured best for the backend (`default_unroll`: 4 on CPU, else 1).
     remat: gradient checkpointing for long sequences. With ``remat=k`` the
       sequence is cut into chunks of ``k`` steps and only the carries at chunk
       edges are stored for the backward pass; each chunk's steps are recomputed

@@ -256,22 +256,6 @@ FUSED_CASES = {
 @pytest.mark.parametrize("masked,reverse", [(False, False), (True, True)])
 def test_fused_kernel_equals_step_loop_values_and_gradients(name, masked, reverse):
   """The hand-written VJPs against JAX's autodiff of the plain loop of `step`."""
-  _check_fused_against_step(name, masked, reverse, None)
-
-
-@pytest.mark.parametrize("name", ["lstm-proj", "gru", "elman-tanh-readout"])
-@pytest.mark.parametrize(
-  "masked,reverse,unroll",
-  # T=6. The default (4 on CPU) runs a block of 4 steps then a 2-step tail (above);
-  # 3: two blocks; 1: no blocks; True and 8: one block of all 6 steps.
-  [(True, False, 3), (True, True, 1), (False, True, True), (True, False, 8)],
-)
-def test_fused_kernel_block_sizes(name, masked, reverse, unroll):
-  """The kernels project the input a block of ``unroll`` steps at a time: every split."""
-  _check_fused_against_step(name, masked, reverse, unroll)
-
-
-def _check_fused_against_step(name, masked, reverse, unroll):
   cell = FUSED_CASES[name]
   params = cell.init(jax.random.key(0), I)
   xs = jax.random.normal(jax.random.key(1), (2, 3, 6, I))  # two batch axes
@@ -282,9 +266,7 @@ def _check_fused_against_step(name, masked, reverse, unroll):
   w = jax.random.normal(jax.random.key(3), (2, 3, 6, 1))
 
   def loss(params, carry0, xs, impl):
-    c, ys = jaxrnn.scan(
-      cell, params, xs, carry0, seq_lengths=lengths, reverse=reverse, unroll=unroll, impl=impl
-    )
+    c, ys = jaxrnn.scan(cell, params, xs, carry0, seq_lengths=lengths, reverse=reverse, impl=impl)
     return jnp.sum(jnp.tanh(ys) * w) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(c))
 
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
