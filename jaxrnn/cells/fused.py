@@ -63,6 +63,18 @@ def _lstm_gates_slope(acts):
   return jnp.where(is_g, 1.0 - acts * acts, acts * (1.0 - acts))
 
 
+def _transposed(w):
+  """``w.T`` as an array of its own, laid out once before a backward loop.
+
+  Written as ``dz @ w.T`` inside the loop, the transpose stays part of every step's
+  dot on XLA:CPU. Materialising it once (the optimisation barrier keeps XLA from
+  folding it back into the dot) measured, as the median of per-round time ratios over
+  interleaved rounds, 0.57x the forward+backward time for the LSTM at B=1, T=512,
+  H=128, and 0.97x at B=32 and B=64; 0.98-1.0x for the GRU.
+  """
+  return lax.optimization_barrier(w.T)
+
+
 def _rows(a):
   """``(T, N, F)`` as ``(T * N, F)`` for the hoisted weight-gradient matmuls."""
   return a.reshape(-1, a.shape[-1])
@@ -105,16 +117,19 @@ def _lstm_bwd(reverse, unroll, residuals, cotangents):
   ct_carry, ct_ys = cotangents
   proj = params.w_proj
 
+  w_hh_t = _transposed(params.w_hh)
+  proj_t = None if proj is None else _transposed(proj)
+
   def body(ct, inputs):
     dy, cp, a, m = inputs
     i, f, g, o = jnp.split(a, 4, axis=-1)
     tc = jnp.tanh(f * cp + i * g)
     dh = ct.h + _zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    dh_cell = dh if proj is None else dh @ proj.T
+    dh_cell = dh if proj is None else dh @ proj_t
     dc = ct.c + dh_cell * o * (1.0 - tc * tc)
     d_acts = jnp.concatenate([dc * g, dc * cp, dc * i, dh_cell * tc], axis=-1)
     dz = _zeros_where_invalid(m, d_acts * _lstm_gates_slope(a))
-    new = LSTMCarry(_where(m, dz @ params.w_hh.T, ct.h), _where(m, dc * f, ct.c))
+    new = LSTMCarry(_where(m, dz @ w_hh_t, ct.h), _where(m, dc * f, ct.c))
     return new, (dz, None if proj is None else _zeros_where_invalid(m, dh))
 
   ct0, (dz, dh_out) = lax.scan(
@@ -177,6 +192,8 @@ def _gru_bwd(reverse, unroll, residuals, cotangents):
   params, xs, mask, (h_prev, acts) = residuals
   ct_carry, ct_ys = cotangents
 
+  w_hh_t = _transposed(params.w_hh)
+
   def body(ct, inputs):
     dy, hp, a, m = inputs
     r, z, n, hn = jnp.split(a, 4, axis=-1)
@@ -186,7 +203,7 @@ def _gru_bwd(reverse, unroll, residuals, cotangents):
     dzg = dh * (hp - n) * z * (1.0 - z)
     d_gi = _zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn], axis=-1))
     d_gh = _zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn * r], axis=-1))
-    d_prev = d_gh @ params.w_hh.T + dh * z
+    d_prev = d_gh @ w_hh_t + dh * z
     return HiddenCarry(_where(m, d_prev, ct.h)), (d_gi, d_gh)
 
   ct0, (d_gi, d_gh) = lax.scan(
@@ -238,12 +255,14 @@ def _elman_bwd(reverse, unroll, activation, residuals, cotangents):
   params, xs, mask, (h_prev, h_new) = residuals
   ct_carry, ct_ys = cotangents
 
+  w_hh_t = _transposed(params.w_hh)
+
   def body(ct, inputs):
     dy, h, m = inputs
     dh = ct.h + _zeros_where_invalid(m, dy)
     slope = 1.0 - h * h if activation == "tanh" else (h > 0).astype(h.dtype)
     da = _zeros_where_invalid(m, dh * slope)
-    return HiddenCarry(_where(m, da @ params.w_hh.T, ct.h)), da
+    return HiddenCarry(_where(m, da @ w_hh_t, ct.h)), da
 
   ct0, da = lax.scan(body, ct_carry, (ct_ys, h_new, mask), reverse=not reverse, unroll=unroll)
   da_rows = _rows(da)
