@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxrnn import cells
-from jaxrnn.cells.base import PyTree
-from jaxrnn.scan import scan
-
-CELL_FACTORIES = {"elman": cells.elman, "lstm": cells.lstm, "gru": cells.gru}
+from jaxrnn.cells.base import PyTree, Static
+from jaxrnn.scan import IMPLS, scan
 
 
-class SequenceModel(NamedTuple):
-  """A whole-sequence model as a bundle of pure functions.
+@jax.tree_util.register_static
+class SequenceModel(Static):
+  """A whole-sequence model as a bundle of pure functions; a static value, like `Cell`.
+
+  Built by `recurrent`, `stack`, `bidirectional` or `rnn_layers`, or by a user:
+  ``SequenceModel(init, apply, initial_carry, step=...)``, where ``apply=None``
+  derives ``apply`` from ``step`` by `jaxrnn.scan` (a model with a faster
+  whole-sequence path brings its own ``apply``). `jaxrnn.stream`, `jaxrnn.export`
+  and the training code use these functions and never rebuild a model from its
+  config. Models built by jaxrnn are equal and hashable by ``(name, config,
+  settings)`` and their parts; a user's, by its functions. `replace` returns a
+  copy with fields changed (what ``NamedTuple._replace`` did).
 
   Attributes:
     init: ``init(key, input_size) -> params``.
@@ -24,15 +32,51 @@ class SequenceModel(NamedTuple):
       deterministic=False) -> (carry, ys)``. ``key`` and ``deterministic``
       matter only to models with dropout.
     initial_carry: ``initial_carry(params, batch_shape=()) -> carry``.
-    name: ``"recurrent"``, ``"bidirectional"`` or ``"stack"``.
-    config: static configuration as sorted ``(name, value)`` pairs.
+    name: ``"recurrent"``, ``"bidirectional"``, ``"stack"``, ``"rnn_layers"`` or
+      a user's name (default ``"custom"``).
+    config: what defines the math, as sorted ``(name, value)`` pairs, checked
+      when a checkpoint is restored or an artifact loaded.
+    step: ``step(params, carry, x) -> (carry, y)``, one time step on ``x``
+      ``(*batch, input_size)`` without dropout; None for a model that needs
+      the future (bidirectional, reverse).
+    settings: execution settings (``unroll``, ``remat``, ``impl``) as sorted
+      pairs: recorded with checkpoints and artifacts, never checked.
+    no_step: why ``step`` is None, for the error `jaxrnn.stream` raises.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.gru(4)
+    >>> model = jaxrnn.SequenceModel(cell.init, None, cell.initial_carry, step=cell.step)
+    >>> params = model.init(jax.random.key(0), 3)
+    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, jaxrnn.recurrent(cell) == jaxrnn.recurrent(jaxrnn.gru(4))
+    ((2, 5, 4), True)
   """
 
-  init: Callable[..., PyTree]
-  apply: Callable[..., tuple[PyTree, jax.Array]]
-  initial_carry: Callable[..., PyTree]
-  name: str = "custom"
-  config: tuple[tuple[str, Any], ...] = ()
+  FIELDS = ("init", "apply", "initial_carry", "name", "config", "step", "settings", "no_step")
+  DEFAULTS = {"name": "custom", "config": (), "step": None, "settings": (), "no_step": ""}
+  __slots__ = ()
+
+  def _check(self, values):
+    super()._check(values)
+    if values["apply"] is None:
+      if values["step"] is None:
+        raise ValueError("SequenceModel needs apply, or a step to derive apply from by scan.")
+      values["apply"] = _apply_from_step(values["init"], values["initial_carry"], values["step"])
+
+
+def _apply_from_step(init, initial_carry, step):
+  cell = cells.Cell(init, initial_carry, step)
+
+  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+    del key, deterministic
+    return scan(cell, params, xs, carry, seq_lengths=seq_lengths)
+
+  return apply
+
+
+def _pairs(**items: Any) -> tuple[tuple[str, Any], ...]:
+  return tuple(sorted(items.items()))
 
 
 class BidirectionalParams(NamedTuple):
@@ -60,8 +104,9 @@ def recurrent(
   time_major: bool = False,
   unroll: int | bool | None = None,
   remat: int | bool | None = None,
+  impl: str = "auto",
 ) -> SequenceModel:
-  """A cell over time as a sequence model; ``apply`` is `jaxrnn.scan`.
+  """A cell over time as a sequence model; ``apply`` is `jaxrnn.scan`, ``step`` the cell's.
 
   Args:
     cell: a `Cell`.
@@ -69,9 +114,11 @@ def recurrent(
     time_major: ``xs`` is ``(T, *batch, I)`` instead of ``(*batch, T, I)``.
     unroll: passed to `jaxrnn.scan` (None: the backend's measured default).
     remat: passed to `jaxrnn.scan` (gradient checkpointing every ``remat`` steps).
+    impl: passed to `jaxrnn.scan`: ``"auto"``, ``"step"`` or ``"fused"``.
 
   Returns:
-    A `SequenceModel` whose params and carry are the cell's.
+    A `SequenceModel` whose params and carry are the cell's; its ``step`` is the
+    cell's step, or None if ``reverse``.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
@@ -83,32 +130,41 @@ def recurrent(
   """
   if not isinstance(cell, cells.Cell):
     raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
+  settings = _pairs(unroll=unroll, remat=remat, impl=impl)
 
   def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
     del key, deterministic  # no randomness in a single recurrent layer
-    return scan(
-      cell,
-      params,
-      xs,
-      carry,
-      seq_lengths=seq_lengths,
-      reverse=reverse,
-      time_major=time_major,
-      unroll=unroll,
-      remat=remat,
-    )
+    kw = dict(reverse=reverse, time_major=time_major, **dict(settings))
+    return scan(cell, params, xs, carry, seq_lengths=seq_lengths, **kw)
 
-  config = dict(
-    cell=cell.name,
-    cell_config=cell.config,
-    reverse=reverse,
-    time_major=time_major,
-    unroll=unroll,
-    remat=remat,
+  config = _pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
+  return SequenceModel.library(
+    cell.init,
+    apply,
+    cell.initial_carry,
+    "recurrent",
+    config,
+    step=None if reverse else cell.step,
+    settings=settings,
+    no_step=REVERSE_REASON if reverse else "",
+    parts=(cell,),
   )
-  return SequenceModel(
-    cell.init, apply, cell.initial_carry, "recurrent", tuple(sorted(config.items()))
-  )
+
+
+REVERSE_REASON = (
+  "reads in reverse (reverse=True), which needs the whole sequence first; expected a "
+  "forward-only model (reverse=False)."
+)
+BIDIRECTIONAL_REASON = (
+  "is bidirectional, and its backward pass needs the whole sequence first; expected a "
+  "forward-only model."
+)
+BIDIRECTIONAL_FLAG_REASON = (
+  "is bidirectional (bidirectional=True), and its backward pass needs the whole sequence "
+  "first; expected bidirectional=False."
+)
 
 
 def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceModel:
@@ -169,12 +225,22 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
     c_b, y_b = backward.apply(params.backward, xs, carry.backward, key=k_b, **kw)
     return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
 
-  config = dict(
+  config = _pairs(
     forward=(forward.name, forward.config),
     backward=(backward.name, backward.config),
     time_major=_time_major(forward),
   )
-  return SequenceModel(init, apply, initial_carry, "bidirectional", tuple(sorted(config.items())))
+  settings = _pairs(forward=forward.settings, backward=backward.settings)
+  return SequenceModel.library(
+    init,
+    apply,
+    initial_carry,
+    "bidirectional",
+    config,
+    settings=settings,
+    no_step=BIDIRECTIONAL_REASON,
+    parts=(forward, backward),
+  )
 
 
 _bidirectional = bidirectional  # rnn_layers' keyword of the same name shadows it
@@ -249,16 +315,14 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     return tuple(m.initial_carry(p, batch_shape) for m, p in zip(layers, params, strict=True))
 
   def _check_num_layers(params):
-    if not isinstance(params, tuple | list) or len(params) != len(layers):
-      got = len(params) if isinstance(params, tuple | list) else type(params).__name__
-      raise ValueError(f"params has {got} layers; this stack has {len(layers)}.")
+    _check_layers("params", params, len(layers))
 
   def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
     _check_num_layers(params)
     if carry is None:
       carry = (None,) * len(layers)
-    elif not isinstance(carry, tuple | list) or len(carry) != len(layers):
-      raise ValueError(f"carry must be a tuple of {len(layers)} per-layer carries.")
+    else:
+      _check_layers("carry", carry, len(layers))
     active = dropout_rate > 0.0 and not deterministic and len(layers) > 1
     if active and key is None:
       raise ValueError(
@@ -276,12 +340,53 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
         xs = dropout(keys[2 * i + 1], dropout_rate, xs)
     return tuple(new_carry), xs
 
-  config = dict(
+  config = _pairs(
     layers=tuple((m.name, m.config) for m in layers),
     dropout_rate=dropout_rate,
     time_major=layouts.pop(),
   )
-  return SequenceModel(init, apply, initial_carry, "stack", tuple(sorted(config.items())))
+  step, no_step = _stack_step(layers)
+  return SequenceModel.library(
+    init,
+    apply,
+    initial_carry,
+    "stack",
+    config,
+    step=step,
+    settings=_pairs(layers=tuple(m.settings for m in layers)),
+    no_step=no_step,
+    parts=layers,
+  )
+
+
+def _check_layers(what: str, tree: Any, n: int) -> None:
+  """``tree`` must be a plain tuple (or list) with one entry per layer."""
+  if type(tree) not in (tuple, list):
+    raise ValueError(
+      f"{what} is a {type(tree).__name__}; expected a tuple of {n} per-layer {what} "
+      f"(one per layer of the stack)."
+    )
+  if len(tree) != n:
+    raise ValueError(f"{what} has {len(tree)} layers; this stack has {n}.")
+
+
+def _stack_step(layers: tuple[SequenceModel, ...]):
+  """The stack's one step (each layer's step in turn), or None and the reason."""
+  for i, m in enumerate(layers):
+    if m.step is None:
+      return None, f"has layer {i}, which {m.no_step or 'cannot step (its step is None).'}"
+  steps = [m.step for m in layers]
+
+  def step(params, carry, x):
+    _check_layers("params", params, len(steps))
+    _check_layers("carry", carry, len(steps))
+    new_carry = []
+    for layer_step, p, c in zip(steps, params, carry, strict=True):
+      c, x = layer_step(p, c, x)
+      new_carry.append(c)
+    return tuple(new_carry), x
+
+  return step, ""
 
 
 def rnn_layers(
@@ -294,12 +399,14 @@ def rnn_layers(
   time_major: bool = False,
   unroll: int | bool | None = None,
   remat: int | bool | None = None,
+  impl: str = "auto",
   **cell_kwargs: Any,
 ) -> SequenceModel:
   """The torch-like convenience: ``torch.nn.LSTM(...)`` as a jaxrnn `stack`.
 
   Args:
-    kind: ``"elman"``, ``"lstm"`` or ``"gru"``.
+    kind: a built-in cell's name, one of ``jaxrnn.cells.KINDS``: ``"elman"``,
+      ``"lstm"`` or ``"gru"``.
     hidden_size: H of every layer.
     num_layers: how many layers to stack.
     bidirectional: each layer is a forward and a reverse pass, concatenated.
@@ -307,6 +414,7 @@ def rnn_layers(
     time_major: ``xs`` is ``(T, *batch, I)`` (PyTorch's ``batch_first=False``).
     unroll: passed to `jaxrnn.scan` (None: the backend's measured default).
     remat: passed to `jaxrnn.scan` (gradient checkpointing for long sequences).
+    impl: passed to `jaxrnn.scan`: ``"auto"``, ``"step"`` or ``"fused"``.
     **cell_kwargs: passed to the cell factory (``activation``, ``proj_size``,
       ``use_bias``, ``forget_bias``, ``recurrent_init``, ``dtype``...).
 
@@ -329,13 +437,13 @@ def rnn_layers(
     >>> ys.shape, carry[1].forward.h.shape, carry[1].forward.c.shape
     ((4, 10, 16), (4, 8), (4, 16))
   """
-  if kind not in CELL_FACTORIES:
-    raise ValueError(f"kind={kind!r} is not one of {tuple(CELL_FACTORIES)}.")
+  if kind not in cells.KINDS:
+    raise ValueError(f"kind={kind!r} is not one of {tuple(cells.KINDS)}.")
   cells.base.check_positive("num_layers", num_layers)
-  cell = CELL_FACTORIES[kind](hidden_size, **cell_kwargs)
+  cell = cells.KINDS[kind].factory(hidden_size, **cell_kwargs)
   models = []
   for _ in range(num_layers):
-    kw = dict(time_major=time_major, unroll=unroll, remat=remat)
+    kw = dict(time_major=time_major, unroll=unroll, remat=remat, impl=impl)
     fwd = recurrent(cell, **kw)
     if bidirectional:
       bwd = recurrent(cell, reverse=True, **kw)
@@ -343,15 +451,23 @@ def rnn_layers(
     else:
       models.append(fwd)
   model = stack(models, dropout_rate=dropout_rate)
-  config = dict(
+  config = _pairs(
     kind=kind,
     hidden_size=hidden_size,
     num_layers=num_layers,
     bidirectional=bidirectional,
     dropout_rate=dropout_rate,
     time_major=time_major,
-    unroll=unroll,
-    remat=remat,
     cell_config=cell.config,
   )
-  return model._replace(name="rnn_layers", config=tuple(sorted(config.items())))
+  return SequenceModel.library(
+    model.init,
+    model.apply,
+    model.initial_carry,
+    "rnn_layers",
+    config,
+    step=model.step,
+    settings=_pairs(unroll=unroll, remat=remat, impl=impl),
+    no_step=BIDIRECTIONAL_FLAG_REASON if bidirectional else "",
+    parts=(model,),
+  )

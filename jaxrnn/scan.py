@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxrnn.cells import kernel
 from jaxrnn.cells.base import Cell, PyTree
+
+IMPLS = ("auto", "step", "fused")
 
 
 def _batch_and_time(xs: jax.Array, time_major: bool) -> tuple[tuple[int, ...], int]:
@@ -70,10 +73,6 @@ def check_input_size(params: PyTree, xs: jax.Array) -> None:
     )
 
 
-def _expand_to(mask: jax.Array, leaf: jax.Array) -> jax.Array:
-  return jnp.reshape(mask, mask.shape + (1,) * (leaf.ndim - mask.ndim))
-
-
 # Measured by `make bench` (results/unroll.json): on XLA:CPU unrolling 4 steps per loop
 # iteration cuts the per-iteration overhead (about 45 us on the benchmark machine) and
 # made the LSTM forward 10-25% faster; elsewhere lax.scan's own default (1) is kept.
@@ -86,7 +85,15 @@ def default_unroll() -> int:
 
 
 def remat_chunk(remat: int | bool | None, length: int) -> int | None:
-  """The chunk length for ``remat``: None (off), ``ceil(sqrt(T))`` for True, or the int."""
+  """The chunk length for ``remat``: None (off), near ``sqrt(T)`` for True, or the int.
+
+  For True: the divisor of T closest to ``sqrt(T)`` among ``[ceil(sqrt(T)/2),
+  2 sqrt(T)]``, which needs no padding; if T has none there, ``ceil(sqrt(T))``.
+
+  Example:
+    >>> remat_chunk(True, 100), remat_chunk(True, 97), remat_chunk(8, 100)
+    (10, 10, 8)
+  """
   if remat is None or remat is False:
     return None
   if remat is True:
@@ -131,7 +138,8 @@ def scan(
     xs: ``(*batch, T, input_size)``, or ``(T, *batch, input_size)`` if
       ``time_major``. ``batch`` may be empty.
     carry: the initial carry, leaves ``(*batch, ...)``; zeros if None.
-    seq_lengths: integer ``(*batch,)`` or None (all rows have length T).
+    seq_lengths: integer ``(*batch,)`` of any integer dtype, or None (all rows
+      have length T).
       Values are checked to lie in ``[0, T]`` when concrete; under `jax.jit`
       they cannot be checked and are effectively clamped to ``[0, T]``.
     reverse: run from the end of each (valid part of the) sequence.
@@ -141,11 +149,14 @@ def scan(
     remat: gradient checkpointing for long sequences. With ``remat=k`` the
       sequence is cut into chunks of ``k`` steps and only the carries at chunk
       edges are stored for the backward pass; each chunk's steps are recomputed
-      when its gradient is needed. ``remat=True`` uses ``k = ceil(sqrt(T))``, so
-      the gradient stores O(sqrt(T)) carries instead of O(T), for about one extra
-      forward pass of compute. Values and gradients are unchanged.
+      when its gradient is needed. ``remat=True`` picks ``k`` near ``sqrt(T)``: the
+      divisor of T closest to ``sqrt(T)`` within ``[sqrt(T)/2, 2 sqrt(T)]`` (no
+      padding), else ``ceil(sqrt(T))`` with the last chunk padded by masked steps
+      (`remat_chunk`). The gradient then stores O(sqrt(T)) carries instead of
+      O(T), for about one extra forward pass of compute. Values and gradients are
+      unchanged.
     impl: ``"auto"`` uses the cell's whole-sequence kernel with a hand-written
-      VJP when it has one (the built-in cells do; `jaxrnn.cells.fused`), which
+      VJP when it has one (the built-in cells do; `jaxrnn.cells.kernel`), which
       makes the gradient faster; ``"step"`` always runs `jax.lax.scan` over
       ``cell.step`` (needed for forward-mode autodiff, `jax.jvp` / `jax.jacfwd`);
       ``"fused"`` insists on the kernel. All three compute the same values.
@@ -171,17 +182,8 @@ def scan(
     >>> bool((ys[1, 2:] == 0).all())                  # padding gives zeros
     True
   """
-  if not isinstance(cell, Cell):
-    raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
-  if impl not in ("auto", "step", "fused"):
-    raise ValueError(f"impl={impl!r} is not one of ('auto', 'step', 'fused').")
-  if impl == "fused" and cell.sequence is None:
-    raise ValueError(f"impl='fused', but the {cell.name!r} cell has no whole-sequence kernel.")
-  kernel = cell.sequence if impl != "step" else None
-  if unroll is None:
-    unroll = default_unroll()
-  elif not isinstance(unroll, bool) and (not isinstance(unroll, int) or unroll < 1):
-    raise ValueError(f"unroll={unroll!r}: expected a positive int, a bool or None.")
+  run = _runner(cell, impl)
+  unroll = _check_unroll(unroll)
   xs = jnp.asarray(xs) if not isinstance(xs, jax.Array | jax.core.Tracer) else xs
   batch_shape, length = _batch_and_time(xs, time_major)
   if jax.export.is_symbolic_dim(length):  # jax.export: lax.scan unrolls concrete lengths only
@@ -196,59 +198,85 @@ def scan(
 
   xs_t = xs if time_major else jnp.moveaxis(xs, -2, 0)
   chunk = remat_chunk(remat, length)
+  xs_t, mask = _time_mask(xs_t, seq_lengths, length, chunk, batch_shape)
+  carry, ys = run(cell, params, carry, xs_t, mask, reverse, unroll, chunk)
+  ys = jax.tree.map(lambda y: y[:length], ys)
+  if not time_major:
+    ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
+  return carry, ys
+
+
+def _runner(cell: Cell, impl: str):
+  """The loop `scan` runs: the cell's kernel on one flat batch axis, or its step."""
+  if not isinstance(cell, Cell):
+    raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
+  if impl == "fused" and cell.sequence is None:
+    raise ValueError(f"impl='fused', but the {cell.name!r} cell has no whole-sequence kernel.")
+  if impl == "step" or cell.sequence is None:
+    return _run_steps
+  return _run_kernel
+
+
+def _check_unroll(unroll: Any) -> int | bool:
+  if unroll is None:
+    return default_unroll()
+  if not isinstance(unroll, bool) and (not isinstance(unroll, int) or unroll < 1):
+    raise ValueError(f"unroll={unroll!r}: expected a positive int, a bool or None.")
+  return unroll
+
+
+def _time_mask(xs_t, seq_lengths, length, chunk, batch_shape):
+  """``xs_t`` padded to whole remat chunks, and the ``(T, *batch)`` validity mask or None.
+
+  The time index and the lengths are compared as int32 whatever the lengths' dtype,
+  so narrow lengths (int8, uint8) cannot overflow the index.
+  """
   padded = length if chunk is None else -(-length // chunk) * chunk
   if padded != length:  # remat's last chunk is padded with masked steps
     xs_t = jnp.concatenate([xs_t, jnp.zeros((padded - length,) + xs_t.shape[1:], xs_t.dtype)])
     if seq_lengths is None:
       seq_lengths = jnp.full(batch_shape, length, jnp.int32)
+  if seq_lengths is None:
+    return xs_t, None
+  times = jnp.arange(padded, dtype=jnp.int32).reshape((padded,) + (1,) * len(batch_shape))
+  return xs_t, times < seq_lengths.astype(jnp.int32)[None]
 
-  times = jnp.arange(padded, dtype=jnp.int32 if seq_lengths is None else seq_lengths.dtype)
-  mask = None
-  if seq_lengths is not None:
-    mask = times.reshape((padded,) + (1,) * len(batch_shape)) < seq_lengths[None]
 
-  if kernel is not None:
-    # The kernel works on one flat batch axis; check shapes with the cell's own step first.
-    jax.eval_shape(cell.step, params, carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
-    n = math.prod(batch_shape)
-    carry = jax.tree.map(lambda a: a.reshape((n, a.shape[-1])), carry)
-    inputs = (
-      xs_t.reshape((padded, n, xs_t.shape[-1])),
-      None if mask is None else mask.reshape((padded, n)),
-    )
-
-    def run(c, chunk_inputs):
-      return kernel(params, c, *chunk_inputs, reverse, unroll)
-
-  else:
-
-    def body(c, step_inputs):
-      x, m = step_inputs
-      new_c, y = cell.step(params, c, x)
-      if m is None:
-        return new_c, y
-      new_c = jax.tree.map(lambda n, o: jnp.where(_expand_to(m, n), n, o), new_c, c)
-      y = jax.tree.map(lambda v: jnp.where(_expand_to(m, v), v, jnp.zeros_like(v)), y)
-      return new_c, y
-
-    inputs = (xs_t, mask)
-
-    def run(c, chunk_inputs):
-      return lax.scan(body, c, chunk_inputs, reverse=reverse, unroll=unroll)
-
+def _chunked(loop, carry, inputs, reverse, chunk):
+  """``loop(carry, inputs)`` over time, or, with remat chunks, a checkpointed scan of chunks."""
   if chunk is None:
-    carry, ys = run(carry, inputs)
-  else:
-    # Outer scan over chunks stores one carry per chunk; each chunk is rematerialised.
-    split = lambda a: a.reshape((padded // chunk, chunk) + a.shape[1:])  # noqa: E731
-    carry, ys = lax.scan(jax.checkpoint(run), carry, jax.tree.map(split, inputs), reverse=reverse)
-    ys = jax.tree.map(lambda y: y.reshape((padded,) + y.shape[2:]), ys)
-  ys = jax.tree.map(lambda y: y[:length], ys)
+    return loop(carry, inputs)
+  # Outer scan over chunks stores one carry per chunk; each chunk is rematerialised.
+  length = jax.tree.leaves(inputs)[0].shape[0]
+  split = lambda a: a.reshape((length // chunk, chunk) + a.shape[1:])  # noqa: E731
+  carry, ys = lax.scan(jax.checkpoint(loop), carry, jax.tree.map(split, inputs), reverse=reverse)
+  return carry, jax.tree.map(lambda y: y.reshape((length,) + y.shape[2:]), ys)
 
-  if kernel is not None:
-    carry = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
-    ys = jax.tree.map(lambda y: y.reshape((length,) + batch_shape + y.shape[2:]), ys)
 
-  if not time_major:
-    ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
+def _run_steps(cell, params, carry, xs_t, mask, reverse, unroll, chunk):
+  def loop(c, inputs):
+    return kernel.step_loop(cell.step, params, c, *inputs, reverse, unroll)
+
+  return _chunked(loop, carry, (xs_t, mask), reverse, chunk)
+
+
+def _run_kernel(cell, params, carry, xs_t, mask, reverse, unroll, chunk):
+  # The kernel works on one flat batch axis; check shapes with the cell's own step first.
+  jax.eval_shape(cell.step, params, carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
+  padded, batch_shape = xs_t.shape[0], xs_t.shape[1:-1]
+  n = math.prod(batch_shape)
+  carry = jax.tree.map(lambda a: a.reshape((n, a.shape[-1])), carry)
+  inputs = (
+    xs_t.reshape((padded, n, xs_t.shape[-1])),
+    None if mask is None else mask.reshape((padded, n)),
+  )
+
+  def loop(c, chunk_inputs):
+    return cell.sequence(params, c, *chunk_inputs, reverse, unroll)
+
+  carry, ys = _chunked(loop, carry, inputs, reverse, chunk)
+  carry = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)
+  ys = jax.tree.map(lambda y: y.reshape((padded,) + batch_shape + y.shape[2:]), ys)
   return carry, ys

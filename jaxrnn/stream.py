@@ -1,10 +1,11 @@
 """Streaming inference: a sequence model fed one time step at a time.
 
-`stream` turns a forward-only model (`recurrent`, `stack`, `rnn_layers`, or a
-bare `Cell`) into a `Stream`, a NamedTuple of two pure functions over explicit
-params and state, ready for `jax.jit`. Feeding a sequence step by step gives
-what ``model.apply`` gives on the whole sequence, and a ``reset`` mask restarts
-chosen rows from the initial state, like haiku's ``ResetCore``.
+`stream` turns a forward-only model (`recurrent`, `stack`, `rnn_layers`, a
+user's `SequenceModel` with a ``step``, or a bare `Cell`) into a `Stream`, a
+NamedTuple of two pure functions over explicit params and state, ready for
+`jax.jit`. Feeding a sequence step by step gives what ``model.apply`` gives on
+the whole sequence, and a ``reset`` mask restarts chosen rows from the initial
+state, like haiku's ``ResetCore``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from jaxrnn import cells
 from jaxrnn.cells.base import Cell, PyTree
-from jaxrnn.layers import CELL_FACTORIES, SequenceModel
+from jaxrnn.layers import SequenceModel
 
 StepFn = Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
 
@@ -42,68 +43,6 @@ class Stream(NamedTuple):
   step: Callable[..., tuple[PyTree, jax.Array]]
 
 
-def _cell_step(name: str, cell_config: Any, where: str) -> StepFn:
-  if name not in CELL_FACTORIES:
-    raise ValueError(
-      f"stream: {where} uses the cell {name!r}, which cannot be rebuilt from its config; "
-      f"expected one of {tuple(CELL_FACTORIES)} (for a custom cell, stream the Cell itself: "
-      "jaxrnn.stream(cell))."
-    )
-  return CELL_FACTORIES[name](**dict(cell_config)).step
-
-
-def _stack_step(steps: list[StepFn], where: str) -> StepFn:
-  n = len(steps)
-
-  def step(params, carry, x):
-    for name, tree in (("params", params), ("state", carry)):
-      if not isinstance(tree, tuple | list) or len(tree) != n:
-        got = f"{len(tree)} entries" if isinstance(tree, tuple | list) else type(tree).__name__
-        raise ValueError(f"stream: {name} of {where} has {got}; expected a tuple of {n} layers.")
-    new_carry = []
-    for layer_step, p, c in zip(steps, params, carry, strict=True):
-      c, x = layer_step(p, c, x)
-      new_carry.append(c)
-    return tuple(new_carry), x
-
-  return step
-
-
-def _model_step(name: str, config: Any, where: str) -> StepFn:
-  """The one-step function of a model, rebuilt from its ``name`` and ``config``."""
-  cfg = dict(config)
-  if name == "recurrent":
-    if cfg.get("reverse", False):
-      raise ValueError(
-        f"stream: {where} reads in reverse (reverse=True), which needs the whole sequence "
-        "first; expected a forward-only model (reverse=False)."
-      )
-    return _cell_step(cfg["cell"], cfg["cell_config"], where)
-  if name == "rnn_layers":
-    if cfg.get("bidirectional", False):
-      raise ValueError(
-        f"stream: {where} is bidirectional (bidirectional=True), and its backward pass needs "
-        "the whole sequence first; expected bidirectional=False."
-      )
-    step = _cell_step(cfg["kind"], cfg["cell_config"], where)
-    return _stack_step([step] * cfg["num_layers"], where)
-  if name == "stack":
-    steps = [
-      _model_step(layer_name, layer_config, f"layer {i} of {where}")
-      for i, (layer_name, layer_config) in enumerate(cfg["layers"])
-    ]
-    return _stack_step(steps, where)
-  if name == "bidirectional":
-    raise ValueError(
-      f"stream: {where} is bidirectional, and its backward pass needs the whole sequence "
-      "first; expected a forward-only model."
-    )
-  raise ValueError(
-    f"stream: {where} has name {name!r}; expected a model built by jaxrnn.recurrent, "
-    "jaxrnn.stack or jaxrnn.rnn_layers, or a jaxrnn.Cell."
-  )
-
-
 def _check_reset(reset: Any, batch_shape: tuple[int, ...]) -> jax.Array:
   if not isinstance(reset, jax.Array | jax.core.Tracer):
     reset = np.asarray(reset)
@@ -122,9 +61,10 @@ def stream(model: SequenceModel | Cell) -> Stream:
   Dropout is off: streaming is inference, as ``apply(..., deterministic=True)``.
 
   Args:
-    model: a `SequenceModel` built by `jaxrnn.recurrent` (``reverse=False``),
-      `jaxrnn.stack` or `jaxrnn.rnn_layers` (``bidirectional=False``), single-
-      or multi-layer, with built-in cells; or any `Cell`, custom ones included.
+    model: a `SequenceModel` whose ``step`` is not None (`jaxrnn.recurrent` with
+      ``reverse=False``, `jaxrnn.stack` or `jaxrnn.rnn_layers` with
+      ``bidirectional=False``, single- or multi-layer, with any cells, user
+      cells included; or a user's model with a step); or any `Cell`.
 
   Returns:
     A `Stream` ``(init_state, step)``. Stepping through ``xs[..., t, :]`` for
@@ -132,8 +72,8 @@ def stream(model: SequenceModel | Cell) -> Stream:
     the end, ``model.apply``'s carry.
 
   Raises:
-    ValueError: for a bidirectional or reverse model (it needs the future), or
-      a model or cell that streaming cannot take apart. ``step`` raises it for
+    ValueError: for a model whose ``step`` is None: bidirectional or reverse
+      (it needs the future). ``step`` raises it for
       a ``reset`` that is not a boolean ``(*batch,)`` mask, and the cells'
       own checks for a wrong input size or state shape.
 
@@ -149,14 +89,14 @@ def stream(model: SequenceModel | Cell) -> Stream:
     >>> y.shape, state[1].c.shape
     ((2, 8), (2, 8))
   """
-  if isinstance(model, Cell):
-    step_fn: StepFn = model.step
-  elif isinstance(model, SequenceModel):
-    step_fn = _model_step(model.name, model.config, "the model")
-  else:
+  if not isinstance(model, SequenceModel | Cell):
     raise ValueError(
       f"stream: expected a jaxrnn.SequenceModel or jaxrnn.Cell, got {type(model).__name__}."
     )
+  step_fn: StepFn | None = model.step
+  if step_fn is None:
+    reason = getattr(model, "no_step", "") or "cannot run one step at a time (its step is None)."
+    raise ValueError(f"stream: the model {reason}")
   initial_carry = model.initial_carry
 
   def init_state(params: PyTree, batch_shape: Any = ()) -> PyTree:

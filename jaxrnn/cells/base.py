@@ -9,38 +9,187 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrnn.cells import kernel
+
 PyTree = Any
 Array = jax.Array
 
 
-class Cell(NamedTuple):
+class Static:
+  """A frozen bundle of functions: a pytree node with no leaves, equal and hashable by a key.
+
+  A value built by a library factory (`library`) is keyed by its name, its complete
+  config, its execution settings and its parts (the cells or models it wraps), so
+  that ``jaxrnn.lstm(4) == jaxrnn.lstm(4)`` and `jax.jit` does not retrace for an
+  equal model. One built directly from bare functions is keyed by the identity of
+  its functions (plus name and config), so two different user cells never compare
+  equal. Subclasses list their fields in ``FIELDS`` and their defaults in
+  ``DEFAULTS``; positional construction follows ``FIELDS``.
+  """
+
+  FIELDS: tuple[str, ...] = ()
+  DEFAULTS: dict[str, Any] = {}
+  __slots__ = ("_key", "_values")
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    if len(args) > len(self.FIELDS):
+      raise ValueError(
+        f"{type(self).__name__} takes at most {len(self.FIELDS)} positional arguments "
+        f"{self.FIELDS}, got {len(args)}."
+      )
+    values = dict(self.DEFAULTS, **dict(zip(self.FIELDS, args, strict=False)))
+    for name, value in kwargs.items():
+      if name not in self.FIELDS:
+        raise ValueError(f"{type(self).__name__} has no field {name!r}; its fields: {self.FIELDS}.")
+      values[name] = value
+    missing = [f for f in self.FIELDS if f not in values]
+    if missing:
+      raise ValueError(f"{type(self).__name__} is missing {missing}.")
+    given = tuple(values[f] for f in self.FIELDS)
+    self._check(values)
+    object.__setattr__(self, "_values", tuple(values[f] for f in self.FIELDS))
+    object.__setattr__(self, "_key", ("functions",) + given)
+
+  def _check(self, values: dict[str, Any]) -> None:
+    for name in ("name",):
+      if not isinstance(values[name], str):
+        raise ValueError(f"{name}={values[name]!r}: expected a str.")
+    for name in ("config", "settings"):
+      if name in values:
+        pairs = values[name]
+        if not isinstance(pairs, tuple) or not all(
+          isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs
+        ):
+          raise ValueError(f"{name}={pairs!r}: expected a tuple of (name, value) pairs.")
+
+  @classmethod
+  def library(cls, *args: Any, parts: tuple[Any, ...] = (), **kwargs: Any):
+    """Built by a jaxrnn factory: keyed by name, config, settings and parts, not functions."""
+    self = cls(*args, **kwargs)
+    v = dict(zip(cls.FIELDS, self._values, strict=True))
+    key = ("config", v["name"], v["config"], v.get("settings", ()), tuple(parts))
+    object.__setattr__(self, "_key", key)
+    return self
+
+  def __getattr__(self, name: str) -> Any:
+    fields = type(self).FIELDS
+    if name in fields:
+      return object.__getattribute__(self, "_values")[fields.index(name)]
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    raise AttributeError(f"{type(self).__name__} is frozen; use .replace({name}=...).")
+
+  def __eq__(self, other: Any) -> bool:
+    return type(self) is type(other) and self._key == other._key
+
+  def __hash__(self) -> int:
+    return hash((type(self).__name__, self._key))
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(name={self.name!r}, config={dict(self.config)!r})"
+
+  def __reduce__(self):
+    return (_rebuild, (type(self), self._values, self._key))
+
+  def __copy__(self):
+    return self
+
+  def __deepcopy__(self, memo: Any):
+    return self
+
+  def replace(self, **changes: Any):
+    """A copy with some fields changed (what ``NamedTuple._replace`` did).
+
+    The copy is keyed by its functions: it equals only copies with the same functions.
+
+    Example:
+      >>> import jaxrnn
+      >>> cell = jaxrnn.gru(4).replace(name="my_gru")
+      >>> cell.name, cell == jaxrnn.gru(4)
+      ('my_gru', False)
+    """
+    return type(self)(**dict(zip(self.FIELDS, self._values, strict=True), **changes))
+
+
+def _rebuild(cls: type, values: tuple[Any, ...], key: tuple[Any, ...]) -> Static:
+  self = cls(*values)
+  object.__setattr__(self, "_key", key)
+  return self
+
+
+@jax.tree_util.register_static
+class Cell(Static):
   """One recurrent time step as a bundle of pure functions.
 
   A cell factory (`jaxrnn.elman`, `jaxrnn.lstm`, `jaxrnn.gru`) closes its
   configuration over these functions, the way `optax.adam(...)` returns a
-  `GradientTransformation`.
+  `GradientTransformation`. A cell is a static value: a pytree node with no
+  leaves, so it can be passed to `jax.jit` (or sit inside an ``equinox.Module``)
+  as a plain argument. A user's own cell is ``Cell(init, initial_carry, step)``:
+  it then works everywhere a built-in cell works (`jaxrnn.scan`, `recurrent`,
+  `stack`, `bidirectional`, `stream`, `export`, `checkpoint`, the sharded step).
 
   Attributes:
     init: ``init(key, input_size) -> params``, a NamedTuple of arrays.
     initial_carry: ``initial_carry(params, batch_shape=()) -> carry``, zeros.
     step: ``step(params, carry, x) -> (carry, y)`` with ``x`` of shape
       ``(*batch, input_size)``.
-    name: the cell family, ``"elman"``, ``"lstm"`` or ``"gru"``.
+    name: the cell family, ``"elman"``, ``"lstm"``, ``"gru"`` or a user's name
+      (default ``"custom"``).
     config: the factory's keyword arguments as sorted ``(name, value)`` pairs,
-      so that ``cell.config`` is hashable and ``dict(cell.config)`` rebuilds it.
-    sequence: optional, the same cell over a whole sequence with a hand-written
-      VJP, ``sequence(params, carry, xs, mask, reverse, unroll) -> (carry, ys)``
-      on ``xs`` ``(T, N, I)`` and ``mask`` ``(T, N)`` or None (see
-      `jaxrnn.cells.fused`); `jaxrnn.scan` uses it when present. A custom cell
+      ``dtype`` as a string, so that ``cell.config`` is hashable, JSON-safe, and
+      ``factory(**dict(cell.config))`` rebuilds an equal cell.
+    sequence: optional, the same cell over a whole sequence, e.g. with a
+      hand-written VJP: ``sequence(params, carry, xs, mask, reverse, unroll) ->
+      (carry, ys)`` on ``xs`` ``(T, N, I)`` and ``mask`` ``(T, N)`` or None (see
+      `jaxrnn.cells.kernel`); `jaxrnn.scan` uses it when present. A custom cell
       may leave it None: `scan` then loops over ``step``.
+
+  What the rest of the library needs to know about a cell it reads from the
+  cell's params type: ``input_size`` (a property, checked by `scan`) and
+  ``gate_columns`` (a class attribute of ``(field, gates)`` pairs naming the
+  leaves whose last axis holds gate columns, split by `jaxrnn.sharding`'s model
+  axis; a params type that declares none stays replicated).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> def init(key, input_size):
+    ...   return {"w": jax.random.normal(key, (input_size, 3))}
+    >>> def initial_carry(params, batch_shape=()):
+    ...   return jnp.zeros(tuple(batch_shape) + (3,))
+    >>> def step(params, h, x):
+    ...   h = jnp.tanh(x @ params["w"] + h)
+    ...   return h, h
+    >>> cell = jaxrnn.Cell(init, initial_carry, step)
+    >>> params = cell.init(jax.random.key(0), 2)
+    >>> carry, ys = jaxrnn.scan(cell, params, jnp.ones((4, 5, 2)))
+    >>> ys.shape, cell == jaxrnn.Cell(init, initial_carry, step), jax.tree.leaves(cell)
+    ((4, 5, 3), True, [])
   """
 
-  init: Callable[..., PyTree]
-  initial_carry: Callable[..., PyTree]
-  step: Callable[..., tuple[PyTree, Array]]
-  name: str = "custom"
-  config: tuple[tuple[str, Any], ...] = ()
-  sequence: Callable[..., tuple[PyTree, Array]] | None = None
+  FIELDS = ("init", "initial_carry", "step", "name", "config", "sequence")
+  DEFAULTS = {"name": "custom", "config": (), "sequence": None}
+  __slots__ = ()
+
+
+class CellKind(NamedTuple):
+  """What a cell module declares to the registry (`jaxrnn.cells`), next to its own code.
+
+  Attributes:
+    name: the kind's name, ``rnn_layers(name, ...)``'s ``kind``.
+    factory: ``factory(hidden_size, **kwargs) -> Cell``.
+    params: the cell's params NamedTuple type.
+    carry: the cell's carry NamedTuple type.
+    torch: the cell's `jaxrnn.cells.torch_layout.TorchLayout`, or None where PyTorch
+      has no such module.
+  """
+
+  name: str
+  factory: Callable[..., Cell]
+  params: type
+  carry: type
+  torch: Any = None
 
 
 class HiddenCarry(NamedTuple):
@@ -149,3 +298,85 @@ def as_batch_shape(batch_shape: Any) -> tuple[int, ...]:
   if any(d < 0 for d in shape):
     raise ValueError(f"batch_shape={batch_shape!r}: dimensions must be non-negative.")
   return shape
+
+
+def dtype_name(dtype: Any) -> str | None:
+  """A dtype as its canonical, JSON-safe name (``"float32"``); None stays None."""
+  return None if dtype is None else jnp.dtype(dtype).name
+
+
+def check_params(cell_name: str, params: Any, params_type: type, where: str = "step") -> None:
+  """A `ValueError` naming both types when ``params`` is not the cell's params type."""
+  if not isinstance(params, params_type):
+    raise ValueError(
+      f"{cell_name}.{where}: params is a {type(params).__name__}; expected "
+      f"{params_type.__name__} (from jaxrnn.{cell_name}(...).init)."
+    )
+
+
+def cast_to_compute(
+  cell_name: str, params: Any, carry: Any, x: Any, compute_dtype: Any
+) -> tuple[Any, Any, Array]:
+  """The step's dtype policy: ``(params, carry, x)`` cast to the compute dtype.
+
+  The compute dtype is ``compute_dtype`` or, when None, the params' dtype. Floating
+  inputs of another dtype are cast explicitly (no implicit promotion); integer or
+  boolean inputs are a `ValueError`. Casting to the dtype an array already has is
+  a no-op, so the default policy adds nothing to the computation.
+  """
+  x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+      f"{cell_name}.step: x has dtype {x.dtype}; expected a floating dtype (inputs are cast "
+      "to the compute dtype; embed integer token ids first)."
+    )
+  dt = jnp.dtype(compute_dtype) if compute_dtype is not None else params.w_hh.dtype
+  cast = lambda a: a if a.dtype == dt else a.astype(dt)  # noqa: E731
+  return jax.tree.map(cast, params), jax.tree.map(cast, carry), cast(x)
+
+
+def like(new: Any, old: Any) -> Any:
+  """``new`` cast leaf by leaf to the dtypes of ``old`` (the carry keeps its dtype)."""
+  return jax.tree.map(lambda n, o: n if n.dtype == o.dtype else n.astype(o.dtype), new, old)
+
+
+def library_cell(
+  name: str,
+  *,
+  init: Callable[..., Any],
+  initial_carry: Callable[..., Any],
+  update: Callable[..., Any],
+  check: Callable[[Any, Any, Array], None],
+  params_type: type,
+  sequence: Callable[..., Any] | None,
+  config: dict[str, Any],
+) -> Cell:
+  """A built-in cell from its parts: the step is ``update`` behind the shared checks and policy.
+
+  The step checks the params type, runs ``check(params, carry, x)`` (the cell's
+  shape checks), casts to the compute dtype (`cast_to_compute`), calls ``update``
+  (the same function the cell's ``sequence`` kernel loops over) and returns the
+  carry in its own dtype. ``config`` must hold every factory argument; ``dtype``
+  and ``compute_dtype`` are stored by name.
+  """
+  compute_dtype = config.get("compute_dtype")
+
+  def step(params, carry, x):
+    check_params(name, params, params_type)
+    x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
+    check(params, carry, x)
+    p, c, x = cast_to_compute(name, params, carry, x, compute_dtype)
+    new, y, _ = update(p, c, x)
+    return like(new, carry), y
+
+  def checked_initial_carry(params, batch_shape=()):
+    check_params(name, params, params_type, "initial_carry")
+    return initial_carry(params, as_batch_shape(batch_shape))
+
+  if sequence is not None:
+    sequence = kernel.with_policy(sequence, compute_dtype, step)
+  config = dict(config, dtype=dtype_name(config["dtype"]))
+  config["compute_dtype"] = dtype_name(compute_dtype)
+  return Cell.library(
+    init, checked_initial_carry, step, name, tuple(sorted(config.items())), sequence
+  )

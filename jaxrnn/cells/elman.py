@@ -7,8 +7,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-from jaxrnn.cells import base, fused
+from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells.base import HiddenCarry
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
@@ -29,6 +32,8 @@ class ElmanParams(NamedTuple):
   b: jax.Array | None = None
   w_out: jax.Array | None = None
   b_out: jax.Array | None = None
+
+  gate_columns = (("w_ih", 1), ("w_hh", 1), ("b", 1))  # split by sharding's model axis
 
   @property
   def input_size(self) -> int:
@@ -82,6 +87,57 @@ class ElmanParams(NamedTuple):
     return jnp.concatenate([self.w_hh, self.w_ih], axis=-2)
 
 
+def update(params: ElmanParams, carry: HiddenCarry, x: jax.Array, *, activation: str):
+  """One Elman step before the readout, the cell's math in one place: ``(carry, h, h)``."""
+  h = ACTIVATIONS[activation](base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b))
+  return HiddenCarry(h), h, h
+
+
+def readout(params: ElmanParams, h: jax.Array) -> jax.Array:
+  """The seed's output ``O = S V + c``, or ``h`` itself without a readout."""
+  return h if params.w_out is None else base.add_bias(h @ params.w_out, params.b_out)
+
+
+def backward(params, xs, mask, saved, cotangents, reverse, unroll, *, activation):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
+  prev, h_new = saved
+  ct_carry, ct_ys = cotangents
+  w_hh_t = kernel.transposed(params.w_hh)
+
+  def body(ct, inputs):
+    dy, h, m = inputs
+    dh = ct.h + kernel.zeros_where_invalid(m, dy)
+    slope = 1.0 - h * h if activation == "tanh" else (h > 0).astype(h.dtype)
+    da = kernel.zeros_where_invalid(m, dh * slope)
+    return HiddenCarry(kernel.where_valid(m, da @ w_hh_t, ct.h)), da
+
+  ct0, da = lax.scan(body, ct_carry, (ct_ys, h_new, mask), reverse=not reverse, unroll=unroll)
+  da_rows = kernel.rows(da)
+  grads = params._replace(
+    w_ih=kernel.rows(xs).T @ da_rows,
+    w_hh=kernel.rows(prev.h).T @ da_rows,
+    b=None if params.b is None else jnp.sum(da_rows, axis=0),
+  )
+  return grads, ct0, (da_rows @ params.w_ih.T).reshape(xs.shape)
+
+
+_CORES = {
+  a: kernel.sequence_kernel(
+    functools.partial(update, activation=a), functools.partial(backward, activation=a)
+  )
+  for a in ACTIVATIONS
+}
+
+
+def sequence(params, carry, xs, mask, reverse, unroll, *, activation):
+  """The Elman RNN over ``xs`` ``(T, N, I)``; the optional readout runs after the loop."""
+  core = params._replace(w_out=None, b_out=None)
+  carry, hs = _CORES[activation](core, carry, xs, mask, reverse, unroll)
+  if params.w_out is None:
+    return carry, hs
+  return carry, kernel.zeros_where_invalid(mask, readout(params, hs))
+
+
 def elman(
   hidden_size: int,
   *,
@@ -90,6 +146,7 @@ def elman(
   use_bias: bool = True,
   recurrent_init: str = "uniform",
   dtype: Any = jnp.float32,
+  compute_dtype: Any = None,
 ) -> base.Cell:
   """The Elman RNN cell of the seed document.
 
@@ -105,7 +162,9 @@ def elman(
     recurrent_init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H))),
       ``"orthogonal"`` or ``"identity"`` (IRNN: identity ``w_hh``, zero bias,
       N(0, 0.001^2) input weights, Le et al. 2015).
-    dtype: dtype of the parameters made by ``init``.
+    dtype: dtype of the parameters made by ``init`` (and of the carry).
+    compute_dtype: the dtype the step computes in; None: the params' dtype.
+      Floating inputs are cast to it; the carry is cast back to its own dtype.
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` of shape ``(*batch, H)``.
@@ -127,7 +186,6 @@ def elman(
   if activation not in ACTIVATIONS:
     raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}.")
   base.check_recurrent_init(recurrent_init)
-  act = ACTIVATIONS[activation]
   scale = base.hidden_scale(hidden_size)
 
   def init(key, input_size):
@@ -151,15 +209,12 @@ def elman(
       b_out = base.uniform(k_bout, (output_size,), scale, dtype) if use_bias else None
     return ElmanParams(w_ih, w_hh, b, w_out, b_out)
 
-  def initial_carry(params, batch_shape=()):
-    shape = base.as_batch_shape(batch_shape) + (params.w_hh.shape[-1],)
-    return base.HiddenCarry(jnp.zeros(shape, params.w_hh.dtype))
+  def initial_carry(params, batch):
+    return HiddenCarry(jnp.zeros(batch + (params.w_hh.shape[-1],), params.w_hh.dtype))
 
-  def step(params, carry, x):
-    base.check_step_input("elman", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
-    h = act(base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b))
-    y = h if params.w_out is None else base.add_bias(h @ params.w_out, params.b_out)
-    return base.HiddenCarry(h), y
+  def cell_update(params, carry, x):
+    carry, h, _ = update(params, carry, x, activation=activation)
+    return carry, readout(params, h), None
 
   config = dict(
     hidden_size=hidden_size,
@@ -167,6 +222,47 @@ def elman(
     output_size=output_size,
     use_bias=use_bias,
     recurrent_init=recurrent_init,
+    dtype=dtype,
+    compute_dtype=compute_dtype,
   )
-  sequence = functools.partial(fused.elman_sequence, activation=activation)
-  return base.Cell(init, initial_carry, step, "elman", tuple(sorted(config.items())), sequence)
+  return base.library_cell(
+    "elman",
+    init=init,
+    initial_carry=initial_carry,
+    update=cell_update,
+    check=_check_step,
+    params_type=ElmanParams,
+    sequence=functools.partial(sequence, activation=activation),
+    config=config,
+  )
+
+
+def _check_step(params: ElmanParams, carry: HiddenCarry, x: jax.Array) -> None:
+  base.check_step_input("elman", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
+
+
+# ------------------------------------------------------------------ PyTorch's layout
+
+
+def _from_torch(sd: Any, suffix: str) -> ElmanParams:
+  w = torch_layout.weights(sd, suffix)
+  return ElmanParams(w.w_ih, w.w_hh, None if w.b_ih is None else jnp.asarray(w.b_ih + w.b_hh))
+
+
+def _to_torch(p: ElmanParams, suffix: str) -> dict[str, np.ndarray]:
+  if p.w_out is not None:
+    raise ValueError("an Elman cell with a readout (output_size) has no torch.nn.RNN equivalent.")
+  return torch_layout.state(p.w_ih, p.w_hh, p.b, None, suffix)
+
+
+def _cell_kwargs(module: Any) -> dict[str, Any]:
+  return dict(use_bias=bool(module.bias), activation=module.nonlinearity)
+
+
+KIND = base.CellKind(
+  "elman",
+  elman,
+  ElmanParams,
+  HiddenCarry,
+  torch_layout.TorchLayout("RNN", _cell_kwargs, _from_torch, _to_torch),
+)

@@ -6,8 +6,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-from jaxrnn.cells import base, fused
+from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells.base import HiddenCarry
 
 
 class GRUParams(NamedTuple):
@@ -25,6 +28,8 @@ class GRUParams(NamedTuple):
   b: jax.Array | None = None
   b_hn: jax.Array | None = None
 
+  gate_columns = (("w_ih", 3), ("w_hh", 3), ("b", 3), ("b_hn", 1))  # sharding's model axis
+
   @property
   def input_size(self) -> int:
     return self.w_ih.shape[-2]
@@ -34,12 +39,62 @@ class GRUParams(NamedTuple):
     return self.w_hh.shape[-2]
 
 
+def update(params: GRUParams, carry: HiddenCarry, x: jax.Array):
+  """One GRU step, the cell's math in one place: ``(carry, y, [r, z, n, hn])``."""
+  gi = base.add_bias(x @ params.w_ih, params.b)
+  gh = carry.h @ params.w_hh
+  i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+  h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+  r = jax.nn.sigmoid(i_r + h_r)
+  z = jax.nn.sigmoid(i_z + h_z)
+  hn = base.add_bias(h_n, params.b_hn)
+  n = jnp.tanh(i_n + r * hn)
+  h = (1.0 - z) * n + z * carry.h
+  return HiddenCarry(h), h, jnp.concatenate([r, z, n, hn], axis=-1)
+
+
+def backward(params, xs, mask, saved, cotangents, reverse, unroll):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
+  prev, acts = saved
+  ct_carry, ct_ys = cotangents
+  w_hh_t = kernel.transposed(params.w_hh)
+
+  def body(ct, inputs):
+    dy, hp, a, m = inputs
+    r, z, n, hn = jnp.split(a, 4, axis=-1)
+    dh = ct.h + kernel.zeros_where_invalid(m, dy)
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dr = dn * hn * r * (1.0 - r)
+    dzg = dh * (hp - n) * z * (1.0 - z)
+    d_gi = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn], axis=-1))
+    d_gh = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn * r], axis=-1))
+    d_prev = d_gh @ w_hh_t + dh * z
+    return HiddenCarry(kernel.where_valid(m, d_prev, ct.h)), (d_gi, d_gh)
+
+  ct0, (d_gi, d_gh) = lax.scan(
+    body, ct_carry, (ct_ys, prev.h, acts, mask), reverse=not reverse, unroll=unroll
+  )
+  gi_rows, gh_rows = kernel.rows(d_gi), kernel.rows(d_gh)
+  hidden = params.w_hh.shape[0]
+  grads = type(params)(
+    w_ih=kernel.rows(xs).T @ gi_rows,
+    w_hh=kernel.rows(prev.h).T @ gh_rows,
+    b=None if params.b is None else jnp.sum(gi_rows, axis=0),
+    b_hn=None if params.b_hn is None else jnp.sum(gh_rows[:, 2 * hidden :], axis=0),
+  )
+  return grads, ct0, (gi_rows @ params.w_ih.T).reshape(xs.shape)
+
+
+sequence = kernel.sequence_kernel(update, backward)
+
+
 def gru(
   hidden_size: int,
   *,
   use_bias: bool = True,
   recurrent_init: str = "uniform",
   dtype: Any = jnp.float32,
+  compute_dtype: Any = None,
 ) -> base.Cell:
   """The GRU cell (Cho et al. 2014) exactly as ``torch.nn.GRUCell``::
 
@@ -53,7 +108,9 @@ def gru(
     use_bias: whether ``b`` and ``b_hn`` exist; PyTorch's ``bias=False``.
     recurrent_init: ``"uniform"`` (PyTorch's), ``"orthogonal"`` or ``"identity"``
       (per gate; the non-uniform ones start the biases at zero).
-    dtype: dtype of the parameters made by ``init``.
+    dtype: dtype of the parameters made by ``init`` (and of the carry).
+    compute_dtype: the dtype the step computes in; None: the params' dtype.
+      Floating inputs are cast to it; the carry is cast back to its own dtype.
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
@@ -88,23 +145,58 @@ def gru(
         b, b_hn = jnp.zeros((3 * H,), dtype), jnp.zeros((H,), dtype)
     return GRUParams(w_ih, w_hh, b, b_hn)
 
-  def initial_carry(params, batch_shape=()):
-    shape = base.as_batch_shape(batch_shape) + (params.w_hh.shape[-2],)
-    return base.HiddenCarry(jnp.zeros(shape, params.w_hh.dtype))
+  def initial_carry(params, batch):
+    return HiddenCarry(jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype))
 
-  def step(params, carry, x):
-    base.check_step_input("gru", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
-    h = carry.h
-    gi = base.add_bias(x @ params.w_ih, params.b)
-    gh = h @ params.w_hh
-    i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(i_r + h_r)
-    z = jax.nn.sigmoid(i_z + h_z)
-    n = jnp.tanh(i_n + r * base.add_bias(h_n, params.b_hn))
-    h = (1.0 - z) * n + z * h
-    return base.HiddenCarry(h), h
+  config = dict(
+    hidden_size=hidden_size,
+    use_bias=use_bias,
+    recurrent_init=recurrent_init,
+    dtype=dtype,
+    compute_dtype=compute_dtype,
+  )
+  return base.library_cell(
+    "gru",
+    init=init,
+    initial_carry=initial_carry,
+    update=update,
+    check=_check_step,
+    params_type=GRUParams,
+    sequence=sequence,
+    config=config,
+  )
 
-  config = dict(hidden_size=hidden_size, use_bias=use_bias, recurrent_init=recurrent_init)
-  config = tuple(sorted(config.items()))
-  return base.Cell(init, initial_carry, step, "gru", config, fused.gru_sequence)
+
+def _check_step(params: GRUParams, carry: HiddenCarry, x: jax.Array) -> None:
+  base.check_step_input("gru", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
+
+
+# ------------------------------------------------------------------ PyTorch's layout
+
+
+def _from_torch(sd: Any, suffix: str) -> GRUParams:
+  """r and z biases add up; the n gate keeps ``b_in`` and ``b_hn`` apart."""
+  w = torch_layout.weights(sd, suffix)
+  if w.b_ih is None:
+    return GRUParams(w.w_ih, w.w_hh, None, None)
+  h = w.w_hh.shape[0]
+  b = w.b_ih.copy()
+  b[: 2 * h] += w.b_hh[: 2 * h]
+  return GRUParams(w.w_ih, w.w_hh, jnp.asarray(b), jnp.asarray(w.b_hh[2 * h :]))
+
+
+def _to_torch(p: GRUParams, suffix: str) -> dict[str, np.ndarray]:
+  b_hh = None
+  if p.b is not None:
+    b = np.asarray(p.b)
+    b_hh = np.concatenate([np.zeros_like(b[: 2 * len(p.b_hn)]), p.b_hn])
+  return torch_layout.state(p.w_ih, p.w_hh, p.b, b_hh, suffix)
+
+
+KIND = base.CellKind(
+  "gru",
+  gru,
+  GRUParams,
+  HiddenCarry,
+  torch_layout.TorchLayout("GRU", lambda m: dict(use_bias=bool(m.bias)), _from_torch, _to_torch),
+)

@@ -1,8 +1,10 @@
 """`torch.nn.RNN` / `LSTM` / `GRU` to jaxrnn and back. torch is imported inside functions only.
 
-PyTorch stores ``weight_ih_l{k}`` as ``(gates * H, I)`` and computes ``x @ W.T``;
-jaxrnn stores ``w_ih = W.T``. PyTorch's two biases are summed into ``b``,
-except the GRU's ``b_hn``, which sits inside the reset product and stays apart.
+Each cell declares its PyTorch layout next to its own code (`jaxrnn.cells.TorchLayout`);
+this module reads those declarations through `jaxrnn.cells.TORCH`. PyTorch stores
+``weight_ih_l{k}`` as ``(gates * H, I)`` and computes ``x @ W.T``; jaxrnn stores
+``w_ih = W.T``. PyTorch's two biases are summed into ``b``, except the GRU's
+``b_hn``, which sits inside the reset product and stays apart.
 """
 
 from __future__ import annotations
@@ -12,39 +14,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import ElmanParams, GRUParams, LSTMParams
+from jaxrnn import cells
+from jaxrnn.cells.torch_layout import to_numpy
 from jaxrnn.layers import BidirectionalCarry, BidirectionalParams, SequenceModel, rnn_layers
-
-_KINDS = {"RNN": "elman", "LSTM": "lstm", "GRU": "gru"}
-
-
-def _np(t) -> np.ndarray:
-  return t.detach().cpu().numpy()
-
-
-def _layer_params(kind: str, sd: dict, suffix: str):
-  w_ih = jnp.asarray(_np(sd[f"weight_ih{suffix}"]).T)
-  w_hh = jnp.asarray(_np(sd[f"weight_hh{suffix}"]).T)
-  has_bias = f"bias_ih{suffix}" in sd
-  b_ih = _np(sd[f"bias_ih{suffix}"]) if has_bias else None
-  b_hh = _np(sd[f"bias_hh{suffix}"]) if has_bias else None
-  if kind == "elman":
-    return ElmanParams(w_ih, w_hh, None if not has_bias else jnp.asarray(b_ih + b_hh))
-  if kind == "lstm":
-    w_proj = sd.get(f"weight_hr{suffix}")
-    return LSTMParams(
-      w_ih,
-      w_hh,
-      None if not has_bias else jnp.asarray(b_ih + b_hh),
-      None if w_proj is None else jnp.asarray(_np(w_proj).T),
-    )
-  # GRU: r and z biases add up; the n gate keeps b_in and b_hn apart.
-  if not has_bias:
-    return GRUParams(w_ih, w_hh, None, None)
-  h = w_hh.shape[0]
-  b = b_ih.copy()
-  b[: 2 * h] += b_hh[: 2 * h]
-  return GRUParams(w_ih, w_hh, jnp.asarray(b), jnp.asarray(b_hh[2 * h :]))
 
 
 def from_torch(module: Any) -> tuple[SequenceModel, tuple]:
@@ -78,18 +50,15 @@ def from_torch(module: Any) -> tuple[SequenceModel, tuple]:
   import torch
 
   name = type(module).__name__
-  if not isinstance(module, torch.nn.RNNBase) or name not in _KINDS:
-    raise ValueError(f"module is a {name}; expected torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU.")
-  kind = _KINDS[name]
-  cell_kwargs: dict[str, Any] = dict(use_bias=bool(module.bias))
-  if kind == "elman":
-    cell_kwargs["activation"] = module.nonlinearity
-  if kind == "lstm" and module.proj_size:
-    cell_kwargs["proj_size"] = int(module.proj_size)
+  if not isinstance(module, torch.nn.RNNBase) or name not in cells.TORCH:
+    *most, last = [f"torch.nn.{m}" for m in cells.TORCH]
+    raise ValueError(f"module is a {name}; expected {', '.join(most)} or {last}.")
+  kind = cells.TORCH[name]
+  cell_kwargs = kind.torch.cell_kwargs(module)
   sd = module.state_dict()
-  cell_kwargs["dtype"] = next(iter(sd.values())).detach().cpu().numpy().dtype
+  cell_kwargs["dtype"] = to_numpy(next(iter(sd.values()))).dtype
   model = rnn_layers(
-    kind,
+    kind.name,
     int(module.hidden_size),
     num_layers=int(module.num_layers),
     bidirectional=bool(module.bidirectional),
@@ -97,30 +66,15 @@ def from_torch(module: Any) -> tuple[SequenceModel, tuple]:
     time_major=not module.batch_first,
     **cell_kwargs,
   )
+  from_sd = kind.torch.params_from_torch
   params = []
   for k in range(module.num_layers):
-    fwd = _layer_params(kind, sd, f"_l{k}")
+    fwd = from_sd(sd, f"_l{k}")
     if module.bidirectional:
-      params.append(BidirectionalParams(fwd, _layer_params(kind, sd, f"_l{k}_reverse")))
+      params.append(BidirectionalParams(fwd, from_sd(sd, f"_l{k}_reverse")))
     else:
       params.append(fwd)
   return model, tuple(params)
-
-
-def _layer_state_dict(p, suffix: str) -> dict[str, np.ndarray]:
-  out = {f"weight_ih{suffix}": np.asarray(p.w_ih).T, f"weight_hh{suffix}": np.asarray(p.w_hh).T}
-  if isinstance(p, ElmanParams) and p.w_out is not None:
-    raise ValueError("an Elman cell with a readout (output_size) has no torch.nn.RNN equivalent.")
-  if p.b is not None:
-    b = np.asarray(p.b)
-    out[f"bias_ih{suffix}"] = b
-    if isinstance(p, GRUParams):
-      out[f"bias_hh{suffix}"] = np.concatenate([np.zeros_like(b[: 2 * len(p.b_hn)]), p.b_hn])
-    else:
-      out[f"bias_hh{suffix}"] = np.zeros_like(b)
-  if isinstance(p, LSTMParams) and p.w_proj is not None:
-    out[f"weight_hr{suffix}"] = np.asarray(p.w_proj).T
-  return out
 
 
 def to_torch(params: tuple) -> dict:
@@ -158,10 +112,14 @@ def to_torch(params: tuple) -> dict:
     if isinstance(layer, BidirectionalParams):
       pairs = [(layer.forward, f"_l{k}"), (layer.backward, f"_l{k}_reverse")]
     for p, suffix in pairs:
-      if not isinstance(p, ElmanParams | LSTMParams | GRUParams):
-        raise ValueError(f"layer {k} holds {type(p).__name__}; expected jaxrnn cell params.")
+      kind = cells.kind_of_params(p)
+      if kind is None or kind.torch is None:
+        raise ValueError(
+          f"layer {k} holds {type(p).__name__}; expected the params of a cell PyTorch has "
+          f"({', '.join(k.params.__name__ for k in cells.TORCH.values())})."
+        )
       kinds.add(type(p))
-      sd.update(_layer_state_dict(p, suffix))
+      sd.update(kind.torch.params_to_torch(p, suffix))
   if len(kinds) > 1:
     raise ValueError(f"layers mix cell kinds {sorted(k.__name__ for k in kinds)}.")
   return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
@@ -206,15 +164,12 @@ def carry_from_torch(model: SequenceModel, h_0, c_0=None) -> tuple:
     The carry: a tuple over layers of `LSTMCarry` / `HiddenCarry`, or
     `BidirectionalCarry` of them.
   """
-  from jaxrnn.cells import HiddenCarry, LSTMCarry
-
   num_layers, bidir = _layer_directions(model)
-  kind = dict(model.config)["kind"]
-  if (kind == "lstm") != (c_0 is not None):
+  carry_type = cells.KINDS[dict(model.config)["kind"]].carry
+  if ("c" in carry_type._fields) != (c_0 is not None):
     raise ValueError("c_0 must be given for an LSTM and only for an LSTM.")
-  as_j = lambda t: jnp.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t)  # noqa: E731
-  h_0 = as_j(h_0)
-  c_0 = None if c_0 is None else as_j(c_0)
+  h_0 = jnp.asarray(to_numpy(h_0))
+  c_0 = None if c_0 is None else jnp.asarray(to_numpy(c_0))
   dirs = 2 if bidir else 1
   if h_0.shape[0] != num_layers * dirs:
     raise ValueError(
@@ -222,7 +177,7 @@ def carry_from_torch(model: SequenceModel, h_0, c_0=None) -> tuple:
     )
 
   def one(i):
-    return LSTMCarry(h_0[i], c_0[i]) if kind == "lstm" else HiddenCarry(h_0[i])
+    return carry_type(h_0[i]) if c_0 is None else carry_type(h_0[i], c_0[i])
 
   out = []
   for k in range(num_layers):
