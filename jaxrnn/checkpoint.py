@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn.cells.base import PyTree
+from jaxrnn.version import __version__
 
 __all__ = ["all_steps", "latest_step", "model_spec", "read_metadata", "restore", "save"]
 
@@ -44,12 +45,6 @@ def _ocp():
       "jaxrnn.checkpoint needs orbax-checkpoint: pip install 'jaxrnn[experiments]'."
     ) from e
   return ocp
-
-
-def _version() -> str:
-  import jaxrnn
-
-  return getattr(jaxrnn, "__version__", "unknown")
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -256,7 +251,7 @@ def save(
   meta = {
     "format": FORMAT,
     "format_version": FORMAT_VERSION,
-    "jaxrnn_version": _version(),
+    "jaxrnn_version": __version__,
     "step": step,
     "model": model_spec(model),
     "leaves": records,

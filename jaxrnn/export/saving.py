@@ -25,6 +25,7 @@ from jaxrnn.export.loading import (
 )
 from jaxrnn.layers import SequenceModel
 from jaxrnn.stream import stream
+from jaxrnn.version import __version__
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
@@ -222,12 +223,10 @@ def save(
   with open(root / PARAMS_FILE, "wb") as f:
     np.savez(f, **arrays)
 
-  import jaxrnn  # here, not at import time: jaxrnn/__init__ imports this module
-
   manifest = {
     "format": FORMAT,
     "format_version": FORMAT_VERSION,
-    "jaxrnn_version": jaxrnn.__version__,
+    "jaxrnn_version": __version__,
     "jax_version": jax.__version__,
     "model": {"name": model.name, "config": to_json(dict(model.config))},
     "platforms": list(platforms),
