@@ -224,8 +224,8 @@ def test_two_processes_match_one_device(tmp_path):
     np.testing.assert_allclose(r["final_loss"], one, rtol=1e-5)
 
 
-def test_make_train_step_accepts_a_mesh():
-  """`jaxrnn.train.make_train_step(mesh=...)` is the sharded step; on one device, same numbers."""
+def test_sharded_step_on_a_model_axis_equals_make_train_step():
+  """`make_sharded_train_step` with a model axis: on one device, `make_train_step`'s numbers."""
 
   from jaxrnn.train import TrainState, make_train_step
 
@@ -240,12 +240,10 @@ def test_make_train_step_accepts_a_mesh():
   batch = {"x": jax.random.normal(jax.random.key(1), (4, 5, 3)), "y": jnp.ones(4)}
   mesh = jax.make_mesh((1, 1), ("data", "model"))
   plain = make_train_step(loss, opt)(TrainState.create(params, opt), batch)[0]
-  sharded = make_train_step(loss, opt, mesh=mesh, model_axis="model")(
+  sharded = sharding.make_sharded_train_step(loss, opt, mesh, model_axis="model")(
     TrainState.create(params, opt), batch
   )[0]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain, sharded)
   assert sharded.params[0].w_hh.sharding.spec == jax.sharding.PartitionSpec(None, "model")
-  with pytest.raises(ValueError, match="jit=False with a mesh"):
-    make_train_step(loss, opt, mesh=mesh, jit=False)
-  with pytest.raises(ValueError, match="model_axis='model' without a mesh"):
-    make_train_step(loss, opt, model_axis="model")
+  with pytest.raises(TypeError, match="mesh"):
+    make_train_step(loss, opt, mesh=mesh)  # the mesh is make_sharded_train_step's alone

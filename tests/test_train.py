@@ -1,4 +1,4 @@
-"""jaxrnn.train: the step, clipping, TBPTT, determinism, and resuming after a real SIGKILL."""
+"""jaxrnn.train and jaxrnn.loop: step, clipping, TBPTT, determinism, resuming after a SIGKILL."""
 
 import json
 import os
@@ -15,7 +15,7 @@ import pytest
 import train_worker
 
 import jaxrnn
-from jaxrnn import train
+from jaxrnn import loop, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -179,9 +179,9 @@ def test_split_windows_and_bad_arguments():
   with pytest.raises(ValueError, match="optax.GradientTransformation"):
     train.make_train_step(lambda p, b: 0.0, "adam")
   with pytest.raises(ValueError, match="num_steps=-3"):
-    train.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=-3)
+    loop.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=-3)
   with pytest.raises(ValueError, match="checkpoint_every=0: expected a positive int"):
-    train.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=3, checkpoint_every=0)
+    loop.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=3, checkpoint_every=0)
 
 
 def _state_bits(state):
@@ -193,7 +193,7 @@ def test_fit_is_deterministic_and_logs_jsonl(tmp_path, optax_promotion):
   runs = []
   for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
     path = tmp_path / f"{name}.jsonl"
-    state = train.fit(
+    state = loop.fit(
       step,
       train_worker.initial_state(),
       lambda i, seed=seed: train_worker.batch_fn(i, seed=seed),
