@@ -95,19 +95,39 @@ def sha256(path: pathlib.Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _first_difference(got: Any, expected: Any, where: str) -> tuple[str, Any, Any] | None:
+class _Missing(str):
+  """The value `first_difference` reports for a key one side lacks (``'<missing>'``)."""
+
+
+MISSING = _Missing("<missing>")
+
+
+def first_difference(
+  got: Any, expected: Any, where: str = "", first: tuple[str, ...] = ()
+) -> tuple[str, Any, Any] | None:
+  """The first field where two JSON values differ: ``(field, got, expected)``, or None.
+
+  Dicts are compared key by key (the keys in ``first`` that both hold, then the
+  others sorted), lists of equal length item by item; a key that one side
+  lacks is reported with `MISSING` (``is MISSING`` tells it from a value) on that side.
+
+  Example:
+    >>> first_difference({"a": 1, "b": [2, 3]}, {"a": 1, "b": [2, 4]})
+    ('b[1]', 3, 4)
+  """
   if isinstance(got, dict) and isinstance(expected, dict):
-    for key in sorted(set(got) | set(expected)):
+    order = [k for k in first if k in got and k in expected]
+    for key in order + sorted((set(got) | set(expected)) - set(order)):
       sub = f"{where}.{key}" if where else key
       if key not in got or key not in expected:
-        return sub, got.get(key, "<missing>"), expected.get(key, "<missing>")
-      diff = _first_difference(got[key], expected[key], sub)
+        return sub, got.get(key, MISSING), expected.get(key, MISSING)
+      diff = first_difference(got[key], expected[key], sub, first)
       if diff:
         return diff
     return None
   if isinstance(got, list) and isinstance(expected, list) and len(got) == len(expected):
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
-      diff = _first_difference(g, e, f"{where}[{i}]")
+      diff = first_difference(g, e, f"{where}[{i}]", first)
       if diff:
         return diff
     return None
@@ -199,7 +219,7 @@ def _check_expected(manifest: dict, expected_config: Any, expected_version: Any)
   if expected_config is not None:
     config = getattr(expected_config, "config", expected_config)  # a SequenceModel too
     expected = to_json(dict(config))
-    diff = _first_difference(manifest["model"]["config"], expected, "")
+    diff = first_difference(manifest["model"]["config"], expected)
     if diff:
       field, got, want = diff
       raise ValueError(f"{MANIFEST}: model config field {field!r} is {got!r}; expected {want!r}.")
