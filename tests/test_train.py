@@ -216,6 +216,40 @@ def test_fit_is_deterministic_and_logs_jsonl(tmp_path, optax_promotion):
   assert ev["step"] == 12 and ev["mse"] > 0
 
 
+def test_fit_throughput_against_the_tests_own_clock(tmp_path, optax_promotion):
+  """examples_per_second, bounded by numbers fit does not compute: the examples counted here
+  (8 per batch, 4 steps per line) and the time spent (at least the batch_fn sleeps, at most the
+  test's wall clock)."""
+  step = train.make_train_step(train_worker.loss_fn, train_worker.OPTIMIZER)
+  sleep, counted = 0.02, []
+
+  def batch_fn(i):
+    batch = train_worker.batch_fn(i, sleep=sleep)
+    counted.append(int(batch["x"].shape[0]))
+    return batch
+
+  path = tmp_path / "m.jsonl"
+  started = time.perf_counter()
+  loop.fit(
+    step,
+    train_worker.initial_state(),
+    batch_fn,
+    num_steps=8,
+    metrics_path=path,
+    log_every=4,
+    progress=False,
+  )
+  wall = time.perf_counter() - started
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  assert counted == [8] * 8
+  examples = [sum(counted[:4]), sum(counted[4:])]  # per line, counted here
+  rates = [r["examples_per_second"] for r in records]
+  assert len(rates) == 2
+  for n, rate in zip(examples, rates, strict=True):
+    assert rate <= n / (4 * sleep)  # each line spans at least 4 sleeps
+  assert sum(n / rate for n, rate in zip(examples, rates, strict=True)) <= wall
+
+
 def test_fit_resumes_in_process(tmp_path, optax_promotion):
   straight = train_worker.run(str(tmp_path / "straight"), 20)
   train_worker.run(str(tmp_path / "split"), 10)  # stops at 10 (a checkpoint)
