@@ -1,6 +1,9 @@
 """jaxrnn: pure-functional recurrent networks for JAX."""
 
-from jaxrnn import export  # a submodule: jaxrnn.export.save / load
+from jaxrnn import (
+  export,  # a submodule: jaxrnn.export.save / load
+  loop,  # a submodule: jaxrnn.loop.fit
+)
 from jaxrnn.cells import (
   Cell,
   ElmanParams,
@@ -24,8 +27,7 @@ from jaxrnn.layers import (
 )
 from jaxrnn.scan import scan
 from jaxrnn.stream import Stream, stream
-
-__version__ = "0.1.0"
+from jaxrnn.version import __version__ as __version__
 
 __all__ = [
   "BidirectionalCarry",
@@ -45,6 +47,7 @@ __all__ = [
   "export",
   "from_torch",
   "gru",
+  "loop",
   "lstm",
   "recurrent",
   "rnn_layers",

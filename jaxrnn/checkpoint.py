@@ -2,10 +2,10 @@
 
 A checkpoint is one step directory written by `orbax.checkpoint.CheckpointManager`:
 the arrays (``state``, orbax's tensorstore/OCDBT format) and a JSON record
-(``meta``) with the jaxrnn version, the model's name and configuration, and the
-path, shape, dtype and SHA-256 of every array. Orbax writes into a temporary
-directory and renames it when complete, so a process killed while saving leaves
-the previous checkpoint intact and the half-written one invisible.
+(``meta``) with the jaxrnn version, the model's name, configuration and execution
+settings, and the path, shape, dtype and SHA-256 of every array. Orbax writes into
+a temporary directory and renames it when complete, so a process killed while
+saving leaves the previous checkpoint intact and the half-written one invisible.
 
 Loading never unpickles: the record is parsed as JSON, the arrays are read by
 tensorstore and checked against their SHA-256, and anything unexpected (a file
@@ -19,7 +19,6 @@ here is first called, so ``import jaxrnn`` needs only the core dependencies.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn._config import jsonable, model_difference, model_spec
 from jaxrnn.cells.base import PyTree
+from jaxrnn.version import __version__
 
 __all__ = ["all_steps", "latest_step", "model_spec", "read_metadata", "restore", "save"]
 
@@ -44,97 +45,6 @@ def _ocp():
       "jaxrnn.checkpoint needs orbax-checkpoint: pip install 'jaxrnn[experiments]'."
     ) from e
   return ocp
-
-
-def _version() -> str:
-  import jaxrnn
-
-  return getattr(jaxrnn, "__version__", "unknown")
-
-
-def _jsonable(value: Any, where: str) -> Any:
-  """A config value as JSON: tuples of ``(name, value)`` pairs become objects."""
-  if value is None or isinstance(value, bool | int | str):
-    return value
-  if isinstance(value, float):
-    return value
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
-  if isinstance(value, tuple | list):
-    pairs = all(
-      isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str) for p in value
-    )
-    keys = [p[0] for p in value] if pairs else []
-    if value and pairs and len(set(keys)) == len(keys):
-      return {k: _jsonable(v, f"{where}.{k}") for k, v in value}
-    return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-  if isinstance(value, np.generic):
-    return value.item()
-  raise ValueError(
-    f"model config field {where} = {value!r} ({type(value).__name__}) is not JSON-serialisable; "
-    "expected None, bool, int, float, str, or tuples/dicts of them."
-  )
-
-
-def model_spec(model: Any) -> dict[str, Any] | None:
-  """The JSON record of a model that a checkpoint keeps: ``{"name", "config"}``.
-
-  Args:
-    model: a `jaxrnn.Cell` or `jaxrnn.SequenceModel` (anything with ``name`` and
-      ``config``), a dict ``{"name": ..., "config": ...}``, or None.
-
-  Returns:
-    A JSON-serialisable dict, or None for ``model=None``.
-
-  Raises:
-    ValueError: if ``model`` has no ``name``/``config`` or the config is not
-      JSON-serialisable.
-
-  Example:
-    >>> import jaxrnn
-    >>> from jaxrnn.checkpoint import model_spec
-    >>> model_spec(jaxrnn.gru(8))
-    {'name': 'gru', 'config': {'hidden_size': 8, 'recurrent_init': 'uniform', 'use_bias': True}}
-  """
-  if model is None:
-    return None
-  if isinstance(model, Mapping):
-    if set(model) != {"name", "config"}:
-      raise ValueError(f"model spec has keys {sorted(model)}; expected ['config', 'name'].")
-    name, config = model["name"], model["config"]
-  elif hasattr(model, "name") and hasattr(model, "config"):
-    name, config = model.name, model.config
-  else:
-    raise ValueError(
-      f"model={type(model).__name__}: expected a jaxrnn.Cell or SequenceModel (with .name and "
-      ".config), a dict {'name', 'config'}, or None."
-    )
-  spec = {"name": _jsonable(name, "name"), "config": _jsonable(config, "config")}
-  return json.loads(json.dumps(spec))  # exactly what reading it back gives
-
-
-def _first_difference(saved: Any, expected: Any, where: str) -> str | None:
-  if isinstance(saved, dict) and isinstance(expected, dict):
-    order = ["name"] if "name" in saved and "name" in expected else []  # the cell family first
-    for k in order + sorted((set(saved) | set(expected)) - set(order)):
-      field = f"{where}.{k}" if where else k
-      if k not in saved:
-        return f"{field} is missing from the checkpoint (model has {expected[k]!r})"
-      if k not in expected:
-        return f"{field} is in the checkpoint ({saved[k]!r}) but not in the model"
-      diff = _first_difference(saved[k], expected[k], field)
-      if diff:
-        return diff
-    return None
-  if isinstance(saved, list) and isinstance(expected, list) and len(saved) == len(expected):
-    for i, (s, e) in enumerate(zip(saved, expected, strict=True)):
-      diff = _first_difference(s, e, f"{where}[{i}]")
-      if diff:
-        return diff
-    return None
-  if saved != expected or type(saved) is not type(expected):
-    return f"{where}: checkpoint has {saved!r}, model has {expected!r}"
-  return None
 
 
 def _path_str(path) -> str:
@@ -225,7 +135,8 @@ def save(
     state: a pytree of arrays (NamedTuples, dicts, lists, None; typed PRNG
       keys are stored as their key data and rebuilt on restore).
     model: the `Cell` or `SequenceModel` (or a `model_spec` dict) whose
-      ``name`` and ``config`` are recorded and checked by `restore`.
+      ``name``, ``config`` and ``settings`` are recorded (`restore` checks
+      the first two).
     metadata: extra JSON-serialisable information (seed, data, flags).
     keep: keep only the newest ``keep`` checkpoints; None keeps all.
 
@@ -256,11 +167,11 @@ def save(
   meta = {
     "format": FORMAT,
     "format_version": FORMAT_VERSION,
-    "jaxrnn_version": _version(),
+    "jaxrnn_version": __version__,
     "step": step,
     "model": model_spec(model),
     "leaves": records,
-    "metadata": _jsonable(dict(metadata or {}), "metadata"),
+    "metadata": jsonable(dict(metadata or {}), "metadata"),
   }
   directory = os.fspath(directory)
   ocp = _ocp()
@@ -381,7 +292,8 @@ def restore(
   """Loads checkpoint ``step`` (the newest if None) into the structure of ``target``.
 
   Checks, each a `ValueError` naming what differs: the record is jaxrnn JSON;
-  ``model`` (if given) has the recorded name and configuration, field by field;
+  ``model`` (if given) has the recorded name and configuration, field by field
+  (its execution settings, ``unroll``, ``remat``, ``impl``, are recorded, never checked);
   the tree has the same leaf paths, shapes and dtypes as ``target``; every
   stored value can be read (truncated files are caught before any array is
   built); every array has its recorded SHA-256 (altered files are caught).
@@ -406,46 +318,68 @@ def restore(
   """
   directory = _check_directory(directory)
   expected_model = model_spec(model)
-  ocp = _ocp()
   manager = _manager(directory, read_only=True)
   try:
     step = _pick_step(manager, directory, step)
     meta = _read_meta(manager, directory, step)
     where = f"checkpoint {directory!r} step {step}"
-    if expected_model is not None:
-      if meta.get("model") is None:
-        raise ValueError(f"{where} records no model; cannot check it against {model_spec(model)}.")
-      diff = _first_difference(meta["model"], expected_model, "")
-      if diff:
-        raise ValueError(f"{where} was saved for a different model: {diff}.")
+    _check_model(meta, expected_model, where)
     records = meta.get("leaves")
     flat, treedef = jax.tree_util.tree_flatten_with_path(target)
-    if not isinstance(records, list) or len(records) != len(flat):
-      got = len(records) if isinstance(records, list) else records
-      raise ValueError(f"{where} has {got} arrays; target has {len(flat)}.")
-    abstract = {}
-    for i, ((path, leaf), rec) in enumerate(zip(flat, records, strict=True)):
-      name = _path_str(path)
-      shape, dtype = _shape_dtype(leaf)
-      if rec.get("path") != name:
-        raise ValueError(f"{where}: array {i} is {rec.get('path')!r}; target has {name!r}.")
-      if tuple(rec.get("shape", ())) != shape or rec.get("dtype") != str(dtype):
-        raise ValueError(
-          f"{where}: {name} has shape {tuple(rec.get('shape', ()))} and dtype {rec.get('dtype')}; "
-          f"target has shape {shape} and dtype {dtype}."
-        )
-      abstract[f"leaf_{i:05d}"] = np.zeros(shape, dtype)
+    abstract = _abstract_arrays(records, flat, where)
     _check_readable(os.path.join(directory, str(step)), where)
-    try:
-      arrays = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-      )["state"]
-    except Exception as e:  # tensorstore/orbax errors on damaged files
-      raise ValueError(
-        f"{where}: its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})."
-      ) from None
+    arrays = _restore_arrays(manager, step, abstract, where)
   finally:
     manager.close()
+  leaves = _rebuild_leaves(flat, records, arrays, where)
+  return jax.tree_util.tree_unflatten(treedef, leaves), meta
+
+
+def _check_model(meta: dict[str, Any], expected_model: dict[str, Any] | None, where: str) -> None:
+  """The recorded model's name and config equal ``expected_model``'s (settings are not checked)."""
+  if expected_model is None:
+    return
+  if meta.get("model") is None:
+    raise ValueError(f"{where} records no model; cannot check it against {expected_model}.")
+  diff = model_difference(meta["model"], expected_model)
+  if diff:
+    raise ValueError(f"{where} was saved for a different model: {diff}.")
+
+
+def _abstract_arrays(records: Any, flat: list, where: str) -> dict[str, np.ndarray]:
+  """Checks the recorded leaves against the target's; zeros of each stored shape and dtype."""
+  if not isinstance(records, list) or len(records) != len(flat):
+    got = len(records) if isinstance(records, list) else records
+    raise ValueError(f"{where} has {got} arrays; target has {len(flat)}.")
+  abstract = {}
+  for i, ((path, leaf), rec) in enumerate(zip(flat, records, strict=True)):
+    name = _path_str(path)
+    shape, dtype = _shape_dtype(leaf)
+    if rec.get("path") != name:
+      raise ValueError(f"{where}: array {i} is {rec.get('path')!r}; target has {name!r}.")
+    if tuple(rec.get("shape", ())) != shape or rec.get("dtype") != str(dtype):
+      raise ValueError(
+        f"{where}: {name} has shape {tuple(rec.get('shape', ()))} and dtype {rec.get('dtype')}; "
+        f"target has shape {shape} and dtype {dtype}."
+      )
+    abstract[f"leaf_{i:05d}"] = np.zeros(shape, dtype)
+  return abstract
+
+
+def _restore_arrays(manager, step: int, abstract: dict[str, np.ndarray], where: str) -> dict:
+  ocp = _ocp()
+  try:
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+      "state"
+    ]
+  except Exception as e:  # tensorstore/orbax errors on damaged files
+    raise ValueError(
+      f"{where}: its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})."
+    ) from None
+
+
+def _rebuild_leaves(flat: list, records: list, arrays: dict, where: str) -> list:
+  """The restored leaves: SHA-256 checked, typed keys rewrapped, placed like the target's."""
   leaves = []
   for i, ((_, leaf), rec) in enumerate(zip(flat, records, strict=True)):
     arr = np.asarray(arrays[f"leaf_{i:05d}"])
@@ -457,4 +391,4 @@ def restore(
       out = jnp.asarray(arr)
     sharding = getattr(leaf, "sharding", None)
     leaves.append(jax.device_put(out, sharding) if sharding is not None else out)
-  return jax.tree_util.tree_unflatten(treedef, leaves), meta
+  return leaves

@@ -72,16 +72,25 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrnn import cells
+from jaxrnn._mesh import (
+  AxisName,
+  auto,
+  axis_names,
+  axis_size,
+  batch_shardings,
+  check_mesh,
+  is_batched,
+  pathstr,
+  state_shardings,
+)
 from jaxrnn.cells.base import PyTree
 from jaxrnn.train import TrainState, make_train_step
 
@@ -93,208 +102,6 @@ __all__ = [
   "shard_state",
   "state_shardings",
 ]
-
-# The cell parameter types whose gate-column leaves `model_axis` splits, and those leaves.
-CELL_PARAMS = (cells.LSTMParams, cells.GRUParams, cells.ElmanParams)
-GATE_COLUMN_FIELDS = ("w_ih", "w_hh", "b", "b_hn")
-_GATES = {cells.LSTMParams: 4, cells.GRUParams: 3, cells.ElmanParams: 1}
-
-AxisName = str | tuple[str, ...]
-
-
-def _check_mesh(mesh: Any) -> None:
-  if not isinstance(mesh, Mesh):
-    raise ValueError(
-      f"mesh={type(mesh).__name__}: expected a jax.sharding.Mesh "
-      "(e.g. jax.make_mesh((jax.device_count(),), ('data',)))."
-    )
-
-
-def _axis_names(axis: AxisName, what: str) -> tuple[str, ...]:
-  names = (axis,) if isinstance(axis, str) else axis
-  if not isinstance(names, tuple) or not names or not all(isinstance(n, str) for n in names):
-    raise ValueError(f"{what}={axis!r}: expected a mesh axis name (str) or a tuple of them.")
-  return names
-
-
-def _axis_size(mesh: Mesh, axis: AxisName, what: str) -> int:
-  names = _axis_names(axis, what)
-  for name in names:
-    if name not in mesh.shape:
-      raise ValueError(
-        f"{what}={axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}."
-      )
-  return math.prod(mesh.shape[n] for n in names)
-
-
-def _auto(mesh: Mesh) -> Mesh:
-  """The same mesh with every axis `AxisType.Auto`: XLA chooses and inserts the collectives.
-
-  `jax.make_mesh` makes ``Explicit`` axes by default, under which some jnp
-  operations in a user's loss would need explicit output shardings.
-  """
-  if all(t == AxisType.Auto for t in mesh.axis_types):
-    return mesh
-  return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-
-
-def _path(prefix: str, path: Any) -> str:
-  return prefix + jax.tree_util.keystr(path)
-
-
-def _cell_param_shardings(node: Any, mesh: Mesh, model_axis: str | None, where: str) -> Any:
-  """Shardings for one cell's params: gate-column leaves split over ``model_axis``."""
-  replicated = NamedSharding(mesh, P())
-  if model_axis is None:
-    return jax.tree.map(lambda _: replicated, node)
-  k = mesh.shape[model_axis]
-  gates = _GATES[type(node)]
-  out = {}
-  for field in type(node)._fields:
-    leaf = getattr(node, field)
-    if leaf is None:
-      out[field] = None
-      continue
-    if field not in GATE_COLUMN_FIELDS:
-      out[field] = replicated
-      continue
-    shape = tuple(leaf.shape)
-    columns = shape[-1]
-    if columns % k:
-      what = f"{gates} gates x H={columns // gates}" if gates > 1 and field != "b_hn" else "H"
-      raise ValueError(
-        f"{where}.{field} has shape {shape}: its gate-column axis of size {columns} "
-        f"({what}) does not split evenly over model_axis={model_axis!r} of size {k}; "
-        f"expected a model axis size that divides {columns}."
-      )
-    out[field] = NamedSharding(mesh, P(*([None] * (len(shape) - 1)), model_axis))
-  return type(node)(**out)
-
-
-def _param_shardings(params: PyTree, mesh: Mesh, model_axis: str | None, prefix: str) -> PyTree:
-  replicated = NamedSharding(mesh, P())
-
-  def one(path, node):
-    if isinstance(node, CELL_PARAMS):
-      return _cell_param_shardings(node, mesh, model_axis, _path(prefix, path))
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda n: isinstance(n, CELL_PARAMS))
-
-
-def _shapes(tree: PyTree) -> tuple[Any, ...]:
-  return tuple((tuple(leaf.shape), leaf.dtype) for leaf in jax.tree.leaves(tree))
-
-
-def _opt_state_shardings(opt_state: PyTree, params: PyTree, param_sh: PyTree, mesh: Mesh) -> PyTree:
-  """Params' shardings on every subtree of ``opt_state`` shaped like ``params``; else replicated."""
-  replicated = NamedSharding(mesh, P())
-  treedef, shapes = jax.tree.structure(params), _shapes(params)
-
-  def like_params(node):
-    if node is None or isinstance(node, optax.MaskedNode):
-      return False
-    try:
-      return jax.tree.structure(node) == treedef and _shapes(node) == shapes
-    except AttributeError:  # a leaf without .shape
-      return False
-
-  if not jax.tree.leaves(params):
-    return jax.tree.map(lambda _: replicated, opt_state)
-  return jax.tree.map(
-    lambda node: param_sh if like_params(node) else replicated, opt_state, is_leaf=like_params
-  )
-
-
-def state_shardings(state: PyTree, mesh: Mesh, *, model_axis: str | None = None) -> PyTree:
-  """The `NamedSharding` of every leaf of a train state (or of bare parameters).
-
-  Args:
-    state: a `jaxrnn.train.TrainState` (or any pytree with the ``step``,
-      ``params`` and ``opt_state`` attributes, concrete or from
-      `jax.eval_shape`), or a parameter pytree.
-    mesh: the `jax.sharding.Mesh`.
-    model_axis: a mesh axis to split the cells' gate columns over (see the
-      module docstring); None: everything replicated.
-
-  Returns:
-    A pytree of `NamedSharding` with ``state``'s structure.
-
-  Raises:
-    ValueError: for an unknown axis, or a gate-column axis that does not divide
-      over ``model_axis``.
-
-  Example:
-    >>> import jax, jaxrnn
-    >>> from jaxrnn.sharding import state_shardings
-    >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
-    >>> params = jaxrnn.gru(4).init(jax.random.key(0), input_size=2)
-    >>> sh = state_shardings(params, mesh, model_axis="model")
-    >>> sh.w_hh.spec, sh.b_hn.spec
-    (P(None, 'model'), P('model',))
-  """
-  _check_mesh(mesh)
-  mesh = _auto(mesh)
-  if model_axis is not None:
-    if not isinstance(model_axis, str):
-      raise ValueError(f"model_axis={model_axis!r}: expected a mesh axis name (str) or None.")
-    _axis_size(mesh, model_axis, "model_axis")
-  if all(hasattr(state, a) for a in ("step", "params", "opt_state")):
-    param_sh = _param_shardings(state.params, mesh, model_axis, "state.params")
-    return type(state)(
-      step=NamedSharding(mesh, P()),
-      params=param_sh,
-      opt_state=_opt_state_shardings(state.opt_state, state.params, param_sh, mesh),
-    )
-  return _param_shardings(state, mesh, model_axis, "params")
-
-
-def _is_batched(leaf: Any) -> bool:
-  return len(getattr(leaf, "shape", ())) >= 1
-
-
-def batch_shardings(batch: PyTree, mesh: Mesh, data_axis: AxisName = "data") -> PyTree:
-  """The `NamedSharding` of every leaf of a batch: leading dimension over ``data_axis``.
-
-  Args:
-    batch: a pytree of arrays (concrete, or `jax.ShapeDtypeStruct`).
-    mesh: the `jax.sharding.Mesh`.
-    data_axis: the mesh axis (or tuple of axes) the batch dimension is split over.
-
-  Returns:
-    A pytree of `NamedSharding` with ``batch``'s structure: ``P(data_axis)``
-    for leaves of rank >= 1, replicated for scalars.
-
-  Raises:
-    ValueError: for an unknown axis, or a leaf whose leading (batch) dimension
-      is not a multiple of the data axis size (no silent padding).
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from jaxrnn.sharding import batch_shardings
-    >>> mesh = jax.make_mesh((1,), ("data",))
-    >>> sh = batch_shardings({"x": jnp.ones((4, 3, 2)), "lr": jnp.float32(1.0)}, mesh)
-    >>> sh["x"].spec, sh["lr"].spec
-    (P('data',), P())
-  """
-  _check_mesh(mesh)
-  mesh = _auto(mesh)
-  size = _axis_size(mesh, data_axis, "data_axis")
-  spec = P(data_axis)
-
-  def one(path, leaf):
-    if not _is_batched(leaf):
-      return NamedSharding(mesh, P())
-    n = leaf.shape[0]
-    if n % size:
-      raise ValueError(
-        f"{_path('batch', path)} has batch size {n} (shape {tuple(leaf.shape)}), which does not "
-        f"divide over data_axis={data_axis!r} of size {size}; expected a multiple of {size} "
-        f"(e.g. {max(size, n - n % size)}). Batches are never padded silently."
-      )
-    return NamedSharding(mesh, spec)
-
-  return jax.tree_util.tree_map_with_path(one, batch)
 
 
 def shard_batch(
@@ -326,21 +133,21 @@ def shard_batch(
     >>> batch["x"].sharding.spec, batch["x"].addressable_shards[0].data.shape
     (P('data',), (4, 3, 2))
   """
-  _check_mesh(mesh)
+  check_mesh(mesh)
   if not process_local:
     return jax.device_put(batch, batch_shardings(batch, mesh, data_axis))
-  mesh = _auto(mesh)
-  size = _axis_size(mesh, data_axis, "data_axis")
+  mesh = auto(mesh)
+  size = axis_size(mesh, data_axis, "data_axis")
   shards = _process_data_shards(mesh, data_axis)
   spec = NamedSharding(mesh, P(data_axis))
 
   def one(path, leaf):
-    if not _is_batched(leaf):
+    if not is_batched(leaf):
       return jax.device_put(leaf, NamedSharding(mesh, P()))
     n = leaf.shape[0]
     if n % len(shards):
       raise ValueError(
-        f"{_path('batch', path)} has {n} rows in this process, which holds {len(shards)} of the "
+        f"{pathstr('batch', path)} has {n} rows in this process, which holds {len(shards)} of the "
         f"{size} shards of data_axis={data_axis!r}; expected a multiple of {len(shards)}."
       )
     global_shape = (n // len(shards) * size,) + tuple(leaf.shape[1:])
@@ -351,7 +158,7 @@ def shard_batch(
 
 def _process_data_shards(mesh: Mesh, data_axis: AxisName) -> list[int]:
   """The indices of the data-axis shards that this process's devices hold, sorted."""
-  size = _axis_size(mesh, data_axis, "data_axis")
+  size = axis_size(mesh, data_axis, "data_axis")
   index_map = NamedSharding(mesh, P(data_axis)).addressable_devices_indices_map((size,))
   return sorted({idx[0].indices(size)[0] for idx in index_map.values()})
 
@@ -381,9 +188,9 @@ def process_batch_rows(mesh: Mesh, global_batch_size: int, data_axis: AxisName =
     >>> process_batch_rows(jax.make_mesh((1,), ("data",)), 32)
     slice(0, 32, None)
   """
-  _check_mesh(mesh)
-  mesh = _auto(mesh)
-  size = _axis_size(mesh, data_axis, "data_axis")
+  check_mesh(mesh)
+  mesh = auto(mesh)
+  size = axis_size(mesh, data_axis, "data_axis")
   if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int):
     raise ValueError(f"global_batch_size={global_batch_size!r}: expected an int.")
   if global_batch_size <= 0 or global_batch_size % size:
@@ -498,66 +305,76 @@ def make_sharded_train_step(
     >>> state.params.w_hh.sharding.spec, state.opt_state[0].trace.w_hh.sharding.spec
     (P(None, 'model'), P(None, 'model'))
   """
-  _check_mesh(mesh)
-  mesh = _auto(mesh)
-  data_names = _axis_names(data_axis, "data_axis")
-  _axis_size(mesh, data_axis, "data_axis")
-  if model_axis is not None:
-    if not isinstance(model_axis, str):
-      raise ValueError(f"model_axis={model_axis!r}: expected a mesh axis name (str) or None.")
-    _axis_size(mesh, model_axis, "model_axis")
-    if model_axis in data_names:
-      raise ValueError(
-        f"model_axis={model_axis!r} is also in data_axis={data_axis!r}; expected different "
-        f"mesh axes (the mesh has {mesh.axis_names})."
-      )
+  mesh = _check_axes(mesh, data_axis, model_axis)
   raw_step = make_train_step(
     loss_fn, optimizer, max_grad_norm=max_grad_norm, has_aux=has_aux, jit=False
   )
-  replicated = NamedSharding(mesh, P())
   compiled: dict[Any, tuple[Any, Any, Any]] = {}
 
-  def _signature(tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple(
-      (tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", ""))) for x in leaves
-    )
-
-  def _get(state, batch):
+  def place(state, batch):
+    """The step compiled for this structure, and the state and batch laid out for it."""
     key = (_signature(state), _signature(batch))
     if key not in compiled:
-      if not all(hasattr(state, a) for a in ("step", "params", "opt_state")):
-        raise ValueError(
-          f"state is a {type(state).__name__}; expected a jaxrnn.train.TrainState "
-          "(TrainState.create(params, optimizer))."
-        )
-      state_sh = state_shardings(state, mesh, model_axis=model_axis)
-      batch_sh = batch_shardings(batch, mesh, data_axis)
-      # The raw step returns a jaxrnn TrainState whatever type of state came in.
-      out_sh = TrainState(state_sh.step, state_sh.params, state_sh.opt_state)
-      fn = jax.jit(
-        raw_step,
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(out_sh, replicated),
-        donate_argnums=(0,) if donate else (),
-      )
-      compiled[key] = (fn, state_sh, batch_sh)
-    return compiled[key]
-
-  def _place(state, batch):
-    fn, state_sh, batch_sh = _get(state, batch)
+      compiled[key] = _compile(raw_step, state, batch, mesh, data_axis, model_axis, donate)
+    fn, state_sh, batch_sh = compiled[key]
     state = jax.device_put(state, state_sh)  # returns arrays already laid out as they are
     if mesh.is_multi_process:
       return fn, state, batch
     return fn, state, jax.device_put(batch, batch_sh)
 
   def step(state: TrainState, batch: PyTree):
-    fn, state, batch = _place(state, batch)
+    fn, state, batch = place(state, batch)
     return fn(state, batch)
 
   def lower(state: TrainState, batch: PyTree):
-    fn, state, batch = _place(state, batch)
+    fn, state, batch = place(state, batch)
     return fn.lower(state, batch)
 
   step.lower = lower
   return step
+
+
+def _check_axes(mesh: Any, data_axis: AxisName, model_axis: str | None) -> Mesh:
+  """The mesh with Auto axes, after checking that it has both axes and they differ."""
+  check_mesh(mesh)
+  mesh = auto(mesh)
+  data_names = axis_names(data_axis, "data_axis")
+  axis_size(mesh, data_axis, "data_axis")
+  if model_axis is not None:
+    if not isinstance(model_axis, str):
+      raise ValueError(f"model_axis={model_axis!r}: expected a mesh axis name (str) or None.")
+    axis_size(mesh, model_axis, "model_axis")
+    if model_axis in data_names:
+      raise ValueError(
+        f"model_axis={model_axis!r} is also in data_axis={data_axis!r}; expected different "
+        f"mesh axes (the mesh has {mesh.axis_names})."
+      )
+  return mesh
+
+
+def _signature(tree: PyTree) -> tuple[Any, ...]:
+  """What the shardings depend on: the tree structure and every leaf's shape and dtype."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(
+    (tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", ""))) for x in leaves
+  )
+
+
+def _compile(raw_step, state, batch, mesh, data_axis, model_axis, donate) -> tuple[Any, Any, Any]:
+  """``raw_step`` under `jax.jit` with the state's and the batch's shardings; and those."""
+  if not all(hasattr(state, a) for a in ("step", "params", "opt_state")):
+    raise ValueError(
+      f"state is a {type(state).__name__}; expected a jaxrnn.train.TrainState "
+      "(TrainState.create(params, optimizer))."
+    )
+  state_sh = state_shardings(state, mesh, model_axis=model_axis)
+  batch_sh = batch_shardings(batch, mesh, data_axis)
+  # The raw step returns a jaxrnn TrainState whatever type of state came in.
+  out_sh = TrainState(state_sh.step, state_sh.params, state_sh.opt_state)
+  fn = jax.jit(
+    raw_step,
+    in_shardings=(state_sh, batch_sh),
+    out_shardings=(out_sh, NamedSharding(mesh, P())),
+    donate_argnums=(0,) if donate else (),
+  )
+  return fn, state_sh, batch_sh

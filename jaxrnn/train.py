@@ -1,4 +1,4 @@
-"""Training with optax: a jit-compiled step, evaluation, truncated BPTT, and a resumable loop.
+"""Training with optax: a jit-compiled step, evaluation and truncated BPTT.
 
 The pieces are pure functions of explicit state, so they compose with the rest
 of JAX:
@@ -11,41 +11,28 @@ of JAX:
 - `make_tbptt_step`: truncated backpropagation through time over long streams;
   the carry flows from window to window, the gradient stops at window edges,
   and there is one optimizer update per window.
-- `fit`: the experiments' loop, with a tqdm progress bar (loss, throughput),
-  metrics appended to a JSONL file, and periodic `jaxrnn.checkpoint`s, so that a
-  run killed at any moment and started again ends with the same parameters,
-  bit for bit, as one that ran through. Determinism comes from ``batch_fn(step)``
-  being a function of the step index alone.
 
 The step functions close over nothing device-specific (no ``pmap``, no axis
 names): the loss is a mean over the batch, so under `jax.jit` with a batch
 sharded over a `jax.sharding.Mesh` the same step computes the global gradient;
-``make_train_step(..., mesh=mesh)`` compiles it with ``in_shardings``/``out_shardings``
-(`jaxrnn.sharding.make_sharded_train_step`).
-
-tqdm and orbax-checkpoint (the ``experiments`` extra) are imported by `fit` alone, and
-only when it shows a progress bar (without tqdm it runs silently) or checkpoints.
+`jaxrnn.sharding.make_sharded_train_step` compiles it with
+``in_shardings``/``out_shardings``. The resumable loop, `jaxrnn.loop.fit`, and
+`jaxrnn.checkpoint` build on this module; it imports neither.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxrnn import checkpoint as _checkpoint
 from jaxrnn.cells.base import PyTree
 
 __all__ = [
   "TrainState",
-  "fit",
   "make_eval_step",
   "make_tbptt_step",
   "make_train_step",
@@ -124,16 +111,15 @@ def make_train_step(
   has_aux: bool = False,
   jit: bool = True,
   donate: bool = False,
-  mesh: jax.sharding.Mesh | None = None,
-  data_axis: str | tuple[str, ...] = "data",
-  model_axis: str | None = None,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict[str, jax.Array]]]:
   """A train step ``step(state, batch) -> (state, metrics)`` for any optax optimizer.
 
   The step computes ``loss_fn(params, batch)`` and its gradient, clips the
   gradient to global norm ``max_grad_norm`` (``optax.clip_by_global_norm``),
   applies ``optimizer``, and increments ``state.step``. Put a PRNG key in the
-  batch if the loss needs randomness (dropout): the step itself has none.
+  batch if the loss needs randomness (dropout): the step itself has none. For a
+  `jax.sharding.Mesh`, `jaxrnn.sharding.make_sharded_train_step` compiles this
+  same step with the mesh's shardings.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> loss``, a scalar, or with ``has_aux``
@@ -144,22 +130,14 @@ def make_train_step(
     jit: compile the step with `jax.jit`.
     donate: donate the input state's buffers to the output (saves memory;
       the input state must not be used afterwards).
-    mesh: a `jax.sharding.Mesh`: compile the step for it with
-      `jaxrnn.sharding.make_sharded_train_step` (the batch split over
-      ``data_axis``, parameters replicated or, with ``model_axis``, the cells'
-      gate columns split over it). Needs ``jit=True``.
-    data_axis: with ``mesh``, the mesh axis of the batch dimension.
-    model_axis: with ``mesh``, the mesh axis of the gate columns, or None.
 
   Returns:
     ``step(state, batch) -> (state, metrics)``; ``metrics`` holds ``loss``,
     ``grad_norm`` (before clipping), ``update_norm`` and the entries of ``aux``.
 
   Raises:
-    ValueError: if ``optimizer`` is not an optax transformation,
-      ``max_grad_norm`` is not positive, ``mesh`` comes with ``jit=False``, or
-      ``data_axis``/``model_axis`` are given without a ``mesh``; see
-      `jaxrnn.sharding.make_sharded_train_step` for the mesh's own checks.
+    ValueError: if ``optimizer`` is not an optax transformation or
+      ``max_grad_norm`` is not positive.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, jaxrnn
@@ -178,26 +156,6 @@ def make_train_step(
   """
   _check_optimizer(optimizer)
   _check_max_grad_norm(max_grad_norm)
-  if mesh is not None:
-    if not jit:
-      raise ValueError("jit=False with a mesh: expected jit=True (the mesh is used by jax.jit).")
-    from jaxrnn import sharding  # sharding builds on this module
-
-    return sharding.make_sharded_train_step(
-      loss_fn,
-      optimizer,
-      mesh,
-      data_axis=data_axis,
-      model_axis=model_axis,
-      max_grad_norm=max_grad_norm,
-      has_aux=has_aux,
-      donate=donate,
-    )
-  if data_axis != "data" or model_axis is not None:
-    raise ValueError(
-      f"data_axis={data_axis!r}, model_axis={model_axis!r} without a mesh: expected mesh=... "
-      "(or the defaults)."
-    )
 
   def step(state: TrainState, batch: PyTree):
     out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(state.params, batch)
@@ -358,207 +316,3 @@ def make_tbptt_step(
     return state, carry, metrics
 
   return jax.jit(step) if jit else step
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  records = []
-  if not os.path.exists(path):
-    return records
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        break  # a line cut short by a kill: it and anything after it are dropped
-  return records
-
-
-def _rewrite_jsonl(path: str, records: list[dict[str, Any]]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _to_python(metrics: Mapping[str, Any]) -> dict[str, Any]:
-  out = {}
-  for k, v in jax.device_get(dict(metrics)).items():
-    arr = np.asarray(v)
-    out[k] = arr.item() if arr.ndim == 0 else arr.tolist()
-  return out
-
-
-def _batch_size(batch: PyTree) -> int | None:
-  leaves = jax.tree.leaves(batch)
-  for leaf in leaves:
-    if jnp.ndim(leaf) >= 1 and not jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
-      return int(jnp.shape(leaf)[0])
-  return None
-
-
-class _NoBar:
-  def update(self, n):
-    del n
-
-  def set_postfix(self, **kwargs):
-    del kwargs
-
-  def close(self):
-    pass
-
-
-def _progress_bar(*, total, initial, disable, desc):
-  """A tqdm bar; a silent stand-in when disabled or when tqdm is not installed."""
-  if disable:
-    return _NoBar()
-  try:
-    from tqdm.auto import tqdm
-  except ImportError:
-    return _NoBar()
-  return tqdm(total=total, initial=initial, desc=desc, leave=False)
-
-
-def fit(
-  step_fn: Callable[[PyTree, PyTree], tuple[PyTree, Mapping[str, Any]]],
-  state: PyTree,
-  batch_fn: Callable[[int], PyTree],
-  *,
-  num_steps: int,
-  checkpoint_dir: str | os.PathLike | None = None,
-  checkpoint_every: int = 1000,
-  keep: int | None = 2,
-  model: Any = None,
-  metadata: Mapping[str, Any] | None = None,
-  metrics_path: str | os.PathLike | None = None,
-  log_every: int = 50,
-  eval_fn: Callable[[PyTree], Mapping[str, Any]] | None = None,
-  eval_every: int | None = None,
-  progress: bool = True,
-  desc: str | None = None,
-  batch_size: int | None = None,
-) -> PyTree:
-  """Runs ``step_fn`` for ``num_steps`` steps, resuming from the newest checkpoint.
-
-  Deterministic and resumable: the batch of step ``i`` is ``batch_fn(i)``, a
-  function of ``i`` alone (e.g. of ``jax.random.fold_in(data_key, i)``), and
-  the state is checkpointed (`jaxrnn.checkpoint.save`) every
-  ``checkpoint_every`` steps and at the end. If ``checkpoint_dir`` already
-  holds a checkpoint, the state is restored from the newest one (``state``
-  serves as the target structure) and the loop continues from its step, and
-  the metrics file is cut back to that step, so a run killed at any moment and
-  started again with the same arguments ends with the same state, bit for bit,
-  and the same metrics (timings aside) as a run that was never interrupted.
-
-  Args:
-    step_fn: ``step_fn(state, batch) -> (state, metrics)``, e.g. from
-      `make_train_step`; ``metrics`` is a dict of scalars or arrays.
-    state: the initial state (e.g. a `TrainState`), also the restore target.
-    batch_fn: ``batch_fn(step) -> batch``.
-    num_steps: total number of steps of the run (not of this call).
-    checkpoint_dir: where checkpoints go; None: no checkpoints, no resuming.
-    checkpoint_every: steps between checkpoints.
-    keep: how many checkpoints to keep (None: all).
-    model: the `Cell`/`SequenceModel` whose configuration the checkpoints
-      record and check on resume.
-    metadata: JSON-serialisable run information stored in each checkpoint.
-    metrics_path: a JSONL file; one line ``{"step", "split": "train", metrics...,
-      "examples_per_second"}`` every ``log_every`` steps, and
-      ``{"step", "split": "eval", ...}`` for ``eval_fn``.
-    log_every: steps between metric lines and progress-bar updates.
-    eval_fn: ``eval_fn(state) -> dict`` of scalars, run every ``eval_every``
-      steps and at the end.
-    eval_every: steps between evaluations; None: only at the end.
-    progress: show a tqdm progress bar (loss and throughput).
-    desc: the progress bar's label.
-    batch_size: examples per step for the throughput figure; None: the
-      leading dimension of the batch's first array leaf (0 if it has none,
-      e.g. when the batch is a PRNG key that the step turns into data).
-
-  Returns:
-    The final state.
-
-  Raises:
-    ValueError: for non-positive counts, or a checkpoint that does not match
-      ``state`` or ``model`` (see `jaxrnn.checkpoint.restore`).
-
-  Example:
-    >>> import json, os, tempfile, jax, jax.numpy as jnp, optax, jaxrnn
-    >>> from jaxrnn.train import TrainState, fit, make_train_step
-    >>> cell = jaxrnn.gru(4)
-    >>> def loss_fn(params, key):            # the batch is made from the step's key
-    ...   xs = jax.random.normal(key, (8, 5, 2))
-    ...   _, ys = jaxrnn.scan(cell, params, xs)
-    ...   return jnp.mean((ys[:, -1, 0] - xs[:, 0, 0]) ** 2)
-    >>> opt = optax.adam(1e-2)
-    >>> state = TrainState.create(cell.init(jax.random.key(0), input_size=2), opt)
-    >>> log = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
-    >>> state = fit(make_train_step(loss_fn, opt), state,
-    ...             lambda i: jax.random.fold_in(jax.random.key(1), i),
-    ...             num_steps=6, metrics_path=log, log_every=3, progress=False)
-    >>> with open(log) as f:
-    ...   print(int(state.step), [json.loads(line)["step"] for line in f])
-    6 [3, 6]
-  """
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-    raise ValueError(f"num_steps={num_steps!r}: expected a non-negative int.")
-  for name, value, optional in [
-    ("checkpoint_every", checkpoint_every, False),
-    ("log_every", log_every, False),
-    ("eval_every", eval_every, True),
-  ]:
-    if value is None and optional:
-      continue
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name}={value!r}: expected a positive int{' or None' * optional}.")
-
-  start = 0
-  if checkpoint_dir is not None and _checkpoint.latest_step(checkpoint_dir) is not None:
-    state, info = _checkpoint.restore(checkpoint_dir, state, model=model)
-    start = int(info["step"])
-  if metrics_path is not None:
-    metrics_path = os.fspath(metrics_path)
-    os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
-    kept = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start]
-    _rewrite_jsonl(metrics_path, kept)
-
-  bar = _progress_bar(total=num_steps, initial=start, disable=not progress, desc=desc)
-
-  def log(record):
-    if metrics_path is None:
-      return
-    with open(metrics_path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record) + "\n")
-
-  def save(step):
-    if checkpoint_dir is not None and step not in _checkpoint.all_steps(checkpoint_dir):
-      _checkpoint.save(checkpoint_dir, step, state, model=model, metadata=metadata, keep=keep)
-
-  t_last, examples = time.perf_counter(), 0
-  try:
-    for i in range(start, num_steps):
-      batch = batch_fn(i)
-      examples += batch_size if batch_size is not None else (_batch_size(batch) or 0)
-      state, metrics = step_fn(state, batch)
-      done = i + 1
-      bar.update(1)
-      if done % log_every == 0 or done == num_steps:
-        record = _to_python(metrics)  # waits for the step: honest throughput
-        now = time.perf_counter()
-        record = {"step": done, "split": "train", **record}
-        record["examples_per_second"] = examples / max(now - t_last, 1e-9)
-        t_last, examples = now, 0
-        log(record)
-        if isinstance(record.get("loss"), float):
-          bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{record['examples_per_second']:.0f}")
-      if eval_fn is not None and (
-        done == num_steps or (eval_every is not None and done % eval_every == 0)
-      ):
-        log({"step": done, "split": "eval", **_to_python(eval_fn(state))})
-      if done % checkpoint_every == 0 or done == num_steps:
-        save(done)
-  finally:
-    bar.close()
-  return state

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,8 @@ def test_round_trip_is_exact_and_records_version_and_config(tmp_path):
   restored, info = checkpoint.restore(tmp_path, jax.tree.map(jnp.zeros_like, state), model=cell)
   _assert_same(state, restored)
   assert info["step"] == 12 and info["jaxrnn_version"] == jaxrnn.__version__
-  assert info["model"] == {"name": "lstm", "config": checkpoint.model_spec(cell)["config"]}
+  config = checkpoint.model_spec(cell)["config"]
+  assert info["model"] == {"name": "lstm", "config": config, "settings": {}}
   assert info["model"]["config"]["forget_bias"] == 2.0
   assert info["metadata"] == {"seed": 0, "lr": 1e-3}
   assert checkpoint.read_metadata(tmp_path)["model"]["config"]["proj_size"] == 4
@@ -116,6 +118,62 @@ def test_mismatched_config_names_the_field(tmp_path, saved, loaded, message):
   with pytest.raises(ValueError, match="saved for a different model") as err:
     checkpoint.restore(tmp_path, params, model=loaded)
   assert message in str(err.value)
+
+
+class _ModelLike(NamedTuple):
+  """What checkpoints read of a model: its name, its math (config), its execution settings."""
+
+  name: str
+  config: tuple
+  settings: tuple
+
+
+def test_settings_are_recorded_and_never_checked(tmp_path):
+  config = (("hidden_size", 8), ("dtype", "float32"))
+  saved = _ModelLike("lstm", config, (("remat", None),))
+  params = jaxrnn.lstm(8).init(jax.random.key(0), 3)
+  checkpoint.save(tmp_path, 0, params, model=saved)
+  assert checkpoint.read_metadata(tmp_path)["model"]["settings"] == {"remat": None}
+  # another remat (an execution setting) restores; the record keeps what was saved
+  restored, info = checkpoint.restore(
+    tmp_path, params, model=saved._replace(settings=(("remat", 4),))
+  )
+  _assert_same(params, restored)
+  assert info["model"]["settings"] == {"remat": None}
+  # a config difference is still the same error as without settings
+  other = _ModelLike("lstm", (("hidden_size", 16), ("dtype", "float32")), (("remat", 4),))
+  with pytest.raises(ValueError, match="saved for a different model") as err:
+    checkpoint.restore(tmp_path, params, model=other)
+  assert "config.hidden_size: checkpoint has 8, model has 16" in str(err.value)
+  with pytest.raises(
+    ValueError, match="config.dtype: checkpoint has 'float32', model has 'bfloat16'"
+  ):
+    checkpoint.restore(
+      tmp_path, params, model=saved._replace(config=(("hidden_size", 8), ("dtype", "bfloat16")))
+    )
+
+
+def test_a_record_without_settings_still_restores(tmp_path, monkeypatch):
+  """Checkpoints written before settings were recorded: ``{"name", "config"}`` only."""
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  old = {"name": "gru", "config": checkpoint.model_spec(cell)["config"]}
+  with monkeypatch.context() as m:
+    m.setattr(checkpoint, "model_spec", lambda model: old)
+    checkpoint.save(tmp_path, 0, params, model=cell)
+  assert checkpoint.read_metadata(tmp_path)["model"] == old
+  model = _ModelLike("gru", cell.config, (("remat", 4),))
+  restored, _ = checkpoint.restore(tmp_path, params, model=model)
+  _assert_same(params, restored)
+  with pytest.raises(ValueError, match="config.hidden_size: checkpoint has 4, model has 5"):
+    checkpoint.restore(tmp_path, params, model=jaxrnn.gru(5))
+
+
+def test_model_spec_settings_must_be_pairs():
+  with pytest.raises(ValueError, match=r"settings=3: expected \(name, value\) pairs"):
+    checkpoint.model_spec(_ModelLike("lstm", (), 3))
+  spec = checkpoint.model_spec({"name": "x", "config": {}, "settings": {"unroll": 2}})
+  assert spec == {"name": "x", "config": {}, "settings": {"unroll": 2}}
 
 
 def test_mismatched_tree_names_the_leaf(tmp_path):

@@ -320,6 +320,30 @@ def test_expected_config_and_version(saved):
     jaxrnn.export.load(path, expected_version="9.9.9")
 
 
+def _with_settings(model, settings):
+  """``model`` with execution ``settings`` (unroll, remat, impl) beside its config."""
+  return type("WithSettings", (type(model),), {"settings": settings})(*model)
+
+
+def test_settings_are_recorded_and_load_checks_the_config_only(tmp_path):
+  model = jaxrnn.rnn_layers("gru", 4)
+  params = model.init(jax.random.key(0), I)
+  path = tmp_path / "art"
+  manifest = jaxrnn.export.save(path, _with_settings(model, (("remat", None),)), params)
+  assert manifest["model"]["settings"] == {"remat": None}
+  assert manifest["model"]["config"] == loading.to_json(dict(model.config))
+  art = jaxrnn.export.load(path, expected_config=_with_settings(model, (("remat", 4),)))
+  assert art.manifest["model"]["settings"] == {"remat": None}
+  other = _with_settings(jaxrnn.rnn_layers("gru", 4, num_layers=2), (("remat", None),))
+  with pytest.raises(ValueError, match=r"model config field 'num_layers' is 1; expected 2"):
+    jaxrnn.export.load(path, expected_config=other)
+  # a manifest written before settings were recorded loads and is checked the same way
+  _edit_manifest(path, lambda m: m["model"].pop("settings"))
+  jaxrnn.export.load(path, expected_config=model)
+  with pytest.raises(ValueError, match=r"model config field 'num_layers' is 1; expected 2"):
+    jaxrnn.export.load(path, expected_config=other)
+
+
 def test_bad_call_inputs(saved):
   _, _, path = saved["lstm_proj_2_layers"]
   art = jaxrnn.export.load(path)

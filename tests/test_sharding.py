@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +69,9 @@ def test_eight_devices_match_one_device_and_lay_out_as_asked():
 
 
 def test_scale_experiment_quick(tmp_path):
+  started = time.perf_counter()
   out = _run(["-m", "experiments.scale", "--quick", "--out", str(tmp_path), "--no-progress"])
+  wall = time.perf_counter() - started  # this test's own clock
   assert "not a speedup" in out
   record = json.loads((tmp_path / "scale" / "scale.json").read_text())
   rows = record["results"]["rows"]
@@ -76,12 +79,16 @@ def test_scale_experiment_quick(tmp_path):
   losses = [r["final_loss"] for r in rows]
   np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
   assert all(r["max_param_diff"] < 1e-5 for r in rows)
-  for r in rows:
-    assert r["step_ms"] > 0
-    np.testing.assert_allclose(r["samples_per_s"], 16 / (r["step_ms"] / 1e3), rtol=1e-6)
-    np.testing.assert_allclose(
-      r["samples_per_s_per_device"], r["samples_per_s"] / r["devices"], rtol=1e-9
-    )
+  # Throughput against a clock the experiment does not own: --quick runs 3 steps of a global
+  # batch of 16 per mesh, the first one (compiling) apart and the median over the other two, so
+  # every mesh's two timed steps (2 x 16 examples at the recorded rate) and its compile lie
+  # inside the subprocess's wall time.
+  assert all(r["step_ms"] > 0 and r["samples_per_s"] > 0 for r in rows)
+  assert sum(2 * 16 / r["samples_per_s"] + r["compile_s"] for r in rows) < wall
+  assert sum(2 * r["step_ms"] / 1e3 for r in rows) < wall
+  one = [r for r in rows if r["devices"] == 1]
+  assert one and all(r["samples_per_s_per_device"] == r["samples_per_s"] for r in one)
+  assert all(r["samples_per_s_per_device"] < r["samples_per_s"] for r in rows if r["devices"] > 1)
   assert record["passed"] and record["quick"]
 
 
@@ -224,8 +231,8 @@ def test_two_processes_match_one_device(tmp_path):
     np.testing.assert_allclose(r["final_loss"], one, rtol=1e-5)
 
 
-def test_make_train_step_accepts_a_mesh():
-  """`jaxrnn.train.make_train_step(mesh=...)` is the sharded step; on one device, same numbers."""
+def test_sharded_step_on_a_model_axis_equals_make_train_step():
+  """`make_sharded_train_step` with a model axis: on one device, `make_train_step`'s numbers."""
 
   from jaxrnn.train import TrainState, make_train_step
 
@@ -240,12 +247,10 @@ def test_make_train_step_accepts_a_mesh():
   batch = {"x": jax.random.normal(jax.random.key(1), (4, 5, 3)), "y": jnp.ones(4)}
   mesh = jax.make_mesh((1, 1), ("data", "model"))
   plain = make_train_step(loss, opt)(TrainState.create(params, opt), batch)[0]
-  sharded = make_train_step(loss, opt, mesh=mesh, model_axis="model")(
+  sharded = sharding.make_sharded_train_step(loss, opt, mesh, model_axis="model")(
     TrainState.create(params, opt), batch
   )[0]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain, sharded)
   assert sharded.params[0].w_hh.sharding.spec == jax.sharding.PartitionSpec(None, "model")
-  with pytest.raises(ValueError, match="jit=False with a mesh"):
-    make_train_step(loss, opt, mesh=mesh, jit=False)
-  with pytest.raises(ValueError, match="model_axis='model' without a mesh"):
-    make_train_step(loss, opt, model_axis="model")
+  with pytest.raises(TypeError, match="mesh"):
+    make_train_step(loss, opt, mesh=mesh)  # the mesh is make_sharded_train_step's alone

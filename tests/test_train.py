@@ -1,4 +1,4 @@
-"""jaxrnn.train: the step, clipping, TBPTT, determinism, and resuming after a real SIGKILL."""
+"""jaxrnn.train and jaxrnn.loop: step, clipping, TBPTT, determinism, resuming after a SIGKILL."""
 
 import json
 import os
@@ -15,7 +15,7 @@ import pytest
 import train_worker
 
 import jaxrnn
-from jaxrnn import train
+from jaxrnn import loop, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -179,9 +179,9 @@ def test_split_windows_and_bad_arguments():
   with pytest.raises(ValueError, match="optax.GradientTransformation"):
     train.make_train_step(lambda p, b: 0.0, "adam")
   with pytest.raises(ValueError, match="num_steps=-3"):
-    train.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=-3)
+    loop.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=-3)
   with pytest.raises(ValueError, match="checkpoint_every=0: expected a positive int"):
-    train.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=3, checkpoint_every=0)
+    loop.fit(lambda s, b: (s, {}), 0, lambda i: i, num_steps=3, checkpoint_every=0)
 
 
 def _state_bits(state):
@@ -193,7 +193,7 @@ def test_fit_is_deterministic_and_logs_jsonl(tmp_path, optax_promotion):
   runs = []
   for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
     path = tmp_path / f"{name}.jsonl"
-    state = train.fit(
+    state = loop.fit(
       step,
       train_worker.initial_state(),
       lambda i, seed=seed: train_worker.batch_fn(i, seed=seed),
@@ -214,6 +214,40 @@ def test_fit_is_deterministic_and_logs_jsonl(tmp_path, optax_promotion):
   assert all(r["examples_per_second"] > 0 for r in train_a)
   (ev,) = [r for r in rec_a if r["split"] == "eval"]
   assert ev["step"] == 12 and ev["mse"] > 0
+
+
+def test_fit_throughput_against_the_tests_own_clock(tmp_path, optax_promotion):
+  """examples_per_second, bounded by numbers fit does not compute: the examples counted here
+  (8 per batch, 4 steps per line) and the time spent (at least the batch_fn sleeps, at most the
+  test's wall clock)."""
+  step = train.make_train_step(train_worker.loss_fn, train_worker.OPTIMIZER)
+  sleep, counted = 0.02, []
+
+  def batch_fn(i):
+    batch = train_worker.batch_fn(i, sleep=sleep)
+    counted.append(int(batch["x"].shape[0]))
+    return batch
+
+  path = tmp_path / "m.jsonl"
+  started = time.perf_counter()
+  loop.fit(
+    step,
+    train_worker.initial_state(),
+    batch_fn,
+    num_steps=8,
+    metrics_path=path,
+    log_every=4,
+    progress=False,
+  )
+  wall = time.perf_counter() - started
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  assert counted == [8] * 8
+  examples = [sum(counted[:4]), sum(counted[4:])]  # per line, counted here
+  rates = [r["examples_per_second"] for r in records]
+  assert len(rates) == 2
+  for n, rate in zip(examples, rates, strict=True):
+    assert rate <= n / (4 * sleep)  # each line spans at least 4 sleeps
+  assert sum(n / rate for n, rate in zip(examples, rates, strict=True)) <= wall
 
 
 def test_fit_resumes_in_process(tmp_path, optax_promotion):

@@ -1,7 +1,7 @@
 """A small, deterministic training run for the kill-and-resume test in test_train.py.
 
 ``python tests/train_worker.py RUN_DIR NUM_STEPS [SLEEP]`` trains an LSTM
-regressor with `jaxrnn.train.fit`, checkpointing into ``RUN_DIR/ckpt`` and
+regressor with `jaxrnn.loop.fit`, checkpointing into ``RUN_DIR/ckpt`` and
 logging to ``RUN_DIR/metrics.jsonl``, and writes the final state to
 ``RUN_DIR/final.npz``. ``SLEEP`` seconds per step widen the window in which the
 test can kill it. Started again after a kill, it resumes from its checkpoint.
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 import jaxrnn
-from jaxrnn import train
+from jaxrnn import loop, train
 
 CELL = jaxrnn.lstm(16)
 OPTIMIZER = optax.adam(1e-2)
@@ -48,7 +48,7 @@ def initial_state(seed=0):
 def run(run_dir, num_steps, sleep=0.0):
   """Trains (or resumes) and returns the final state as a flat dict of numpy arrays."""
   step = train.make_train_step(loss_fn, OPTIMIZER, max_grad_norm=1.0)
-  state = train.fit(
+  state = loop.fit(
     step,
     initial_state(),
     lambda i: batch_fn(i, sleep=sleep),

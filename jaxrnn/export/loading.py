@@ -12,9 +12,10 @@ built it::
 
 An artifact is a directory:
 
-    manifest.json             format version, jaxrnn and jax versions, the model's name and
-                              config, input/output sizes, names and shapes of params and
-                              state, target platforms, and a sha256 of every other file
+    manifest.json             format version, jaxrnn and jax versions, the model's name,
+                              config and settings (recorded; load checks the config),
+                              input/output sizes, names and shapes of params and state,
+                              target platforms, and a sha256 of every other file
     params.npz                the weights ("param:<name>") and the unbatched initial state
                               ("state:<name>"), read with np.load(allow_pickle=False)
     apply.jaxexport           jax.export of apply(params, xs, state) -> (state, ys)
@@ -29,6 +30,7 @@ size and sequence length.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -95,19 +97,39 @@ def sha256(path: pathlib.Path) -> str:
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _first_difference(got: Any, expected: Any, where: str) -> tuple[str, Any, Any] | None:
+class _Missing(str):
+  """The value `first_difference` reports for a key one side lacks (``'<missing>'``)."""
+
+
+MISSING = _Missing("<missing>")
+
+
+def first_difference(
+  got: Any, expected: Any, where: str = "", first: tuple[str, ...] = ()
+) -> tuple[str, Any, Any] | None:
+  """The first field where two JSON values differ: ``(field, got, expected)``, or None.
+
+  Dicts are compared key by key (the keys in ``first`` that both hold, then the
+  others sorted), lists of equal length item by item; a key that one side
+  lacks is reported with `MISSING` (``is MISSING`` tells it from a value) on that side.
+
+  Example:
+    >>> first_difference({"a": 1, "b": [2, 3]}, {"a": 1, "b": [2, 4]})
+    ('b[1]', 3, 4)
+  """
   if isinstance(got, dict) and isinstance(expected, dict):
-    for key in sorted(set(got) | set(expected)):
+    order = [k for k in first if k in got and k in expected]
+    for key in order + sorted((set(got) | set(expected)) - set(order)):
       sub = f"{where}.{key}" if where else key
       if key not in got or key not in expected:
-        return sub, got.get(key, "<missing>"), expected.get(key, "<missing>")
-      diff = _first_difference(got[key], expected[key], sub)
+        return sub, got.get(key, MISSING), expected.get(key, MISSING)
+      diff = first_difference(got[key], expected[key], sub, first)
       if diff:
         return diff
     return None
   if isinstance(got, list) and isinstance(expected, list) and len(got) == len(expected):
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
-      diff = _first_difference(g, e, f"{where}[{i}]")
+      diff = first_difference(g, e, f"{where}[{i}]", first)
       if diff:
         return diff
     return None
@@ -199,7 +221,7 @@ def _check_expected(manifest: dict, expected_config: Any, expected_version: Any)
   if expected_config is not None:
     config = getattr(expected_config, "config", expected_config)  # a SequenceModel too
     expected = to_json(dict(config))
-    diff = _first_difference(manifest["model"]["config"], expected, "")
+    diff = first_difference(manifest["model"]["config"], expected)
     if diff:
       field, got, want = diff
       raise ValueError(f"{MANIFEST}: model config field {field!r} is {got!r}; expected {want!r}.")
@@ -289,9 +311,27 @@ def load(
   root = pathlib.Path(path)
   manifest = read_manifest(root)
   _check_expected(manifest, expected_config, expected_version)
-  files = manifest["files"]
-  params, state0 = _read_arrays(_verified_bytes(root, PARAMS_FILE, files), manifest)
-  functions = manifest["functions"]
+  params, state0 = _read_arrays(_verified_bytes(root, PARAMS_FILE, manifest["files"]), manifest)
+  exported = _read_functions(root, manifest)
+  _check_input(manifest, exported["apply"], len(params))
+  model = _Model(
+    params={k: jnp.asarray(v) for k, v in params.items()},  # on device once
+    state0=state0,
+    calls={k: jax.jit(e.call) for k, e in exported.items()},
+    input_size=manifest["input"]["size"],
+    dtype=np.dtype(manifest["input"]["dtype"]),
+    time_major=manifest["input"]["time_major"],
+  )
+  apply, init_state = functools.partial(_apply, model), functools.partial(_init_state, model)
+  if "step" not in exported:
+    reason = manifest["streaming"].get("reason") or "it was saved with streaming=False."
+    return Artifact(apply, init_state, _no_step(reason), manifest)
+  return Artifact(apply, init_state, functools.partial(_step, model), manifest)
+
+
+def _read_functions(root: pathlib.Path, manifest: dict) -> dict[str, jax.export.Exported]:
+  """The exported functions the manifest lists, each checked against its sha256."""
+  files, functions = manifest["files"], manifest["functions"]
   exported = {}
   for key in FUNCTION_FILES:
     if key in functions:
@@ -299,91 +339,107 @@ def load(
   for key in ("apply", "apply_lengths"):
     if key not in exported:
       raise ValueError(f"{MANIFEST}: field 'functions' has no {key!r}.")
+  return exported
 
+
+def _check_input(manifest: dict, apply: jax.export.Exported, num_params: int) -> None:
+  """The manifest's input size and dtype are what the exported ``apply`` takes."""
   input_size = manifest["input"]["size"]
   dtype = np.dtype(manifest["input"]["dtype"])
-  time_major = manifest["input"]["time_major"]
-  xs_aval = exported["apply"].in_avals[len(params)]  # in_avals: params (dict), xs, state...
+  xs_aval = apply.in_avals[num_params]  # in_avals: params (dict), xs, state...
   if xs_aval.shape[-1] != input_size or xs_aval.dtype != dtype:
     raise ValueError(
       f"{MANIFEST}: field 'input' says {dtype}[..., {input_size}], but "
-      f"{functions['apply']} takes {xs_aval.dtype}[..., {xs_aval.shape[-1]}]."
+      f"{manifest['functions']['apply']} takes {xs_aval.dtype}[..., {xs_aval.shape[-1]}]."
     )
 
-  params = {k: jnp.asarray(v) for k, v in params.items()}  # on device once
-  calls = {k: jax.jit(e.call) for k, e in exported.items()}
-  layout = "(time, batch, features)" if time_major else "(batch, time, features)"
 
-  def as_input(x: Any, what: str, shape: str, rank: int) -> jax.Array:
-    if not isinstance(x, jax.Array | jax.core.Tracer):
-      x = np.asarray(x)
-    if x.ndim != rank or x.shape[-1] != input_size:
-      raise ValueError(
-        f"{what} has shape {tuple(x.shape)}; expected {shape} with features={input_size}."
-      )
-    if x.dtype != dtype:
-      if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{what} has dtype {x.dtype}; expected a floating dtype ({dtype}).")
-      x = x.astype(dtype)
-    return jnp.asarray(x)
+class _Model(NamedTuple):
+  """What a loaded artifact's callables close over."""
 
-  def init_state(batch_size: int) -> State:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-      raise ValueError(f"batch_size={batch_size!r}: expected a positive int.")
-    if batch_size < 1:
-      raise ValueError(f"batch_size={batch_size!r}: expected a positive int.")
-    return {
-      k: jnp.broadcast_to(jnp.asarray(v), (int(batch_size),) + v.shape) for k, v in state0.items()
-    }
+  params: dict[str, jax.Array]
+  state0: dict[str, np.ndarray]
+  calls: dict[str, Callable[..., Any]]
+  input_size: int
+  dtype: np.dtype
+  time_major: bool
 
-  def as_state(state: Any, batch: int) -> State:
-    if state is None:
-      return init_state(batch)
-    if not isinstance(state, dict) or set(state) != set(state0):
-      got = sorted(state) if isinstance(state, dict) else type(state).__name__
-      raise ValueError(f"state has keys {got}; expected a dict with keys {sorted(state0)}.")
-    out = {}
-    for k, v in state0.items():
-      leaf = state[k]
-      want = (batch,) + v.shape
-      if tuple(jnp.shape(leaf)) != want:
-        raise ValueError(f"state[{k!r}] has shape {tuple(jnp.shape(leaf))}; expected {want}.")
-      out[k] = jnp.asarray(leaf, v.dtype)
-    return out
 
-  def apply(xs: Any, state: Any = None, *, seq_lengths: Any = None) -> tuple[State, jax.Array]:
-    xs = as_input(xs, "xs", layout, 3)
-    batch, length = (xs.shape[1], xs.shape[0]) if time_major else xs.shape[:2]
-    state = as_state(state, batch)
-    if seq_lengths is None:
-      return calls["apply"](params, xs, state)
-    if not isinstance(seq_lengths, jax.Array | jax.core.Tracer):
-      seq_lengths = np.asarray(seq_lengths)
-    if not jnp.issubdtype(seq_lengths.dtype, jnp.integer) or seq_lengths.shape != (batch,):
-      raise ValueError(
-        f"seq_lengths is {seq_lengths.dtype}{list(seq_lengths.shape)}; expected integers of "
-        f"shape ({batch},), one length per sequence."
-      )
-    if not isinstance(seq_lengths, jax.core.Tracer):
-      lo, hi = int(np.min(seq_lengths)), int(np.max(seq_lengths))
-      if lo < 0 or hi > length:
-        raise ValueError(f"seq_lengths must lie in [0, T={length}]; got values from {lo} to {hi}.")
-    return calls["apply_lengths"](params, xs, state, jnp.asarray(seq_lengths, jnp.int32))
+def _as_input(m: _Model, x: Any, what: str, shape: str, rank: int) -> jax.Array:
+  if not isinstance(x, jax.Array | jax.core.Tracer):
+    x = np.asarray(x)
+  if x.ndim != rank or x.shape[-1] != m.input_size:
+    raise ValueError(
+      f"{what} has shape {tuple(x.shape)}; expected {shape} with features={m.input_size}."
+    )
+  if x.dtype != m.dtype:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"{what} has dtype {x.dtype}; expected a floating dtype ({m.dtype}).")
+    x = x.astype(m.dtype)
+  return jnp.asarray(x)
 
-  def step(state: Any, x: Any, reset: Any = None) -> tuple[State, jax.Array]:
-    x = as_input(x, "x", "(batch, features)", 2)
-    state = as_state(state, x.shape[0])
-    if reset is None:
-      reset = jnp.zeros((x.shape[0],), jnp.bool_)
-    elif not isinstance(reset, jax.Array | jax.core.Tracer):
-      reset = np.asarray(reset)
-    if reset.dtype != np.bool_:
-      raise ValueError(f"reset has dtype {reset.dtype}; expected bool (True restarts a row).")
-    if tuple(reset.shape) != (x.shape[0],):
-      raise ValueError(f"reset has shape {tuple(reset.shape)}; expected ({x.shape[0]},).")
-    return calls["step"](params, state, x, jnp.asarray(reset))
 
-  if "step" not in exported:
-    reason = manifest["streaming"].get("reason") or "it was saved with streaming=False."
-    return Artifact(apply, init_state, _no_step(reason), manifest)
-  return Artifact(apply, init_state, step, manifest)
+def _init_state(m: _Model, batch_size: int) -> State:
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+    raise ValueError(f"batch_size={batch_size!r}: expected a positive int.")
+  return {
+    k: jnp.broadcast_to(jnp.asarray(v), (int(batch_size),) + v.shape) for k, v in m.state0.items()
+  }
+
+
+def _as_state(m: _Model, state: Any, batch: int) -> State:
+  if state is None:
+    return _init_state(m, batch)
+  if not isinstance(state, dict) or set(state) != set(m.state0):
+    got = sorted(state) if isinstance(state, dict) else type(state).__name__
+    raise ValueError(f"state has keys {got}; expected a dict with keys {sorted(m.state0)}.")
+  out = {}
+  for k, v in m.state0.items():
+    leaf = state[k]
+    want = (batch,) + v.shape
+    if tuple(jnp.shape(leaf)) != want:
+      raise ValueError(f"state[{k!r}] has shape {tuple(jnp.shape(leaf))}; expected {want}.")
+    out[k] = jnp.asarray(leaf, v.dtype)
+  return out
+
+
+def _as_lengths(seq_lengths: Any, batch: int, length: int) -> jax.Array:
+  if not isinstance(seq_lengths, jax.Array | jax.core.Tracer):
+    seq_lengths = np.asarray(seq_lengths)
+  if not jnp.issubdtype(seq_lengths.dtype, jnp.integer) or seq_lengths.shape != (batch,):
+    raise ValueError(
+      f"seq_lengths is {seq_lengths.dtype}{list(seq_lengths.shape)}; expected integers of "
+      f"shape ({batch},), one length per sequence."
+    )
+  if not isinstance(seq_lengths, jax.core.Tracer):
+    lo, hi = int(np.min(seq_lengths)), int(np.max(seq_lengths))
+    if lo < 0 or hi > length:
+      raise ValueError(f"seq_lengths must lie in [0, T={length}]; got values from {lo} to {hi}.")
+  return jnp.asarray(seq_lengths, jnp.int32)
+
+
+def _apply(
+  m: _Model, xs: Any, state: Any = None, *, seq_lengths: Any = None
+) -> tuple[State, jax.Array]:
+  layout = "(time, batch, features)" if m.time_major else "(batch, time, features)"
+  xs = _as_input(m, xs, "xs", layout, 3)
+  batch, length = (xs.shape[1], xs.shape[0]) if m.time_major else xs.shape[:2]
+  state = _as_state(m, state, batch)
+  if seq_lengths is None:
+    return m.calls["apply"](m.params, xs, state)
+  lengths = _as_lengths(seq_lengths, batch, length)
+  return m.calls["apply_lengths"](m.params, xs, state, lengths)
+
+
+def _step(m: _Model, state: Any, x: Any, reset: Any = None) -> tuple[State, jax.Array]:
+  x = _as_input(m, x, "x", "(batch, features)", 2)
+  state = _as_state(m, state, x.shape[0])
+  if reset is None:
+    reset = jnp.zeros((x.shape[0],), jnp.bool_)
+  elif not isinstance(reset, jax.Array | jax.core.Tracer):
+    reset = np.asarray(reset)
+  if reset.dtype != np.bool_:
+    raise ValueError(f"reset has dtype {reset.dtype}; expected bool (True restarts a row).")
+  if tuple(reset.shape) != (x.shape[0],):
+    raise ValueError(f"reset has shape {tuple(reset.shape)}; expected ({x.shape[0]},).")
+  return m.calls["step"](m.params, state, x, jnp.asarray(reset))

@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from jaxrnn.export.loading import (
 )
 from jaxrnn.layers import SequenceModel
 from jaxrnn.stream import stream
+from jaxrnn.version import __version__
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
@@ -88,7 +89,8 @@ def save(
   and the `jaxrnn.stream` ``step`` ``(b, I) -> (b, F)`` with a ``reset`` mask.
   The weights are not baked in: they are stored once beside the functions, in
   ``params.npz``, with the unbatched initial state. ``manifest.json`` records
-  the jaxrnn and jax versions, the model's config and a sha256 of every file.
+  the jaxrnn and jax versions, the model's config and execution settings
+  (``unroll``, ``remat``, ``impl``; `load` checks only the config) and a sha256 of every file.
   Load it with `jaxrnn.export.load`, or ``python -m jaxrnn.export``.
 
   Args:
@@ -123,6 +125,51 @@ def save(
     >>> ys.shape, y.shape, sorted(state)
     ((2, 5, 8), (4, 8), ['0.h', '1.h'])
   """
+  platforms, root = _check_save(model, platforms, streaming, path, overwrite)
+  params_flat = _Flat.of(params)
+  if not params_flat.leaves:
+    raise ValueError("save: params has no arrays.")
+  dtype = params_flat.leaves[0].dtype
+  if input_size is None:
+    input_size = _input_size(params)
+  state_flat = _Flat.of(model.initial_carry(params, ()))
+  time_major = bool(dict(model.config).get("time_major", False))
+  step_fn, reason = _streaming_step(model, streaming)
+  functions = _functions(model, step_fn, params_flat, state_flat, input_size, dtype, time_major)
+  blobs, out_size = _export(functions, platforms)
+  _write_arrays(root, blobs, params_flat, state_flat)
+  manifest = {
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "jaxrnn_version": __version__,
+    "jax_version": jax.__version__,
+    "model": {
+      "name": model.name,
+      "config": to_json(dict(model.config)),
+      "settings": to_json(dict(getattr(model, "settings", ()))),
+    },
+    "platforms": list(platforms),
+    "input": {
+      "size": input_size,
+      "dtype": str(dtype),
+      "time_major": time_major,
+      "layout": "(time, batch, features)" if time_major else "(batch, time, features)",
+    },
+    "output_size": out_size,
+    "params": params_flat.specs(),
+    "state": state_flat.specs(),
+    "streaming": {"available": step_fn is not None, "reason": reason},
+    "functions": {k: FUNCTION_FILES[k] for k in functions},
+    "files": {name: sha256(root / name) for name in [*blobs, PARAMS_FILE]},
+  }
+  tmp = root / (MANIFEST + ".tmp")
+  tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+  os.replace(tmp, root / MANIFEST)
+  return manifest
+
+
+def _check_save(model, platforms, streaming, path, overwrite) -> tuple[tuple[str, ...], Any]:
+  """The eager checks of `save`'s arguments; the platforms and the artifact's root."""
   if not isinstance(model, SequenceModel):
     raise ValueError(f"save: expected a jaxrnn.SequenceModel, got {type(model).__name__}.")
   platforms = _check_platforms(platforms)
@@ -136,62 +183,72 @@ def save(
     raise ValueError(
       f"save: path={str(root)!r} holds an artifact already; pass overwrite=True to replace it."
     )
+  return platforms, root
 
-  p_names, p_leaves, p_tree = _names(params)
-  if not p_leaves:
-    raise ValueError("save: params has no arrays.")
-  p_leaves = [np.asarray(leaf) for leaf in p_leaves]
-  dtype = p_leaves[0].dtype
-  if input_size is None:
-    input_size = _input_size(params)
-  init = model.initial_carry(params, ())
-  s_names, s_leaves, s_tree = _names(init)
-  s_leaves = [np.asarray(leaf) for leaf in s_leaves]
-  time_major = bool(dict(model.config).get("time_major", False))
 
-  reason = None
-  step_fn = None
-  if streaming is not False:
-    try:
-      step_fn = stream(model).step
-    except ValueError as e:
-      if streaming:
-        raise
-      reason = str(e)
-  else:
-    reason = "it was saved with streaming=False."
+class _Flat(NamedTuple):
+  """A pytree as named NumPy leaves: the names the artifact's dicts use, and its treedef."""
 
-  def unflatten(names, tree, d):
-    return jax.tree.unflatten(tree, [d[n] for n in names])
+  names: list[str]
+  leaves: list[np.ndarray]
+  treedef: Any
 
-  def flat_state(state):
-    leaves = jax.tree.leaves(state)
-    return dict(zip(s_names, leaves, strict=True))
+  @classmethod
+  def of(cls, tree: PyTree) -> _Flat:
+    names, leaves, treedef = _names(tree)
+    return cls(names, [np.asarray(leaf) for leaf in leaves], treedef)
 
-  def apply(p, xs, s):
+  def unflatten(self, d: dict[str, Any]) -> PyTree:
+    return jax.tree.unflatten(self.treedef, [d[n] for n in self.names])
+
+  def flat(self, tree: PyTree) -> dict[str, Any]:
+    return dict(zip(self.names, jax.tree.leaves(tree), strict=True))
+
+  def spec(self, batch: tuple = ()) -> dict[str, jax.ShapeDtypeStruct]:
+    return {
+      n: jax.ShapeDtypeStruct(batch + a.shape, a.dtype)
+      for n, a in zip(self.names, self.leaves, strict=True)
+    }
+
+  def specs(self) -> list[dict[str, Any]]:
+    return [
+      {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+      for n, a in zip(self.names, self.leaves, strict=True)
+    ]
+
+
+def _streaming_step(model: SequenceModel, streaming: bool | None) -> tuple[Any, str | None]:
+  """The `jaxrnn.stream` step to export, or None with the reason there is none."""
+  if streaming is False:
+    return None, "it was saved with streaming=False."
+  try:
+    return stream(model).step, None
+  except ValueError as e:
+    if streaming:
+      raise
+    return None, str(e)
+
+
+def _functions(model, step_fn, p: _Flat, s: _Flat, input_size, dtype, time_major) -> dict:
+  """The functions to export, by key, each with the abstract arguments to lower it for."""
+
+  def apply(params, xs, state):
+    carry, ys = model.apply(p.unflatten(params), xs, s.unflatten(state), deterministic=True)
+    return s.flat(carry), ys
+
+  def apply_lengths(params, xs, state, seq_lengths):
     carry, ys = model.apply(
-      unflatten(p_names, p_tree, p), xs, unflatten(s_names, s_tree, s), deterministic=True
+      p.unflatten(params), xs, s.unflatten(state), seq_lengths=seq_lengths, deterministic=True
     )
-    return flat_state(carry), ys
+    return s.flat(carry), ys
 
-  def apply_lengths(p, xs, s, seq_lengths):
-    carry, ys = model.apply(
-      unflatten(p_names, p_tree, p),
-      xs,
-      unflatten(s_names, s_tree, s),
-      seq_lengths=seq_lengths,
-      deterministic=True,
-    )
-    return flat_state(carry), ys
-
-  def step(p, s, x, reset):
-    state, y = step_fn(unflatten(p_names, p_tree, p), unflatten(s_names, s_tree, s), x, reset)
-    return flat_state(state), y
+  def step(params, state, x, reset):
+    state, y = step_fn(p.unflatten(params), s.unflatten(state), x, reset)
+    return s.flat(state), y
 
   b, t = jax.export.symbolic_shape("b, t")
   sds = jax.ShapeDtypeStruct
-  p_spec = {n: sds(a.shape, a.dtype) for n, a in zip(p_names, p_leaves, strict=True)}
-  s_spec = {n: sds((b,) + a.shape, a.dtype) for n, a in zip(s_names, s_leaves, strict=True)}
+  p_spec, s_spec = p.spec(), s.spec((b,))
   xs_spec = sds((t, b, input_size) if time_major else (b, t, input_size), dtype)
   functions = {
     "apply": (apply, (p_spec, xs_spec, s_spec)),
@@ -199,7 +256,11 @@ def save(
   }
   if step_fn is not None:
     functions["step"] = (step, (p_spec, s_spec, sds((b, input_size), dtype), sds((b,), jnp.bool_)))
+  return functions
 
+
+def _export(functions: dict, platforms: tuple[str, ...]) -> tuple[dict[str, bytes], int]:
+  """Each function through `jax.export`, serialized by file name; the output feature size."""
   blobs = {}
   for key, (fn, specs) in functions.items():
     try:
@@ -211,46 +272,16 @@ def save(
         f"save: jax.export could not lower {key} for platforms={platforms}: {type(e).__name__}: {e}"
       ) from e
     blobs[FUNCTION_FILES[key]] = bytes(exported.serialize())
-  out_size = int(exported.out_avals[-1].shape[-1])
+  return blobs, int(exported.out_avals[-1].shape[-1])
 
+
+def _write_arrays(root: pathlib.Path, blobs: dict[str, bytes], p: _Flat, s: _Flat) -> None:
+  """The serialized functions and ``params.npz``; the old manifest goes first."""
   root.mkdir(parents=True, exist_ok=True)
   (root / MANIFEST).unlink(missing_ok=True)  # an artifact without a manifest never loads
   for name, blob in blobs.items():
     (root / name).write_bytes(blob)
-  arrays = {f"param:{n}": a for n, a in zip(p_names, p_leaves, strict=True)}
-  arrays.update({f"state:{n}": a for n, a in zip(s_names, s_leaves, strict=True)})
+  arrays = {f"param:{n}": a for n, a in zip(p.names, p.leaves, strict=True)}
+  arrays.update({f"state:{n}": a for n, a in zip(s.names, s.leaves, strict=True)})
   with open(root / PARAMS_FILE, "wb") as f:
     np.savez(f, **arrays)
-
-  import jaxrnn  # here, not at import time: jaxrnn/__init__ imports this module
-
-  manifest = {
-    "format": FORMAT,
-    "format_version": FORMAT_VERSION,
-    "jaxrnn_version": jaxrnn.__version__,
-    "jax_version": jax.__version__,
-    "model": {"name": model.name, "config": to_json(dict(model.config))},
-    "platforms": list(platforms),
-    "input": {
-      "size": input_size,
-      "dtype": str(dtype),
-      "time_major": time_major,
-      "layout": "(time, batch, features)" if time_major else "(batch, time, features)",
-    },
-    "output_size": out_size,
-    "params": [
-      {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
-      for n, a in zip(p_names, p_leaves, strict=True)
-    ],
-    "state": [
-      {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
-      for n, a in zip(s_names, s_leaves, strict=True)
-    ],
-    "streaming": {"available": step_fn is not None, "reason": reason},
-    "functions": {k: FUNCTION_FILES[k] for k in functions},
-    "files": {name: sha256(root / name) for name in [*blobs, PARAMS_FILE]},
-  }
-  tmp = root / (MANIFEST + ".tmp")
-  tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-  os.replace(tmp, root / MANIFEST)
-  return manifest
