@@ -316,7 +316,7 @@ def figure(plt, results, args):
   return fig
 
 
-CELL_CHOICES = harness.flag(list(CELLS), choices=list(CELLS))
+CELL_CHOICES = harness.flag(list(CELLS), "cells trained", choices=list(CELLS))
 FLAGS = {
   "lengths": harness.flag([100, 200, 400], "(b) T values"),
   "cells": CELL_CHOICES,

@@ -25,7 +25,7 @@ EXPERIMENTS = ("vanishing", "adding", "copy", "sunspots", "digits", "charlm", "u
 
 
 FLAGS = {
-  "only": harness.flag(list(EXPERIMENTS), choices=EXPERIMENTS),
+  "only": harness.flag(list(EXPERIMENTS), "experiments to run", choices=EXPERIMENTS),
   "summarize_only": harness.flag(
     False, "run nothing: rebuild the summary from the existing OUT/NAME/NAME.json files"
   ),

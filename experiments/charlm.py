@@ -275,12 +275,12 @@ FLAGS = {
   "window": harness.flag(100, "TBPTT window (bytes)"),
   "windows_per_step": harness.flag(4, "TBPTT updates per fit step"),
   "steps": harness.flag(500, "fit steps"),
-  "lr": 2e-3,
-  "train_chars": 4_000_000,
-  "test_chars": 200_000,
+  "lr": harness.flag(2e-3, "Adam learning rate"),
+  "train_chars": harness.flag(4_000_000, "training bytes"),
+  "test_chars": harness.flag(200_000, "test bytes"),
   "test_percent": harness.flag(10, "share of files for test"),
   "test_batch": harness.flag(20, "parallel test streams"),
-  "sample_chars": 400,
+  "sample_chars": harness.flag(400, "bytes sampled after the prompt"),
 }
 QUICK = dict(hidden=32, embed=16, batch=8, window=50, windows_per_step=2, steps=20)
 QUICK.update(train_chars=100_000, test_chars=10_000, sample_chars=80, lr=1e-2)

@@ -131,7 +131,7 @@ FLAGS = {
   "lengths": harness.flag([50, 100], "T values"),
   "cells": adding.CELL_CHOICES,
   "steps": harness.flag(2000, "Adam steps per run"),
-  "batch": 64,
+  "batch": harness.flag(64, "sequences per step"),
   "hidden": harness.flag(64, "H"),
   "lr": harness.flag(1e-3, "Adam learning rate"),
 }

@@ -96,7 +96,7 @@ def figure(plt, results, args):
 
 
 FLAGS = {"hidden": harness.flag(64, "H"), "steps": harness.flag(1500, "Adam steps")}
-FLAGS.update(batch=64, lr=3e-3)
+FLAGS.update(batch=harness.flag(64, "images per step"), lr=harness.flag(3e-3, "Adam learning rate"))
 SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=150, hidden=16), figure)
 
 

@@ -179,7 +179,7 @@ def figure(plt, results, args):
 FLAGS = {
   "hidden": harness.flag(16, "H"),
   "steps": harness.flag(1000, "full-batch Adam steps"),
-  "lr": 3e-3,
+  "lr": harness.flag(3e-3, "Adam learning rate"),
   "seeds": harness.flag(5, "initialisations averaged"),
 }
 SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=100, seeds=1, hidden=8), figure)

@@ -98,10 +98,10 @@ def figure(plt, results, args):
 
 
 FLAGS = {
-  "datasets": harness.flag(list(DATASETS), choices=list(DATASETS)),
+  "datasets": harness.flag(list(DATASETS), "UCR data sets", choices=list(DATASETS)),
   "hidden": harness.flag(64, "H"),
   "steps": harness.flag(1000, "full-batch Adam steps"),
-  "lr": 3e-3,
+  "lr": harness.flag(3e-3, "Adam learning rate"),
 }
 SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=60, hidden=16), figure)
 

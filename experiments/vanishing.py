@@ -252,13 +252,14 @@ def figure(plt, results, args):
   return fig
 
 
+QUICK = dict(length=40, hidden=16, trials=2)
 FLAGS = {
   "length": harness.flag(200, "T"),
   "hidden": harness.flag(64, "H"),
-  "input_size": 1,
+  "input_size": harness.flag(1, "I (inputs x ~ N(0, 1))"),
   "trials": harness.flag(8, "input sequences per setting"),
 }
-SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(length=40, hidden=16, trials=2), figure)
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
 
 
 main = SPEC.main
