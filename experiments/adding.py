@@ -37,7 +37,6 @@ baseline < 0.1 while the tanh RNN stays above 0.5.
 from __future__ import annotations
 
 import collections
-import time
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +44,7 @@ import numpy as np
 import optax
 
 import jaxrnn
-from experiments import common
-from jaxrnn import train
+from experiments import harness, training
 
 NAME = "adding"
 HS97_SEQUENCES = 74_000  # Hochreiter & Schmidhuber 1997, experiment 4, T=100
@@ -79,19 +77,7 @@ def _readout_params(cell, key, input_size):
   return {"rnn": cell.init(key, input_size), "w": jnp.zeros(hidden), "b": jnp.zeros(())}
 
 
-def train_modern(
-  cell,
-  *,
-  length,
-  steps,
-  batch,
-  lr,
-  seed,
-  args=None,
-  run="run",
-  test_size=2000,
-  progress=False,
-):
+def train_modern(cell, *, length, steps, batch, lr, seed, args, run, test_size=2000):
   """Trains ``cell`` + linear readout on the modern adding problem; returns test MSE / (1/6).
 
   The readout bias starts at 1, the mean of the target, so the untrained
@@ -100,7 +86,6 @@ def train_modern(
   k_init, k_data, k_test = jax.random.split(jax.random.key(seed), 3)
   params = _readout_params(cell, k_init, 2)
   params["b"] = jnp.ones(())
-  opt = optax.adam(lr)
 
   def predict(params, xs):
     carry, _ = jaxrnn.scan(cell, params["rnn"], xs)
@@ -110,28 +95,64 @@ def train_modern(
     xs, ys = make_batch(key, batch, length)
     return jnp.mean((predict(params, xs) - ys) ** 2)
 
-  step = train.make_train_step(loss_fn, opt, max_grad_norm=1.0)
-  ckpt, metrics = (None, None)
-  if args is not None:
-    config = dict(cell=cell.name, cell_config=cell.config, length=length, steps=steps)
-    ckpt, metrics = common.run_paths(args, NAME, run, {**config, "batch": batch, "lr": lr})
-  state = train.fit(
-    step,
-    train.TrainState.create(params, opt),
-    lambda i: jax.random.fold_in(k_data, i),
-    num_steps=steps,
-    checkpoint_dir=ckpt,
-    checkpoint_every=max(steps // 4, 1),
-    model=cell,
-    metrics_path=metrics,
-    log_every=max(steps // 40, 1),
-    progress=progress,
-    desc=run,
-    batch_size=batch,
+  state = training.minimize(
+    loss_fn, params, k_data, cell, args, NAME, run, lr=lr, steps=steps, batch=batch, length=length
   )
   xs, ys = make_batch(k_test, test_size, length)
   mse = jax.jit(lambda p: jnp.mean((predict(p, xs) - ys) ** 2))(state.params)
   return float(mse) / (1.0 / 6.0)
+
+
+def sweep(args, train, describe) -> dict:
+  """``train(cell, ...)`` for every T of ``--lengths`` and cell of ``--cells``, each row printed.
+
+  Every run has the same budget (``--steps``, ``--batch``, ``--lr``, ``--hidden``,
+  ``--seed``). Returns ``{str(T): {cell: result}}``; ``describe(row)`` prints a row.
+  """
+  table = {}
+  for length in args.lengths:
+    row = {}
+    for name in args.cells:
+      row[name] = train(
+        CELLS[name](args.hidden),
+        length=length,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        args=args,
+        run=f"{name}-T{length}",
+      )
+    table[str(length)] = row
+    print(f"  {length:>5}{describe(row)}")
+  return table
+
+
+def modern_table(args) -> dict:
+  """Test MSE / (1/6) of every cell at every T: ``{str(T): {cell: ratio}}``."""
+  print(
+    f"(b) modern adding problem: {args.steps} Adam steps (lr {args.lr}), batch {args.batch}, "
+    f"H={args.hidden}, seed {args.seed}. Test MSE / baseline (1/6):"
+  )
+  print(f"  {'T':>5}" + "".join(f"{c:>10}" for c in args.cells))
+  return sweep(args, train_modern, lambda row: "".join(f"{v:>10.4f}" for v in row.values()))
+
+
+def modern_check(length, row, steps=None) -> dict:
+  """The seed's claim at one T: the LSTM solves the task, the tanh RNN does not.
+
+  With ``steps``, the note gives them and the other cells' ratios in ``row``.
+  """
+  others = ", ".join(f"{c} {v:.3g}" for c, v in row.items() if c not in ("lstm", "tanh"))
+  return harness.check(
+    f"adding (b), T={length}: test MSE/baseline, LSTM (ours) vs tanh RNN (reference)",
+    row["lstm"],
+    row["tanh"],
+    "the seed's claim; task of Le, Jaitly & Hinton 2015 (baseline MSE 1/6)",
+    row["lstm"] < 0.1 and row["tanh"] > 0.5,
+    "LSTM < 0.1 and tanh RNN > 0.5",
+    "" if steps is None else f"{steps} steps; {others}",
+  )
 
 
 # ----------------------------------------------------------------------------- (a) 1997
@@ -161,6 +182,25 @@ def hs97_batch(key, batch, length):
   return jnp.stack([values, markers], axis=-1), lengths, target
 
 
+def _train_hs97(args, step, state, data_key, desc):
+  """Online-style training until the stopping rule: ``(state, sequences seen or None)``."""
+  window = collections.deque(maxlen=2000)
+  batch = args.hs_batch
+  for i in harness.progress(-(-args.hs_max_sequences // batch), desc, args.no_progress):
+    state, metrics = step(state, jax.random.fold_in(data_key, i))
+    window.extend(np.asarray(metrics["abs_err"]).tolist())  # errors before this update
+    errs = np.asarray(window)
+    if len(window) == window.maxlen and np.mean(errs**2) < 0.01 and np.all(errs < 0.04):
+      return state, (i + 1) * batch
+    if args.no_progress and (i + 1) % 2000 == 0:
+      print(
+        f"  {desc}: {(i + 1) * batch:,} sequences, last 2000: MSE {np.mean(errs**2):.5f}, "
+        f"{np.mean(errs >= 0.04):.1%} wrong",
+        flush=True,
+      )
+  return state, None
+
+
 def hs97(args, forget_bias):
   """Trains until Hochreiter & Schmidhuber's stopping rule; returns the record."""
   cell = jaxrnn.lstm(args.hs_hidden, forget_bias=forget_bias)
@@ -179,32 +219,9 @@ def hs97(args, forget_bias):
     err = predict(params, xs, lengths) - ys
     return jnp.mean(err**2), {"abs_err": jnp.abs(err)}
 
-  step = train.make_train_step(loss_fn, opt, max_grad_norm=1.0, has_aux=True)
-  state = train.TrainState.create(params, opt)
-  window = collections.deque(maxlen=2000)
-  max_steps = -(-args.hs_max_sequences // batch)
-  stopped_at = None
-  bar = common.bar(max_steps, f"hs97 forget bias {forget_bias}", args.no_progress)
-  for i in range(max_steps):
-    state, metrics = step(state, jax.random.fold_in(k_data, i))
-    window.extend(np.asarray(metrics["abs_err"]).tolist())  # errors before this update
-    bar.update(1)
-    if len(window) == window.maxlen:
-      errs = np.asarray(window)
-      if np.mean(errs**2) < 0.01 and np.all(errs < 0.04):
-        stopped_at = (i + 1) * batch
-        break
-    if i % 100 == 0:
-      bar.set_postfix(mse=f"{float(metrics['loss']):.4f}")
-    if args.no_progress and (i + 1) % 2000 == 0:
-      errs = np.asarray(window)
-      print(
-        f"  hs97 (forget bias {forget_bias}): {(i + 1) * batch:,} sequences, last 2000: "
-        f"MSE {np.mean(errs**2):.5f}, "
-        f"{np.mean(errs >= 0.04):.1%} wrong",
-        flush=True,
-      )
-  bar.close()
+  step = training.make_step(loss_fn, opt, has_aux=True)
+  state = training.TrainState.create(params, opt)
+  state, stopped_at = _train_hs97(args, step, state, k_data, f"hs97 forget bias {forget_bias}")
   xs, lengths, ys = hs97_batch(k_test, 2560, T)
   err = np.abs(np.asarray(jax.jit(predict)(state.params, xs, lengths) - ys))
   return {
@@ -214,7 +231,7 @@ def hs97(args, forget_bias):
     "batch": batch,
     "lr": args.hs_lr,
     "sequences_to_stop": stopped_at,
-    "max_sequences": max_steps * batch,
+    "max_sequences": -(-args.hs_max_sequences // batch) * batch,
     "test_wrong": int(np.sum(err >= 0.04)),
     "test_size": 2560,
     "test_mse": float(np.mean(err**2)),
@@ -223,11 +240,8 @@ def hs97(args, forget_bias):
   }
 
 
-# ----------------------------------------------------------------------------- main
-
-
-def run(args) -> dict:
-  started = time.perf_counter()
+def hs97_runs(args) -> list[dict]:
+  """One `hs97` run per forget bias, printed as it goes."""
   print(
     f"(a) Hochreiter & Schmidhuber 1997 adding problem, T={args.hs_length}: LSTM "
     f"H={args.hs_hidden}, Adam lr {args.hs_lr}, batch {args.hs_batch}, until their stopping rule "
@@ -237,124 +251,96 @@ def run(args) -> dict:
   for fb in args.hs_forget_biases:
     r = hs97(args, fb)
     runs.append(r)
-    stop = r["sequences_to_stop"]
     print(
-      f"  forget bias {fb}: sequences to stop: ours "
-      f"{'not met' if stop is None else f'{stop:,}'}, theirs {HS97_SEQUENCES:,} (T=100); "
-      f"wrong test sequences: ours {r['test_wrong']}/2560, theirs 1/2560 "
+      f"  forget bias {fb}: sequences to stop: ours {_stop(r)}, theirs {HS97_SEQUENCES:,} "
+      f"(T=100); wrong test sequences: ours {r['test_wrong']}/2560, theirs 1/2560 "
       f"(test MSE {r['test_mse']:.5f})"
     )
-  a = runs[0]
+  return runs
+
+
+def _stop(r) -> str:
+  return "not met" if r["sequences_to_stop"] is None else f"{r['sequences_to_stop']:,}"
+
+
+def hs97_check(a, others) -> dict:
+  """The checked 1997 run: their stopping rule within 10x their count, <= 1% wrong."""
   stop = a["sequences_to_stop"]
-
-  print(
-    f"(b) modern adding problem: {args.steps} Adam steps (lr {args.lr}), batch {args.batch}, "
-    f"H={args.hidden}, seed {args.seed}. Test MSE / baseline (1/6):"
+  return harness.check(
+    f"adding (a), T={a['length']}, forget bias {a['forget_bias']}: training sequences to "
+    "H&S's stopping rule",
+    stop if stop is not None else f"not met in {a['max_sequences']:,}",
+    HS97_SEQUENCES,
+    "Hochreiter & Schmidhuber 1997, experiment 4 (T=100)",
+    stop is not None and stop <= 10 * HS97_SEQUENCES and a["test_wrong"] <= 0.01 * 2560,
+    "stopping rule met within 740,000 sequences and <= 1% of 2560 test sequences wrong",
+    f"test: {a['test_wrong']}/2560 wrong (theirs 1/2560); "
+    + "; ".join(
+      f"forget bias {r['forget_bias']}: {_stop(r)} in {r['max_sequences']:,}, "
+      f"test MSE {r['test_mse']:.4f}"
+      for r in others
+    ),
   )
-  print(f"  {'T':>5}" + "".join(f"{c:>10}" for c in args.cells))
-  table = {}
-  for length in args.lengths:
-    row = {}
-    for name in args.cells:
-      row[name] = train_modern(
-        CELLS[name](args.hidden),
-        length=length,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        args=args,
-        run=f"{name}-T{length}",
-        progress=not args.no_progress,
-      )
-    table[str(length)] = row
-    print(f"  {length:>5}" + "".join(f"{row[c]:>10.4f}" for c in args.cells))
 
-  checks = [
-    common.check(
-      f"adding (a), T={a['length']}, forget bias {a['forget_bias']}: training sequences to "
-      "H&S's stopping rule",
-      stop if stop is not None else f"not met in {a['max_sequences']:,}",
-      HS97_SEQUENCES,
-      "Hochreiter & Schmidhuber 1997, experiment 4 (T=100)",
-      stop is not None and stop <= 10 * HS97_SEQUENCES and a["test_wrong"] <= 0.01 * 2560,
-      "stopping rule met within 740,000 sequences and <= 1% of 2560 test sequences wrong",
-      f"test: {a['test_wrong']}/2560 wrong (theirs 1/2560); "
-      + "; ".join(
-        f"forget bias {r['forget_bias']}: "
-        + ("not met" if r["sequences_to_stop"] is None else f"{r['sequences_to_stop']:,}")
-        + f" in {r['max_sequences']:,}, test MSE {r['test_mse']:.4f}"
-        for r in runs[1:]
-      ),
-    )
-  ]
+
+# ----------------------------------------------------------------------------- the spec
+
+
+def run(args) -> dict:
+  runs = hs97_runs(args)
+  table = modern_table(args)
+  return {"hs97": runs[0], "hs97_other_runs": runs[1:], "modern": table, "cells": list(args.cells)}
+
+
+def checks(results, args) -> list[dict]:
+  out = [hs97_check(results["hs97"], results["hs97_other_runs"])]
   if "lstm" in args.cells and "tanh" in args.cells:
-    for length, row in table.items():
-      checks.append(
-        common.check(
-          f"adding (b), T={length}: test MSE/baseline, LSTM (ours) vs tanh RNN (reference)",
-          row["lstm"],
-          row["tanh"],
-          "the seed's claim; task of Le, Jaitly & Hinton 2015 (baseline MSE 1/6)",
-          row["lstm"] < 0.1 and row["tanh"] > 0.5,
-          "LSTM < 0.1 and tanh RNN > 0.5",
-          f"{args.steps} steps; "
-          + ", ".join(f"{c} {row[c]:.3g}" for c in args.cells if c not in ("lstm", "tanh")),
-        )
-      )
-  results = {"hs97": a, "hs97_other_runs": runs[1:], "modern": table, "cells": list(args.cells)}
-  return common.finish(NAME, args, results, checks, started, _figure(results))
+    out += [modern_check(t, row, args.steps) for t, row in results["modern"].items()]
+  return out
 
 
-def _figure(results):
-  plt = common.pyplot()
-  if plt is None:
-    return None
-  fig, ax = plt.subplots(figsize=(6, 4))
+def figure(plt, results, args):
+  fig, ax = harness.axes(
+    plt,
+    (6, 4),
+    "T (sequence length)",
+    "test MSE / (1/6)",
+    "Adding problem (modern): lower is better",
+  )
   lengths = [int(t) for t in results["modern"]]
   for name in results["cells"]:
     ax.plot(lengths, [results["modern"][str(t)][name] for t in lengths], "o-", label=name)
   ax.axhline(1.0, color="gray", ls=":", label="baseline (predict 1)")
   ax.set_yscale("log")
-  ax.set_xlabel("T (sequence length)")
-  ax.set_ylabel("test MSE / (1/6)")
-  ax.set_title("Adding problem (modern): lower is better")
   ax.legend(fontsize=8)
   return fig
 
 
-def add_flags(p):
-  p.add_argument("--lengths", type=int, nargs="+", default=[100, 200, 400], help="(b) T values")
-  p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
-  p.add_argument("--steps", type=int, default=2000, help="(b) Adam steps per run")
-  p.add_argument("--batch", type=int, default=64, help="(b) batch size")
-  p.add_argument("--hidden", type=int, default=64, help="(b) H")
-  p.add_argument("--lr", type=float, default=3e-3, help="(b) Adam learning rate")
-  p.add_argument("--hs-length", type=int, default=100, help="(a) T")
-  p.add_argument("--hs-hidden", type=int, default=32, help="(a) LSTM H")
-  p.add_argument(
-    "--hs-forget-biases",
-    type=float,
-    nargs="+",
-    default=[5.0, 1.0],
-    help="(a) LSTM forget bias at init, one run each; the first is checked (1997's LSTM had "
+CELL_CHOICES = harness.flag(list(CELLS), "cells trained", choices=list(CELLS))
+FLAGS = {
+  "lengths": harness.flag([100, 200, 400], "(b) T values"),
+  "cells": CELL_CHOICES,
+  "steps": harness.flag(2000, "(b) Adam steps per run"),
+  "batch": harness.flag(64, "(b) batch size"),
+  "hidden": harness.flag(64, "(b) H"),
+  "lr": harness.flag(3e-3, "(b) Adam learning rate"),
+  "hs_length": harness.flag(100, "(a) T"),
+  "hs_hidden": harness.flag(32, "(a) LSTM H"),
+  "hs_forget_biases": harness.flag(
+    [5.0, 1.0],
+    "(a) LSTM forget bias at init, one run each; the first is checked (1997's LSTM had "
     "no forget gate: f = 1)",
-  )
-  p.add_argument("--hs-batch", type=int, default=32, help="(a) sequences per update")
-  p.add_argument("--hs-lr", type=float, default=3e-3, help="(a) Adam learning rate")
-  p.add_argument(
-    "--hs-max-sequences", type=int, default=10 * HS97_SEQUENCES, help="(a) training cap"
-  )
+  ),
+  "hs_batch": harness.flag(32, "(a) sequences per update"),
+  "hs_lr": harness.flag(3e-3, "(a) Adam learning rate"),
+  "hs_max_sequences": harness.flag(10 * HS97_SEQUENCES, "(a) training cap"),
+}
+QUICK = dict(lengths=[20], steps=150, hidden=16, cells=["tanh", "lstm"])
+QUICK.update(hs_length=20, hs_max_sequences=3_200, hs_forget_biases=[5.0])
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  add_flags(p)
-  args = p.parse_args(argv)
-  if args.quick:
-    args.lengths, args.steps, args.hidden, args.cells = [20], 150, 16, ["tanh", "lstm"]
-    args.hs_length, args.hs_max_sequences, args.hs_forget_biases = 20, 3_200, [5.0]
-  return run(args)
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -18,10 +18,18 @@ import os
 import time
 import traceback
 
-from experiments import common
+from experiments import harness
 
 NAME = "all"
 EXPERIMENTS = ("vanishing", "adding", "copy", "sunspots", "digits", "charlm", "ucr")
+
+
+FLAGS = {
+  "only": harness.flag(list(EXPERIMENTS), "experiments to run", choices=EXPERIMENTS),
+  "summarize_only": harness.flag(
+    False, "run nothing: rebuild the summary from the existing OUT/NAME/NAME.json files"
+  ),
+}
 
 
 def summarize(records: dict, out: str) -> tuple[dict, str]:
@@ -59,42 +67,18 @@ def summarize(records: dict, out: str) -> tuple[dict, str]:
   ]
   if quick:
     lines += ["", "**Quick run (tiny sizes): these are smoke-test numbers, not results.**"]
-  lines += [
-    "",
-    "| experiment | check | ours | reference | source | result | notes |",
-    "|---|---|---|---|---|---|---|",
-  ]
-  cell = common.md_cell
-  for r in rows:
-    verdict = "PASS" if r["pass"] else "FAIL"
-    lines.append(
-      f"| {r['experiment']} | {cell(r['name'])} | {cell(common.fmt(r['ours']))} | "
-      f"{cell(common.fmt(r['reference']))} | {cell(r['source'])} | {verdict} | "
-      f"{cell(r.get('note', ''))} |"
-    )
+  lines += ["", *harness.checks_table(rows, by_experiment=True)]
   lines += ["", f"{summary['passed']} PASS, {summary['failed']} FAIL."]
   table = "\n".join(lines) + "\n"
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=1)
-    f.write("\n")
+  harness.write_json(os.path.join(out, "summary.json"), summary)
   with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
     f.write(table)
   return summary, table
 
 
 def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
-  p.add_argument(
-    "--summarize-only",
-    action="store_true",
-    help="run nothing: rebuild the summary from the existing OUT/NAME/NAME.json files",
-  )
-  args = p.parse_args(argv)
-  flags = ["--out", args.out, "--seed", str(args.seed)]
-  flags += ["--quick"] * args.quick + ["--no-progress"] * args.no_progress
-  flags += ["--no-checkpoints"] * args.no_checkpoints
+  args = harness.parser(NAME, __doc__, FLAGS).parse_args(argv)
+  flags = harness.shared_argv(args)
   records = {}
   for name in args.only:
     if args.summarize_only:

@@ -22,10 +22,10 @@ character are lower than the unigram model's.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sysconfig
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,7 @@ import numpy as np
 import optax
 
 import jaxrnn
-from experiments import common
-from jaxrnn import train
+from experiments import harness, training
 
 NAME = "charlm"
 VOCAB = 256
@@ -113,10 +112,9 @@ def streams(text, batch, length):
   return np.stack([text[s : s + n + 1] for s in starts]), n
 
 
-def run(args) -> dict:
-  started = time.perf_counter()
-  train_text, test_text, info = corpus(args.train_chars, args.test_chars, args.test_percent)
-  cell, init, apply = make_model(args.hidden, args.embed)
+def train_lm(args, train_text, info, model):
+  """TBPTT through `training.fit`: ``--steps`` steps of ``--windows-per-step`` windows."""
+  cell, init, apply = model
   opt = optax.adam(args.lr)
 
   def loss_fn(params, carry, batch):
@@ -127,7 +125,7 @@ def run(args) -> dict:
   chunk = args.window * args.windows_per_step
   data, n = streams(train_text, args.batch, chunk)
   chunks_per_epoch = n // chunk
-  tbptt = train.make_tbptt_step(loss_fn, opt, window=args.window, max_grad_norm=1.0)
+  tbptt = training.make_tbptt_step(loss_fn, opt, window=args.window, max_grad_norm=1.0)
 
   def step_fn(state, batch):  # fit's step: the state is (TrainState, carry)
     train_state, carry = state
@@ -143,27 +141,29 @@ def run(args) -> dict:
     return {"x": window[:, :-1], "y": window[:, 1:], "start": np.int32(j)}
 
   params = init(jax.random.key(args.seed))
-  state0 = (train.TrainState.create(params, opt), cell.initial_carry(params["rnn"], (args.batch,)))
+  carry = cell.initial_carry(params["rnn"], (args.batch,))
   config = dict(vars(args), **info)
   config.pop("no_progress", None)
-  ckpt, metrics = common.run_paths(args, NAME, "lstm", config)
-  state, _ = train.fit(
+  state, _ = training.fit(
     jax.jit(step_fn),
-    state0,
+    (training.TrainState.create(params, opt), carry),
     batch_fn,
-    num_steps=args.steps,
-    checkpoint_dir=ckpt,
-    checkpoint_every=max(args.steps // 4, 1),
+    args,
+    NAME,
+    "lstm",
+    config,
+    steps=args.steps,
     model=cell,
-    metrics_path=metrics,
-    log_every=max(args.steps // 50, 1),
-    progress=not args.no_progress,
-    desc="charlm",
     batch_size=args.batch * chunk,
+    logs=50,
+    desc="charlm",
   )
-  params = state.params
+  return state.params
 
-  # test bits per character: the carry runs through each test stream unbroken
+
+def test_bits(args, test_text, model, params) -> float:
+  """Bits per character on the test text; the carry runs through each test stream unbroken."""
+  cell, _, apply = model
   test_data, test_n = streams(test_text, args.test_batch, args.window)
   windows = test_n // args.window
   xs = test_data[:, : windows * args.window].reshape(args.test_batch, windows, args.window)
@@ -180,16 +180,17 @@ def run(args) -> dict:
     _, sums = jax.lax.scan(body, carry0, (jnp.swapaxes(xs, 0, 1), jnp.swapaxes(ys, 0, 1)))
     return jnp.sum(sums) / ys.size
 
-  bpc = float(test_loss(params, xs, ys)) / math.log(2.0)
+  return float(test_loss(params, xs, ys)) / math.log(2.0)
+
+
+def run(args) -> dict:
+  train_text, test_text, info = corpus(args.train_chars, args.test_chars, args.test_percent)
+  model = make_model(args.hidden, args.embed)
+  params = train_lm(args, train_text, info, model)
+  bpc = test_bits(args, test_text, model, params)
   unigram = unigram_bits(train_text, test_text)
+  cell, _, apply = model
   sample = generate(apply, cell, params, "def ", args.sample_chars, 0.8, args.seed)
-  results = {
-    "test_bits_per_char": bpc,
-    "unigram_bits_per_char": unigram,
-    "corpus": info,
-    "train_bytes_seen": args.steps * args.batch * chunk,
-    "sample": sample,
-  }
   print(
     f"Character LSTM on the stdlib's source ({info['train_files']} train files, "
     f"{info['train_chars']:,} bytes; {info['test_files']} test files, {info['test_chars']:,} "
@@ -199,8 +200,22 @@ def run(args) -> dict:
   print(f"  test bits/char: LSTM {bpc:.3f}, unigram {unigram:.3f}")
   print("  sample (temperature 0.8):")
   print("    " + sample.replace("\n", "\n    "))
-  checks = [
-    common.check(
+  return {
+    "test_bits_per_char": bpc,
+    "unigram_bits_per_char": unigram,
+    "corpus": info,
+    "train_bytes_seen": args.steps * args.batch * args.window * args.windows_per_step,
+    "sample": sample,
+  }
+
+
+def checks(results, args) -> list[dict]:
+  """The LSTM's test bits per character below the unigram model's."""
+  bpc, unigram, info = (
+    results[k] for k in ("test_bits_per_char", "unigram_bits_per_char", "corpus")
+  )
+  return [
+    harness.check(
       "charlm: test bits per character, LSTM (ours) vs unigram (reference)",
       bpc,
       unigram,
@@ -211,7 +226,6 @@ def run(args) -> dict:
       f"{info['train_files']} / {info['test_files']} files",
     )
   ]
-  return common.finish(NAME, args, results, checks, started, _figure(metrics, unigram))
 
 
 def generate(apply, cell, params, prompt, length, temperature, seed):
@@ -237,45 +251,43 @@ def generate(apply, cell, params, prompt, length, temperature, seed):
   return prompt + out.decode("utf-8", errors="replace")
 
 
-def _figure(metrics_path, unigram):
-  plt = common.pyplot()
-  if plt is None or metrics_path is None or not os.path.exists(metrics_path):
+def figure(plt, results, args):
+  """The training loss in bits per character (from the metrics file) beside the unigram's."""
+  path = harness.metrics_path(args, NAME, "lstm")
+  if not os.path.exists(path):
     return None
-  import json
-
-  with open(metrics_path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8") as f:
     rows = [json.loads(line) for line in f if line.strip()]
   rows = [r for r in rows if r.get("split") == "train"]
-  fig, ax = plt.subplots(figsize=(6, 3.8))
+  fig, ax = harness.axes(
+    plt, (6, 3.8), "fit step", "bits per character", "Character LSTM on the Python stdlib"
+  )
   ax.plot([r["step"] for r in rows], [r["loss"] / math.log(2.0) for r in rows], label="train")
-  ax.axhline(unigram, color="gray", ls=":", label="unigram (test)")
-  ax.set_xlabel("fit step")
-  ax.set_ylabel("bits per character")
-  ax.set_title("Character LSTM on the Python stdlib")
+  ax.axhline(results["unigram_bits_per_char"], color="gray", ls=":", label="unigram (test)")
   ax.legend(fontsize=8)
   return fig
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--hidden", type=int, default=128, help="LSTM H")
-  p.add_argument("--embed", type=int, default=64, help="byte embedding size")
-  p.add_argument("--batch", type=int, default=32, help="parallel training streams")
-  p.add_argument("--window", type=int, default=100, help="TBPTT window (bytes)")
-  p.add_argument("--windows-per-step", type=int, default=4, help="TBPTT updates per fit step")
-  p.add_argument("--steps", type=int, default=500, help="fit steps")
-  p.add_argument("--lr", type=float, default=2e-3)
-  p.add_argument("--train-chars", type=int, default=4_000_000)
-  p.add_argument("--test-chars", type=int, default=200_000)
-  p.add_argument("--test-percent", type=int, default=10, help="share of files for test")
-  p.add_argument("--test-batch", type=int, default=20, help="parallel test streams")
-  p.add_argument("--sample-chars", type=int, default=400)
-  args = p.parse_args(argv)
-  if args.quick:
-    args.hidden, args.embed, args.batch, args.window, args.windows_per_step = 32, 16, 8, 50, 2
-    args.steps, args.train_chars, args.test_chars, args.sample_chars = 20, 100_000, 10_000, 80
-    args.lr = 1e-2
-  return run(args)
+FLAGS = {
+  "hidden": harness.flag(128, "LSTM H"),
+  "embed": harness.flag(64, "byte embedding size"),
+  "batch": harness.flag(32, "parallel training streams"),
+  "window": harness.flag(100, "TBPTT window (bytes)"),
+  "windows_per_step": harness.flag(4, "TBPTT updates per fit step"),
+  "steps": harness.flag(500, "fit steps"),
+  "lr": harness.flag(2e-3, "Adam learning rate"),
+  "train_chars": harness.flag(4_000_000, "training bytes"),
+  "test_chars": harness.flag(200_000, "test bytes"),
+  "test_percent": harness.flag(10, "share of files for test"),
+  "test_batch": harness.flag(20, "parallel test streams"),
+  "sample_chars": harness.flag(400, "bytes sampled after the prompt"),
+}
+QUICK = dict(hidden=32, embed=16, batch=8, window=50, windows_per_step=2, steps=20)
+QUICK.update(train_chars=100_000, test_chars=10_000, sample_chars=80, lr=1e-2)
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

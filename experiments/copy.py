@@ -20,15 +20,13 @@ per-run learning curves (``metrics/*.jsonl``) to tell which.
 from __future__ import annotations
 
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from experiments import common
-from experiments.adding import CELLS
-from jaxrnn import scan, train
+from experiments import adding, harness, training
+from jaxrnn import scan
 
 NAME = "copy"
 SYMBOLS, BLANK, DELIM, COPY = 8, 0, 9, 10
@@ -50,14 +48,9 @@ def baseline(length):
 
 
 def train_copy(cell, *, length, steps, batch, lr, seed, args, run):
-  hidden = dict(cell.config)["hidden_size"]
+  """Trains ``cell`` + a linear readout of every step; test loss, ratio and recall accuracy."""
   k_init, k_out, k_data, k_test = jax.random.split(jax.random.key(seed), 4)
-  params = {
-    "rnn": cell.init(k_init, DELIM + 1),
-    "w": jax.random.normal(k_out, (hidden, SYMBOLS + 1)) / math.sqrt(hidden),
-    "b": jnp.zeros((SYMBOLS + 1,)),
-  }
-  opt = optax.adam(lr)
+  params = training.readout_params(cell, k_init, k_out, DELIM + 1, SYMBOLS + 1)
 
   def logits_fn(params, inputs):
     _, hs = scan(cell, params["rnn"], jax.nn.one_hot(inputs, DELIM + 1))
@@ -73,25 +66,8 @@ def train_copy(cell, *, length, steps, batch, lr, seed, args, run):
     inputs, targets = make_batch(key, batch, length)
     return loss_and_acc(params, inputs, targets)[0]
 
-  ckpt, metrics = common.run_paths(
-    args,
-    NAME,
-    run,
-    dict(cell=cell.name, cell_config=cell.config, length=length, steps=steps, batch=batch, lr=lr),
-  )
-  state = train.fit(
-    train.make_train_step(loss_fn, opt, max_grad_norm=1.0),
-    train.TrainState.create(params, opt),
-    lambda i: jax.random.fold_in(k_data, i),
-    num_steps=steps,
-    checkpoint_dir=ckpt,
-    checkpoint_every=max(steps // 4, 1),
-    model=cell,
-    metrics_path=metrics,
-    log_every=max(steps // 40, 1),
-    progress=not args.no_progress,
-    desc=run,
-    batch_size=batch,
+  state = training.minimize(
+    loss_fn, params, k_data, cell, args, NAME, run, lr=lr, steps=steps, batch=batch, length=length
   )
   inputs, targets = make_batch(k_test, 1000, length)
   loss, acc = jax.jit(loss_and_acc)(state.params, inputs, targets)
@@ -103,87 +79,67 @@ def train_copy(cell, *, length, steps, batch, lr, seed, args, run):
 
 
 def run(args) -> dict:
-  started = time.perf_counter()
   print(
     f"Copying memory: {args.steps} Adam steps (lr {args.lr}), batch {args.batch}, H={args.hidden}, "
     f"seed {args.seed}. Test loss / memoryless baseline 10 ln 8 / (T + 20) [recall accuracy]:"
   )
   print(f"  {'T':>5}" + "".join(f"{c:>18}" for c in args.cells))
-  table = {}
-  for length in args.lengths:
-    row = {}
-    for name in args.cells:
-      row[name] = train_copy(
-        CELLS[name](args.hidden),
-        length=length,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        args=args,
-        run=f"{name}-T{length}",
+  describe = lambda row: "".join(  # noqa: E731
+    f"{r['ratio']:>10.3f} [{r['recall_accuracy']:.2f}]" for r in row.values()
+  )
+  table = adding.sweep(args, train_copy, describe)
+  baselines = {str(t): baseline(t) for t in args.lengths}
+  return {"table": table, "baselines": baselines, "cells": list(args.cells)}
+
+
+def checks(results, args) -> list[dict]:
+  """At each T: the LSTM below half the memoryless baseline, the tanh RNN not."""
+  if "lstm" not in args.cells or "tanh" not in args.cells:
+    return []
+  out = []
+  for length, row in results["table"].items():
+    others = ", ".join(f"{c} {r['ratio']:.3f}" for c, r in row.items() if c not in ("lstm", "tanh"))
+    out.append(
+      harness.check(
+        f"copy T={length}: loss/baseline, LSTM (ours) vs tanh RNN (reference)",
+        row["lstm"]["ratio"],
+        row["tanh"]["ratio"],
+        "the seed's claim; task and baseline of Arjovsky, Shah & Bengio 2016",
+        row["lstm"]["ratio"] < 0.5 and row["tanh"]["ratio"] >= 0.5,
+        "LSTM < 0.5 x baseline and tanh RNN >= 0.5 x baseline",
+        f"{args.steps} steps; recall accuracy (chance 0.125): "
+        + ", ".join(f"{c} {r['recall_accuracy']:.2f}" for c, r in row.items())
+        + f"; loss/baseline: {others}",
       )
-    table[str(length)] = row
-    cells = "".join(
-      f"{row[c]['ratio']:>10.3f} [{row[c]['recall_accuracy']:.2f}]" for c in args.cells
     )
-    print(f"  {length:>5}{cells}")
-  checks = []
-  if "lstm" in args.cells and "tanh" in args.cells:
-    for length, row in table.items():
-      checks.append(
-        common.check(
-          f"copy T={length}: loss/baseline, LSTM (ours) vs tanh RNN (reference)",
-          row["lstm"]["ratio"],
-          row["tanh"]["ratio"],
-          "the seed's claim; task and baseline of Arjovsky, Shah & Bengio 2016",
-          row["lstm"]["ratio"] < 0.5 and row["tanh"]["ratio"] >= 0.5,
-          "LSTM < 0.5 x baseline and tanh RNN >= 0.5 x baseline",
-          f"{args.steps} steps; recall accuracy (chance 0.125): "
-          + ", ".join(f"{c} {row[c]['recall_accuracy']:.2f}" for c in args.cells)
-          + "; loss/baseline: "
-          + ", ".join(
-            f"{c} {row[c]['ratio']:.3f}" for c in args.cells if c not in ("lstm", "tanh")
-          ),
-        )
-      )
-  results = {
-    "table": table,
-    "baselines": {str(t): baseline(t) for t in args.lengths},
-    "cells": list(args.cells),
-  }
-  return common.finish(NAME, args, results, checks, started, _figure(results))
+  return out
 
 
-def _figure(results):
-  plt = common.pyplot()
-  if plt is None:
-    return None
-  fig, ax = plt.subplots(figsize=(6, 4))
+def figure(plt, results, args):
+  fig, ax = harness.axes(
+    plt, (6, 4), "T (delay)", "test loss / baseline", "Copying memory: lower is better"
+  )
   lengths = [int(t) for t in results["table"]]
   for name in results["cells"]:
     ax.plot(lengths, [results["table"][str(t)][name]["ratio"] for t in lengths], "o-", label=name)
   ax.axhline(1.0, color="gray", ls=":", label="memoryless baseline")
-  ax.set_xlabel("T (delay)")
-  ax.set_ylabel("test loss / baseline")
-  ax.set_title("Copying memory: lower is better")
   ax.legend(fontsize=8)
   return fig
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--lengths", type=int, nargs="+", default=[50, 100], help="T values")
-  p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
-  p.add_argument("--steps", type=int, default=2000, help="Adam steps per run")
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--hidden", type=int, default=64, help="H")
-  p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-  args = p.parse_args(argv)
-  if args.quick:
-    args.lengths, args.steps, args.hidden, args.batch = [10], 60, 16, 32
-    args.cells = ["tanh", "lstm"]
-  return run(args)
+FLAGS = {
+  "lengths": harness.flag([50, 100], "T values"),
+  "cells": adding.CELL_CHOICES,
+  "steps": harness.flag(2000, "Adam steps per run"),
+  "batch": harness.flag(64, "sequences per step"),
+  "hidden": harness.flag(64, "H"),
+  "lr": harness.flag(1e-3, "Adam learning rate"),
+}
+QUICK = dict(lengths=[10], steps=60, hidden=16, batch=32, cells=["tanh", "lstm"])
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -17,86 +17,40 @@ to ``OUT/default/``; the full experiments are `python -m experiments.all`.
 from __future__ import annotations
 
 import os
-import time
 
-from experiments import adding, common, vanishing
+from experiments import adding, harness, vanishing
 
 NAME = "default"
 
 
 def run(args) -> dict:
-  started = time.perf_counter()
-  sub = os.path.join(args.out, NAME)
-  flags = ["--out", sub, "--seed", str(args.seed)]
-  flags += ["--no-progress"] * args.no_progress + ["--no-checkpoints"] * args.no_checkpoints
+  flags = harness.shared_argv(args, out=os.path.join(args.out, NAME))
   print("== 1. vanishing gradients at initialisation ==")
-  van = vanishing.main(flags + ["--quick"] * args.quick)
+  van = vanishing.main(flags)
 
   print("\n== 2. adding problem (modern), tanh RNN vs LSTM ==")
-  add_flags = flags + ["--lengths", str(args.length), "--cells", "tanh", "lstm"]
-  add_flags += ["--steps", str(args.steps), "--hidden", str(args.hidden)]
-  p = common.parser("adding", adding.__doc__)
-  adding.add_flags(p)
-  add_args = p.parse_args(add_flags + ["--quick"] * args.quick)
-  if args.quick:
-    add_args.steps, add_args.hidden, add_args.lengths = 150, 16, [20]
-  print(
-    f"Adding problem, T={add_args.lengths[0]}: {add_args.steps} Adam steps (lr {add_args.lr}), "
-    f"batch {add_args.batch}, H={add_args.hidden}, seed {args.seed}. Baseline MSE = 1/6."
-  )
-  ratios = {}
-  for cell in ("tanh", "lstm"):
-    t0 = time.perf_counter()
-    ratios[cell] = adding.train_modern(
-      adding.CELLS[cell](add_args.hidden),
-      length=add_args.lengths[0],
-      steps=add_args.steps,
-      batch=add_args.batch,
-      lr=add_args.lr,
-      seed=args.seed,
-      args=add_args,
-      run=f"{cell}-T{add_args.lengths[0]}",
-      progress=not args.no_progress,
-    )
-    print(f"  {cell:<6} test MSE / baseline {ratios[cell]:.4f} ({time.perf_counter() - t0:.0f} s)")
-  checks = list(van["checks"])
-  checks.append(
-    common.check(
-      f"adding (b), T={add_args.lengths[0]}: test MSE/baseline, LSTM (ours) vs tanh RNN "
-      "(reference)",
-      ratios["lstm"],
-      ratios["tanh"],
-      "the seed's claim; task of Le, Jaitly & Hinton 2015 (baseline MSE 1/6)",
-      ratios["lstm"] < 0.1 and ratios["tanh"] > 0.5,
-      "LSTM < 0.1 and tanh RNN > 0.5",
-    )
-  )
-  results = {"vanishing": van["results"], "adding": {"length": add_args.lengths[0], **ratios}}
-  print("\n== summary ==")
-  print(summary_table(checks))
-  return common.finish(NAME, args, results, checks, started, None)
+  flags += ["--lengths", str(args.length), "--cells", "tanh", "lstm", "--steps", str(args.steps)]
+  add_args = harness.parse(adding.SPEC, flags + ["--hidden", str(args.hidden)])
+  length = add_args.lengths[0]
+  ratios = adding.modern_table(add_args)[str(length)]
+  return {"vanishing": van["results"], "adding": {"length": length, **ratios}}
 
 
-def summary_table(checks) -> str:
-  """A markdown table: check, ours, reference, source, PASS/FAIL."""
-  lines = ["| check | ours | reference | source | result |", "|---|---|---|---|---|"]
-  cell = common.md_cell
-  for c in checks:
-    verdict = "PASS" if c["pass"] else "FAIL"
-    lines.append(
-      f"| {cell(c['name'])} | {cell(common.fmt(c['ours']))} | {cell(common.fmt(c['reference']))} "
-      f"| {cell(c['source'])} | {verdict} |"
-    )
-  return "\n".join(lines)
+def checks(results, args) -> list[dict]:
+  """Vanishing's checks on its results, then the adding problem's at this T."""
+  add = results["adding"]
+  return vanishing.checks(results["vanishing"], args) + [adding.modern_check(add["length"], add)]
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--length", type=int, default=100, help="adding problem T")
-  p.add_argument("--steps", type=int, default=2000, help="adding problem Adam steps")
-  p.add_argument("--hidden", type=int, default=64, help="adding problem H")
-  args = p.parse_args(argv)
-  return run(args)
+FLAGS = {
+  "length": harness.flag(100, "adding problem T"),
+  "steps": harness.flag(2000, "adding problem Adam steps"),
+  "hidden": harness.flag(64, "adding problem H"),
+}
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, table=True)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ the LSTM's test accuracy is at most 2 points below the SVC's.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 import jaxrnn
-from experiments import common
+from experiments import harness, training
 
 NAME = "digits"
 
@@ -27,7 +25,6 @@ def run(args) -> dict:
   from sklearn.datasets import load_digits
   from sklearn.svm import SVC
 
-  started = time.perf_counter()
   digits = load_digits()
   x = digits.images.astype(np.float32) / 16.0  # (N, 8, 8): 8 rows of 8 pixels
   y = digits.target.astype(np.int32)
@@ -38,83 +35,72 @@ def run(args) -> dict:
   svc = SVC(gamma=0.001).fit(raw[:half], y_tr)
   svc_acc = float(np.mean(svc.predict(raw[half:]) == y_te))
 
-  predict = common.train_readout(
-    jaxrnn.lstm(args.hidden),
-    x_tr,
-    y_tr,
-    num_outputs=10,
-    classify=True,
-    steps=args.steps,
-    lr=args.lr,
-    batch=args.batch,
-    seed=args.seed,
-    args=args,
-    experiment=NAME,
-    run="lstm",
+  cell = jaxrnn.lstm(args.hidden)
+  predict = training.train_readout(
+    cell, x_tr, y_tr, args, NAME, "lstm", classes=10, batch=args.batch
   )
   pred = np.argmax(predict(x_te), axis=-1)
-  lstm_acc = float(np.mean(pred == y_te))
-  train_acc = float(np.mean(np.argmax(predict(x_tr), axis=-1) == y_tr))
-  svc_train_acc = float(np.mean(svc.predict(raw[:half]) == y_tr))
   confusion = np.zeros((10, 10), int)
   np.add.at(confusion, (y_te, pred), 1)
   results = {
-    "lstm_accuracy": lstm_acc,
+    "lstm_accuracy": float(np.mean(pred == y_te)),
     "svc_accuracy": svc_acc,
-    "lstm_train_accuracy": train_acc,
-    "svc_train_accuracy": svc_train_acc,
+    "lstm_train_accuracy": float(np.mean(np.argmax(predict(x_tr), axis=-1) == y_tr)),
+    "svc_train_accuracy": float(np.mean(svc.predict(raw[:half]) == y_tr)),
     "n_train": int(half),
     "n_test": int(len(x_te)),
     "lstm_confusion": confusion.tolist(),
   }
+  r = results
   print(
     f"Digits row by row: LSTM H={args.hidden}, {args.steps} Adam steps (lr {args.lr}, batch "
     f"{args.batch}); train {half}, test {len(x_te)}."
   )
-  print(f"  test accuracy: LSTM {lstm_acc:.4f}, SVC(gamma=0.001) {svc_acc:.4f}")
-  print(f"  train accuracy: LSTM {train_acc:.4f}, SVC(gamma=0.001) {svc_train_acc:.4f}")
-  checks = [
-    common.check(
+  print(f"  test accuracy: LSTM {r['lstm_accuracy']:.4f}, SVC(gamma=0.001) {svc_acc:.4f}")
+  print(
+    f"  train accuracy: LSTM {r['lstm_train_accuracy']:.4f}, "
+    f"SVC(gamma=0.001) {r['svc_train_accuracy']:.4f}"
+  )
+  return results
+
+
+def checks(results, args) -> list[dict]:
+  """The LSTM's test accuracy at most 2 points below the SVC's."""
+  lstm_acc, svc_acc = results["lstm_accuracy"], results["svc_accuracy"]
+  return [
+    harness.check(
       "digits: test accuracy, LSTM (ours) vs SVC(gamma=0.001) (reference)",
       lstm_acc,
       svc_acc,
       "scikit-learn SVC(gamma=0.001) on the same split, same run",
       lstm_acc >= svc_acc - 0.02,
       "LSTM accuracy >= SVC accuracy - 0.02",
-      f"train accuracy LSTM {train_acc:.3f}, SVC {svc_train_acc:.3f}",
+      f"train accuracy LSTM {results['lstm_train_accuracy']:.3f}, "
+      f"SVC {results['svc_train_accuracy']:.3f}",
     )
   ]
-  return common.finish(NAME, args, results, checks, started, _figure(confusion, lstm_acc))
 
 
-def _figure(confusion, acc):
-  plt = common.pyplot()
-  if plt is None:
-    return None
-  fig, ax = plt.subplots(figsize=(4.5, 4))
+def figure(plt, results, args):
+  confusion = results["lstm_confusion"]
+  title = f"LSTM on digits, test accuracy {results['lstm_accuracy']:.3f}"
+  fig, ax = harness.axes(plt, (4.5, 4), "predicted", "true", title)
   ax.imshow(confusion, cmap="Blues")
   for i in range(10):
     for j in range(10):
-      if confusion[i, j]:
-        ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
+      if confusion[i][j]:
+        ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=7)
   ax.set_xticks(range(10))
   ax.set_yticks(range(10))
-  ax.set_title(f"LSTM on digits, test accuracy {acc:.3f}")
   return fig
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--hidden", type=int, default=64, help="H")
-  p.add_argument("--steps", type=int, default=1500, help="Adam steps")
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--lr", type=float, default=3e-3)
-  args = p.parse_args(argv)
-  if args.quick:
-    args.steps, args.hidden = 150, 16
-  return run(args)
+FLAGS = {"hidden": harness.flag(64, "H"), "steps": harness.flag(1500, "Adam steps")}
+FLAGS.update(batch=harness.flag(64, "images per step"), lr=harness.flag(3e-3, "Adam learning rate"))
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=150, hidden=16), figure)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

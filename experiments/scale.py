@@ -54,8 +54,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxrnn  # noqa: E402
-from experiments import common  # noqa: E402
-from jaxrnn import sharding, train  # noqa: E402
+from experiments import harness, training  # noqa: E402
+from jaxrnn import sharding  # noqa: E402
 
 NAME = "scale"
 INPUT_SIZE = 4
@@ -104,7 +104,7 @@ def run_mesh(args, shape: tuple[int, ...], devices) -> dict:
   step = sharding.make_sharded_train_step(
     make_loss(model), opt, mesh, model_axis=model_axis, max_grad_norm=1.0, donate=True
   )
-  state = train.TrainState.create(initial_params(model, args.hidden, args.seed), opt)
+  state = training.TrainState.create(initial_params(model, args.hidden, args.seed), opt)
   state = sharding.shard_state(state, mesh, model_axis=model_axis)
   multi = jax.process_count() > 1
   if multi:
@@ -149,18 +149,6 @@ def run_mesh(args, shape: tuple[int, ...], devices) -> dict:
   }
 
 
-def add_flags(p) -> None:
-  p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8], help="device counts")
-  p.add_argument("--steps", type=int, default=30, help="training steps per mesh")
-  p.add_argument("--batch", type=int, default=256, help="global batch size")
-  p.add_argument("--length", type=int, default=32, help="sequence length")
-  p.add_argument("--hidden", type=int, default=64, help="LSTM hidden size")
-  p.add_argument("--layers", type=int, default=2, help="LSTM layers")
-  p.add_argument("--coordinator", default=None, help="multi-host: HOST0:PORT of process 0")
-  p.add_argument("--num-processes", type=int, default=None, help="multi-host: process count")
-  p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's id")
-
-
 def meshes(args) -> list[tuple[int, ...]]:
   if jax.process_count() > 1:  # every process must take part in every mesh: all devices
     n = jax.device_count()
@@ -178,7 +166,6 @@ def meshes(args) -> list[tuple[int, ...]]:
 
 
 def run(args) -> dict:
-  started = time.perf_counter()
   if args.coordinator is not None:
     jax.distributed.initialize(
       coordinator_address=args.coordinator,
@@ -198,19 +185,8 @@ def run(args) -> dict:
       float(np.max(np.abs(a - b)))
       for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params[0]), strict=True)
     )
-  worst = max(r["loss_rel_diff"] for r in rows)
-  checks = [
-    common.check(
-      "final loss equal across meshes (max relative difference)",
-      worst,
-      0.0,
-      f"the {rows[0]['mesh']} run, same init and batches",
-      worst <= LOSS_RTOL,
-      f"relative difference <= {LOSS_RTOL:g}",
-    )
-  ]
   print_table(rows, args)
-  results = {
+  return {
     "rows": rows,
     "note": NOTE,
     "platform": jax.default_backend(),
@@ -219,9 +195,22 @@ def run(args) -> dict:
     "cpu_count": os.cpu_count(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
-  if jax.process_index() != 0:
-    return {"results": results, "checks": checks}
-  return common.finish(NAME, args, results, checks, started, figure=plot(rows))
+
+
+def checks(results, args) -> list[dict]:
+  """The final loss of every mesh equal to the first's, up to float summation order."""
+  rows = results["rows"]
+  worst = max(r["loss_rel_diff"] for r in rows)
+  return [
+    harness.check(
+      "final loss equal across meshes (max relative difference)",
+      worst,
+      0.0,
+      f"the {rows[0]['mesh']} run, same init and batches",
+      worst <= LOSS_RTOL,
+      f"relative difference <= {LOSS_RTOL:g}",
+    )
+  ]
 
 
 def print_table(rows, args) -> None:
@@ -232,42 +221,54 @@ def print_table(rows, args) -> None:
     f"{args.steps} steps, {jax.default_backend()} ({os.cpu_count()} cores)"
   )
   print(f"  {NOTE}")
-  head = "| devices | mesh (data x model) | step ms | samples/s | samples/s/device | compile s |"
-  print(head + " final loss | max abs param diff vs first |")
-  print("|---:|---|---:|---:|---:|---:|---:|---:|")
-  for r in rows:
-    print(
-      f"| {r['devices']} | {r['mesh']} | {r['step_ms']:.1f} | {r['samples_per_s']:.0f} | "
-      f"{r['samples_per_s_per_device']:.0f} | {r['compile_s']:.1f} | {r['final_loss']:.6f} | "
-      f"{r['max_param_diff']:.1e} |"
+  header = ("devices", "mesh (data x model)", "step ms", "samples/s", "samples/s/device")
+  header += ("compile s", "final loss", "max abs param diff vs first")
+  cells = [
+    (
+      str(r["devices"]),
+      r["mesh"],
+      f"{r['step_ms']:.1f}",
+      f"{r['samples_per_s']:.0f}",
+      f"{r['samples_per_s_per_device']:.0f}",
+      f"{r['compile_s']:.1f}",
+      f"{r['final_loss']:.6f}",
+      f"{r['max_param_diff']:.1e}",
     )
+    for r in rows
+  ]
+  print("\n".join(harness.md_table(header, cells, align="rlrrrrrr")))
 
 
-def plot(rows):
-  plt = common.pyplot()
-  if plt is None:
-    return None
-  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+def figure(plt, results, args):
+  rows = results["rows"]
+  title = f"jaxrnn.sharding on {jax.default_backend()}: mechanism, not speedup"
+  fig, ax = harness.axes(plt, (5.5, 3.5), "devices", "samples / s", title, fontsize=9)
   for axis in (None, "model"):
     sel = [r for r in rows if r["model_axis"] == axis]
     if sel:
       label = "data parallel" if axis is None else "data x model (2)"
       ax.plot([r["devices"] for r in sel], [r["samples_per_s"] for r in sel], "o-", label=label)
   ax.set_xscale("log", base=2)
-  ax.set_xlabel("devices")
-  ax.set_ylabel("samples / s")
-  ax.set_title(f"jaxrnn.sharding on {jax.default_backend()}: mechanism, not speedup", fontsize=9)
   ax.legend()
   return fig
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  add_flags(p)
-  args = p.parse_args(argv)
-  if args.quick:
-    args.steps, args.batch, args.length, args.hidden, args.layers = 3, 16, 8, 16, 1
-  return run(args)
+FLAGS = {
+  "devices": harness.flag([1, 2, 4, 8], "device counts"),
+  "steps": harness.flag(30, "training steps per mesh"),
+  "batch": harness.flag(256, "global batch size"),
+  "length": harness.flag(32, "sequence length"),
+  "hidden": harness.flag(64, "LSTM hidden size"),
+  "layers": harness.flag(2, "LSTM layers"),
+  "coordinator": harness.flag(None, "multi-host: HOST0:PORT of process 0"),
+  "num_processes": harness.flag(None, "multi-host: process count", type=int),
+  "process_id": harness.flag(None, "multi-host: this process's id", type=int),
+}
+QUICK = dict(steps=3, batch=16, length=8, hidden=16, layers=1)
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ of the AR(9)'s or better.
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
 
 import jaxrnn
-from experiments import common
+from experiments import harness, training
 
 NAME = "sunspots"
 LAGS = 12
@@ -66,8 +65,32 @@ def ar9_train_rmse(years, series, params):
   return float(np.sqrt(np.mean((pred - series[idx]) ** 2)))
 
 
+def rnn_forecasts(name, factory, args, data) -> tuple[dict, list]:
+  """Mean test RMSE, ARV and train RMSE over ``--seeds`` runs; the first seed's forecasts."""
+  x_tr, y_tr, x_te, mean, std, target, train_target, sigma2 = data
+  per_seed, first = [], None
+  for s in range(args.seeds):
+    run = f"{name}-seed{args.seed + s}"
+    predict = training.train_readout(
+      factory(args.hidden), x_tr, y_tr, args, NAME, run, seed=args.seed + s
+    )
+    pred = predict(x_te) * std + mean
+    fit_err = predict(x_tr) * std + mean - train_target
+    rmse = float(np.sqrt(np.mean((pred - target) ** 2)))
+    arv = float(np.mean((pred - target) ** 2) / sigma2)
+    per_seed.append({"rmse": rmse, "arv": arv, "train_rmse": float(np.sqrt(np.mean(fit_err**2)))})
+    first = pred.tolist() if s == 0 else first
+  summary = {
+    "rmse": float(np.mean([r["rmse"] for r in per_seed])),
+    "rmse_std": float(np.std([r["rmse"] for r in per_seed])),
+    "arv": float(np.mean([r["arv"] for r in per_seed])),
+    "train_rmse": float(np.mean([r["train_rmse"] for r in per_seed])),
+    "per_seed": per_seed,
+  }
+  return summary, first
+
+
 def run(args) -> dict:
-  started = time.perf_counter()
   years, series = load()
   sigma2 = float(np.var(series[(years >= 1700) & (years <= 1979)]))
   train_mask = years <= 1920
@@ -80,51 +103,18 @@ def run(args) -> dict:
 
   pred_ar, target_ar, ar_params = ar9(years, series)
   assert np.array_equal(target, target_ar)
-  rmse = lambda p: float(np.sqrt(np.mean((p - target) ** 2)))  # noqa: E731
-  arv = lambda p: float(np.mean((p - target) ** 2) / sigma2)  # noqa: E731
-  ar_train = ar9_train_rmse(years, series, ar_params)
   results = {
     "ar9": {
-      "rmse": rmse(pred_ar),
-      "arv": arv(pred_ar),
-      "train_rmse": ar_train,
+      "rmse": float(np.sqrt(np.mean((pred_ar - target) ** 2))),
+      "arv": float(np.mean((pred_ar - target) ** 2) / sigma2),
+      "train_rmse": ar9_train_rmse(years, series, ar_params),
       "params": ar_params.tolist(),
     }
   }
-
-  factories = {"lstm": jaxrnn.lstm, "gru": jaxrnn.gru}
   curves = {"years": list(range(1921, 1956)), "actual": target.tolist(), "ar9": pred_ar.tolist()}
-  for name, factory in factories.items():
-    per_seed = []
-    for s in range(args.seeds):
-      predict = common.train_readout(
-        factory(args.hidden),
-        x_tr,
-        y_tr,
-        num_outputs=1,
-        classify=False,
-        steps=args.steps,
-        lr=args.lr,
-        batch=None,
-        seed=args.seed + s,
-        args=args,
-        experiment=NAME,
-        run=f"{name}-seed{args.seed + s}",
-      )
-      pred = predict(x_te) * std + mean
-      fit_err = predict(x_tr) * std + mean - train_target
-      per_seed.append(
-        {"rmse": rmse(pred), "arv": arv(pred), "train_rmse": float(np.sqrt(np.mean(fit_err**2)))}
-      )
-      if s == 0:
-        curves[name] = pred.tolist()
-    results[name] = {
-      "rmse": float(np.mean([r["rmse"] for r in per_seed])),
-      "rmse_std": float(np.std([r["rmse"] for r in per_seed])),
-      "arv": float(np.mean([r["arv"] for r in per_seed])),
-      "train_rmse": float(np.mean([r["train_rmse"] for r in per_seed])),
-      "per_seed": per_seed,
-    }
+  data = (x_tr, y_tr, x_te, mean, std, target, train_target, sigma2)
+  for name, factory in {"lstm": jaxrnn.lstm, "gru": jaxrnn.gru}.items():
+    results[name], curves[name] = rnn_forecasts(name, factory, args, data)
   results.update(
     train_years=[1700, 1920],
     test_years=[1921, 1955],
@@ -134,6 +124,11 @@ def run(args) -> dict:
     literature_test_arv={"Weigend et al. 1990 network": 0.086, "Tong & Lim TAR": 0.097},
     forecasts_first_seed=curves,
   )
+  report(results, args)
+  return results
+
+
+def report(results, args) -> None:
   print(
     f"Sunspots, one-step forecasts of 1921-1955 from {LAGS} lags; H={args.hidden}, "
     f"{args.steps} full-batch Adam steps (lr {args.lr}), mean of {args.seeds} seeds."
@@ -148,48 +143,49 @@ def run(args) -> dict:
       "  note: the LSTM fits the training years better than the AR(9) but forecasts worse:"
       " it overfits 209 examples (no early stopping or regularisation here)."
     )
-  checks = [
-    common.check(
+
+
+def checks(results, args) -> list[dict]:
+  """The LSTM's test RMSE within 10% of the AR(9)'s."""
+  lstm, gru, ar = results["lstm"], results["gru"], results["ar9"]
+  return [
+    harness.check(
       "sunspots 1921-1955: test RMSE, LSTM (ours) vs AR(9) (reference)",
-      results["lstm"]["rmse"],
-      results["ar9"]["rmse"],
+      lstm["rmse"],
+      ar["rmse"],
       "statsmodels AutoReg(9) fitted on 1700-1920 in the same run",
-      results["lstm"]["rmse"] <= 1.1 * results["ar9"]["rmse"],
+      lstm["rmse"] <= 1.1 * ar["rmse"],
       "LSTM RMSE <= 1.1 x AR(9) RMSE",
-      f"GRU {results['gru']['rmse']:.2f}; train RMSE LSTM {results['lstm']['train_rmse']:.2f}, "
-      f"GRU {results['gru']['train_rmse']:.2f}, AR(9) {results['ar9']['train_rmse']:.2f}; "
-      f"test ARV LSTM {results['lstm']['arv']:.3f}, AR(9) {results['ar9']['arv']:.3f}",
+      f"GRU {gru['rmse']:.2f}; train RMSE LSTM {lstm['train_rmse']:.2f}, "
+      f"GRU {gru['train_rmse']:.2f}, AR(9) {ar['train_rmse']:.2f}; "
+      f"test ARV LSTM {lstm['arv']:.3f}, AR(9) {ar['arv']:.3f}",
     )
   ]
-  return common.finish(NAME, args, results, checks, started, _figure(curves, results))
 
 
-def _figure(curves, results):
-  plt = common.pyplot()
-  if plt is None:
-    return None
-  fig, ax = plt.subplots(figsize=(7, 3.8))
+def figure(plt, results, args):
+  curves = results["forecasts_first_seed"]
+  fig, ax = harness.axes(
+    plt, (7, 3.8), "year", "sunspot number", "One-step forecasts, test years 1921-1955 (first seed)"
+  )
   ax.plot(curves["years"], curves["actual"], "k.-", label="actual")
   for name in ("ar9", "lstm", "gru"):
     label = f"{name} (RMSE {results[name]['rmse']:.1f})"
     ax.plot(curves["years"], curves[name], label=label)
-  ax.set_xlabel("year")
-  ax.set_ylabel("sunspot number")
-  ax.set_title("One-step forecasts, test years 1921-1955 (first seed)")
   ax.legend(fontsize=8)
   return fig
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--hidden", type=int, default=16, help="H")
-  p.add_argument("--steps", type=int, default=1000, help="full-batch Adam steps")
-  p.add_argument("--lr", type=float, default=3e-3)
-  p.add_argument("--seeds", type=int, default=5, help="initialisations averaged")
-  args = p.parse_args(argv)
-  if args.quick:
-    args.steps, args.seeds, args.hidden = 100, 1, 8
-  return run(args)
+FLAGS = {
+  "hidden": harness.flag(16, "H"),
+  "steps": harness.flag(1000, "full-batch Adam steps"),
+  "lr": harness.flag(3e-3, "Adam learning rate"),
+  "seeds": harness.flag(5, "initialisations averaged"),
+}
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=100, seeds=1, hidden=8), figure)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ at most 1-NN Euclidean's.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 import jaxrnn
-from experiments import common
+from experiments import harness, training
 
 NAME = "ucr"
 DATASETS = {
@@ -49,8 +47,7 @@ def one_nn_error(x_tr, y_tr, x_te, y_te):
 
 
 def run(args) -> dict:
-  started = time.perf_counter()
-  results, checks = {}, []
+  results = {}
   print(
     f"UCR: LSTM H={args.hidden}, {args.steps} full-batch Adam steps (lr {args.lr}), "
     f"seed {args.seed}. Test error:"
@@ -59,20 +56,8 @@ def run(args) -> dict:
   for name in args.datasets:
     x_tr, y_tr, x_te, y_te, n_classes = load(name)
     nn = one_nn_error(x_tr, y_tr, x_te, y_te)
-    predict = common.train_readout(
-      jaxrnn.lstm(args.hidden),
-      x_tr,
-      y_tr,
-      num_outputs=n_classes,
-      classify=True,
-      steps=args.steps,
-      lr=args.lr,
-      batch=None,
-      seed=args.seed,
-      args=args,
-      experiment=NAME,
-      run=f"lstm-{name}",
-    )
+    cell, run = jaxrnn.lstm(args.hidden), f"lstm-{name}"
+    predict = training.train_readout(cell, x_tr, y_tr, args, NAME, run, classes=n_classes)
     err = float(np.mean(np.argmax(predict(x_te), axis=-1) != y_te))
     results[name] = {
       "lstm_error": err,
@@ -83,45 +68,45 @@ def run(args) -> dict:
       "length": int(x_tr.shape[1]),
     }
     print(f"  {name:<20}{err:>8.3f}{nn:>10.3f}{DATASETS[name][1]:>20.3f}")
-    checks.append(
-      common.check(
-        f"UCR {name}: test error, LSTM (ours) vs 1-NN Euclidean (reference)",
-        err,
-        nn,
-        f"1-NN Euclidean on the archive's split, same run (UCR archive: {DATASETS[name][1]})",
-        err <= nn,
-        "LSTM error <= 1-NN Euclidean error",
-      )
+  return results
+
+
+def checks(results, args) -> list[dict]:
+  """Per data set: the LSTM's test error at most 1-NN Euclidean's."""
+  return [
+    harness.check(
+      f"UCR {name}: test error, LSTM (ours) vs 1-NN Euclidean (reference)",
+      r["lstm_error"],
+      r["one_nn_euclidean_error"],
+      f"1-NN Euclidean on the archive's split, same run (UCR archive: {DATASETS[name][1]})",
+      r["lstm_error"] <= r["one_nn_euclidean_error"],
+      "LSTM error <= 1-NN Euclidean error",
     )
-  return common.finish(NAME, args, results, checks, started, _figure(results))
+    for name, r in results.items()
+  ]
 
 
-def _figure(results):
-  plt = common.pyplot()
-  if plt is None:
-    return None
-  fig, ax = plt.subplots(figsize=(5, 3.5))
+def figure(plt, results, args):
+  fig, ax = harness.axes(plt, (5, 3.5), "", "test error", "UCR classification: lower is better")
   names = list(results)
   pos = np.arange(len(names))
   ax.bar(pos - 0.2, [results[n]["lstm_error"] for n in names], 0.4, label="LSTM")
   ax.bar(pos + 0.2, [results[n]["one_nn_euclidean_error"] for n in names], 0.4, label="1-NN ED")
   ax.set_xticks(pos, names)
-  ax.set_ylabel("test error")
-  ax.set_title("UCR classification: lower is better")
   ax.legend(fontsize=8)
   return fig
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-  p.add_argument("--hidden", type=int, default=64, help="H")
-  p.add_argument("--steps", type=int, default=1000, help="full-batch Adam steps")
-  p.add_argument("--lr", type=float, default=3e-3)
-  args = p.parse_args(argv)
-  if args.quick:
-    args.steps, args.hidden = 60, 16
-  return run(args)
+FLAGS = {
+  "datasets": harness.flag(list(DATASETS), "UCR data sets", choices=list(DATASETS)),
+  "hidden": harness.flag(64, "H"),
+  "steps": harness.flag(1000, "full-batch Adam steps"),
+  "lr": harness.flag(3e-3, "Adam learning rate"),
+}
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=60, hidden=16), figure)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -28,18 +28,18 @@ underflow float32, and is checked against `jax.jacrev` of the k-step rollout.
 from __future__ import annotations
 
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxrnn
-from experiments import common
+from experiments import harness
 
 NAME = "vanishing"
 LAMBDAS = (0.5, 0.9, 1.0, 1.5, 3.0)
 FORGET_BIASES = (0.0, 1.0, 3.0)
+TO_LOG10 = 1.0 / math.log(10.0)
 
 
 def _log_norms(jacobians: jax.Array, rows: slice, cols: slice) -> jax.Array:
@@ -109,71 +109,93 @@ def rescale(params, lam):
   return params._replace(w_hh=params.w_hh * (lam / sigma))
 
 
-def run(args) -> dict:
-  started = time.perf_counter()
-  key = jax.random.key(args.seed)
-  k_x, k_rnn, k_lstm = jax.random.split(key, 3)
-  xs = jax.random.normal(k_x, (args.trials, args.length, args.input_size))
-  lags = np.arange(1, args.length + 1)
-  to_log10 = 1.0 / math.log(10.0)
+def _chain_rule_error(cell, params, xs, before, log10, length) -> float:
+  """|log10 norm at lag k| of the chain-rule product minus `jax.jacrev`'s, k = min(10, T)."""
+  k = min(10, length)
+  direct = direct_log_norm(cell, params, xs[0], before[0], k) * TO_LOG10
+  return abs(direct - float(log10[0, k - 1]))
 
-  tanh, worst_ratio, chain_err = {}, -np.inf, 0.0
-  # cells are static arguments: one compilation per cell family, parameters are traced
-  measure_all = jax.jit(jax.vmap(measure, in_axes=(None, None, 0)), static_argnums=0)
+
+def tanh_norms(args, measure_all, xs, key) -> tuple[dict, float]:
+  """Per lambda: the measured log10 norms beside the bound; and the chain-rule check's error."""
+  lags = np.arange(1, args.length + 1)
+  tanh, chain_err = {}, 0.0
   cell = jaxrnn.elman(args.hidden)
   for lam in LAMBDAS:
-    params = rescale(cell.init(jax.random.fold_in(k_rnn, int(lam * 1000)), args.input_size), lam)
+    params = rescale(cell.init(jax.random.fold_in(key, int(lam * 1000)), args.input_size), lam)
     logs, before = measure_all(cell, params, xs)
-    log10 = np.asarray(logs, np.float64) * to_log10  # (trials, T)
+    log10 = np.asarray(logs, np.float64) * TO_LOG10  # (trials, T)
     bound = lags * math.log10(lam)
     excess = log10 - bound[None, :]  # log10(measured / bound) <= 0 if the bound holds
-    worst_ratio = max(worst_ratio, float(excess.max()))
     if lam == 1.0:  # one independent check of the chain-rule product per cell family
-      k = min(10, args.length)
-      direct = direct_log_norm(cell, params, xs[0], before[0], k) * to_log10
-      chain_err = max(chain_err, abs(direct - float(log10[0, k - 1])))
+      chain_err = _chain_rule_error(cell, params, xs, before, log10, args.length)
     tanh[str(lam)] = {
       "log10_norm_mean": log10.mean(0).tolist(),
       "log10_bound": bound.tolist(),
       "max_log10_measured_over_bound": float(excess.max()),
       "log10_norm_at_T": float(log10[:, -1].mean()),
     }
+  return tanh, chain_err
 
-  lstm, per_step = {}, {}
+
+def lstm_norms(args, measure_all, xs, key) -> tuple[dict, float]:
+  """Per forget bias: the log10 norms of dc_T/dc_{T-k}, their fitted per-step decay."""
+  lags = np.arange(1, args.length + 1)
+  lstm, chain_err = {}, 0.0
   cell = jaxrnn.lstm(args.hidden)  # its step does not depend on forget_bias: init adds it
   for fb in FORGET_BIASES:
     init = jaxrnn.lstm(args.hidden, forget_bias=fb).init
-    params = init(jax.random.fold_in(k_lstm, int(fb * 1000)), args.input_size)
+    params = init(jax.random.fold_in(key, int(fb * 1000)), args.input_size)
     logs, before = measure_all(cell, params, xs)
-    log10 = np.asarray(logs, np.float64) * to_log10
+    log10 = np.asarray(logs, np.float64) * TO_LOG10
     if fb == 1.0:
-      k = min(10, args.length)
-      direct = direct_log_norm(cell, params, xs[0], before[0], k) * to_log10
-      chain_err = max(chain_err, abs(direct - float(log10[0, k - 1])))
+      chain_err = _chain_rule_error(cell, params, xs, before, log10, args.length)
     slope = float(np.polyfit(lags, log10.mean(0), 1)[0])
-    per_step[fb] = 10.0**slope
     lstm[str(fb)] = {
       "log10_norm_mean": log10.mean(0).tolist(),
       "log10_norm_min_over_trials": log10.min(0).tolist(),
       "log10_norm_max_over_trials": log10.max(0).tolist(),
-      "fitted_decay_per_step": per_step[fb],
+      "fitted_decay_per_step": 10.0**slope,
       "sigmoid_forget_bias": 1.0 / (1.0 + math.exp(-fb)),
       "log10_norm_at_T": float(log10[:, -1].mean()),
     }
+  return lstm, chain_err
 
-  tolerance = math.log10(1.0 + 1e-4)
+
+def run(args) -> dict:
+  k_x, k_rnn, k_lstm = jax.random.split(jax.random.key(args.seed), 3)
+  xs = jax.random.normal(k_x, (args.trials, args.length, args.input_size))
+  # cells are static arguments: one compilation per cell family, parameters are traced
+  measure_all = jax.jit(jax.vmap(measure, in_axes=(None, None, 0)), static_argnums=0)
+  tanh, tanh_err = tanh_norms(args, measure_all, xs, k_rnn)
+  lstm, lstm_err = lstm_norms(args, measure_all, xs, k_lstm)
+  results = {
+    "tanh": tanh,
+    "lstm": lstm,
+    "lags": list(range(1, args.length + 1)),
+    "chain_rule_vs_jacrev_max_abs_log10_diff": max(tanh_err, lstm_err),
+  }
+  report(results, args)
+  return results
+
+
+def checks(results, args) -> list[dict]:
+  """The Pascanu et al. bound for the tanh RNNs; forget bias 1 decaying slower than 0."""
+  worst_ratio = max(r["max_log10_measured_over_bound"] for r in results["tanh"].values())
+  lstm = results["lstm"]
+  per_step = {fb: lstm[str(fb)]["fitted_decay_per_step"] for fb in (0.0, 1.0)}
   b1 = np.asarray(lstm["1.0"]["log10_norm_min_over_trials"])
   b0 = np.asarray(lstm["0.0"]["log10_norm_max_over_trials"])
-  checks = [
-    common.check(
+  return [
+    harness.check(
       "tanh RNN: max over lambda, trials, k of ||dh_T/dh_{T-k}|| / lambda^k",
       10.0**worst_ratio,
       1.0,
       "Pascanu, Mikolov & Bengio 2013, sec. 2.1 (bound (lambda_1 gamma)^k, gamma=1 for tanh)",
-      worst_ratio <= tolerance,
+      worst_ratio <= math.log10(1.0 + 1e-4),
       "every measurement <= lambda^k (operator 2-norm), up to relative 1e-4",
     ),
-    common.check(
+    harness.check(
       "LSTM per-step decay of ||dc_T/dc_{T-k}||: forget bias 1 (ours) vs 0 (reference)",
       per_step[1.0],
       per_step[0.0],
@@ -182,12 +204,10 @@ def run(args) -> dict:
       "bias 1 norm > bias 0 norm at every lag k=1..T (every trial) and a larger decay factor",
     ),
   ]
-  results = {
-    "tanh": tanh,
-    "lstm": lstm,
-    "lags": lags.tolist(),
-    "chain_rule_vs_jacrev_max_abs_log10_diff": chain_err,
-  }
+
+
+def report(results, args) -> None:
+  tanh, lstm = results["tanh"], results["lstm"]
   print(
     f"Vanishing gradients at init: T={args.length}, H={args.hidden}, {args.trials} input "
     f"sequences x ~ N(0, 1)^{args.input_size}."
@@ -203,14 +223,11 @@ def run(args) -> dict:
       f"  {fb:<22}{r['log10_norm_at_T']:>22.2f}{r['fitted_decay_per_step']:>14.3f}"
       f"{r['sigmoid_forget_bias']:>12.3f}"
     )
-  print(f"  chain-rule product vs jax.jacrev of the rollout: max |diff| {chain_err:.1e} (log10)")
-  return common.finish(NAME, args, results, checks, started, _figure(results, args))
+  err = results["chain_rule_vs_jacrev_max_abs_log10_diff"]
+  print(f"  chain-rule product vs jax.jacrev of the rollout: max |diff| {err:.1e} (log10)")
 
 
-def _figure(results, args):
-  plt = common.pyplot()
-  if plt is None:
-    return None
+def figure(plt, results, args):
   lags = np.asarray(results["lags"])
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
   for i, lam in enumerate(LAMBDAS):
@@ -235,16 +252,17 @@ def _figure(results, args):
   return fig
 
 
-def main(argv=None) -> dict:
-  p = common.parser(NAME, __doc__)
-  p.add_argument("--length", type=int, default=200, help="T")
-  p.add_argument("--hidden", type=int, default=64, help="H")
-  p.add_argument("--input-size", type=int, default=1)
-  p.add_argument("--trials", type=int, default=8, help="input sequences per setting")
-  args = p.parse_args(argv)
-  if args.quick:
-    args.length, args.hidden, args.trials = 40, 16, 2
-  return run(args)
+QUICK = dict(length=40, hidden=16, trials=2)
+FLAGS = {
+  "length": harness.flag(200, "T"),
+  "hidden": harness.flag(64, "H"),
+  "input_size": harness.flag(1, "I (inputs x ~ N(0, 1))"),
+  "trials": harness.flag(8, "input sequences per setting"),
+}
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
+
+
+main = SPEC.main
 
 
 if __name__ == "__main__":

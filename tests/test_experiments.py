@@ -13,8 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import adding, charlm, copy, default, digits, sunspots, ucr, vanishing
+from experiments import adding, charlm, copy, default, digits, harness, sunspots, ucr, vanishing
 from experiments import all as run_all
+
+EXPERIMENTS = (vanishing, adding, copy, sunspots, digits, charlm, ucr, default)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +37,27 @@ def _run(module, tmp_path, *extra):
   )
   assert on_disk["passed"] == record["passed"]
   return on_disk
+
+
+@pytest.mark.parametrize("module", EXPERIMENTS, ids=lambda m: m.NAME)
+def test_every_experiment_is_a_spec_whose_quick_sizes_are_its_flags(module, capsys):
+  spec = module.SPEC
+  assert spec.name == module.NAME and module.main == spec.main
+  full, quick = harness.parse(spec, []), harness.parse(spec, ["--quick", "--seed", "3"])
+  assert quick.quick and quick.seed == 3 and not full.quick
+  for dest, value in spec.quick.items():
+    assert hasattr(full, dest) and getattr(quick, dest) == value
+  with pytest.raises(SystemExit):
+    harness.parse(spec, ["--help"])
+  assert "--quick" in capsys.readouterr().out
+
+
+def test_harness_table_and_flags():
+  lines = harness.md_table(("norm", "n"), [("||x||", 1234), ("y", 0.5)], align="lr")
+  assert lines == ["| norm | n |", "|---|---:|", "| \\|\\|x\\|\\| | 1,234 |", "| y | 0.5 |"]
+  p = harness.parser("x", None, {"lengths": [1, 2], "lr": 0.1, "flag": False})
+  args = p.parse_args(["--lengths", "3", "4", "--lr", "0.5", "--flag"])
+  assert args.lengths == [3, 4] and args.lr == 0.5 and args.flag is True
 
 
 def test_vanishing_obeys_the_bound(tmp_path):
