@@ -45,6 +45,7 @@ import numpy as np
 from jax import lax
 
 import jaxrnn
+from experiments import bench_streaming
 from experiments.timing import Timings, interleaved, markdown_table, provenance
 from jaxrnn.scan import default_unroll, remat_chunk
 
@@ -520,16 +521,8 @@ def _remat(a):
 
 
 def _streaming(a):
-  from experiments.bench_streaming import streaming_latency
-
   repeats = 20 if a.quick else 2000
-  return streaming_latency((8,) if a.quick else (128, 512), repeats), repeats
-
-
-def _streaming_markdown(rows):
-  from experiments.bench_streaming import table
-
-  return table(rows)
+  return bench_streaming.streaming_latency((8,) if a.quick else (128, 512), repeats), repeats
 
 
 SECTIONS = {
@@ -539,7 +532,7 @@ SECTIONS = {
     lambda a: (unroll_table(a.rounds, a.quick), a.rounds), lambda r: r.get("config", "M"), None
   ),
   "remat": Section(_remat, lambda r: (r["T"], r["B"], r["H"], r["I"]), remat_markdown),
-  "streaming": Section(_streaming, lambda r: r["hidden_size"], _streaming_markdown),
+  "streaming": Section(_streaming, lambda r: r["hidden_size"], bench_streaming.table),
 }
 
 
@@ -576,15 +569,18 @@ def load_previous(path: Path, *, quick: bool) -> dict[str, list[dict]]:
   header.update(jax=m.get("jax"), torch=m.get("torch"), rounds=saved.get("rounds"), date=None)
   sections = {}
   for name in SECTIONS:
-    rows = [
-      r if "provenance" in r else {**r, "provenance": header | {"inferred": True}}
-      for r in saved.get(name, [])
-    ]
+    rows = [r if "provenance" in r else _with_header(r, header) for r in saved.get(name, [])]
     measured = [r for r in rows if not r["provenance"].get("quick")]
     if quick and measured:
       raise ValueError(f"{path} holds {name} rows of a full run: a --quick run keeps out of it")
     sections[name] = rows if quick else measured
   return {k: v for k, v in sections.items() if v}
+
+
+def _with_header(row: dict, header: dict) -> dict:
+  """A row saved before provenance, with its file's header (a streaming row has its repeats)."""
+  rounds = row.get("repeats", header["rounds"])
+  return {**row, "provenance": header | dict(rounds=rounds, inferred=True)}
 
 
 def merge_rows(old: list[dict], new: list[dict], key: Callable[[dict], Hashable]) -> list[dict]:
@@ -618,8 +614,9 @@ def provenance_markdown(result: dict[str, list[dict]]) -> str:
   for p, counts in groups.items():
     p = json.loads(p)
     what = ", ".join(f"{n} ({k} rows)" for n, k in counts.items())
-    date = p.get("date") or "date not recorded (rows saved before per-row provenance)"
+    date = p.get("date") or "undated"
     quick = ", QUICK smoke run" if p.get("quick") else ""
+    quick += ", inferred from an old file's header" if p.get("inferred") else ""
     lines.append(
       f"- {what}: {p.get('processor')}, {p.get('cpus')} CPUs, {p.get('backend')}, jax "
       f"{p.get('jax')}, torch {p.get('torch')}, {p.get('rounds')} rounds, {date}{quick}"
