@@ -16,11 +16,11 @@ hidden size H (input size I = H), in one process:
 - ``dispatch_floor``: a jitted ``x + 1`` on a ``(1, 4)`` array, the least a jax call
   costs here.
 
-Each is warmed up, then timed in interleaved rounds (each round times every variant once,
-in a shuffled order, so the machine's load drifts over all of them alike and none always
-runs right after torch), each call
-blocked on until its output is ready; the median over rounds is reported, in ms per
-step, with the ratio of the AOT step to torch.
+Each is warmed up, then timed by `experiments.timing.interleaved` (the timer every
+benchmark section shares: each round times every variant once, in a shuffled order, each
+call blocked on until its output is ready). Reported: the median over rounds in ms per
+step, and the ratio of the AOT (and the jit) step to torch, the median over rounds of
+that round's ratio.
 
 On CPU, jax dispatches a computation it does not deem cheap to a worker thread; the
 hand-off costs tens of microseconds at B=1. ``jax.config.update(
@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxrnn
+from experiments.timing import Timings, cpu_model, interleaved, markdown_table, provenance
 
 VARIANTS = ("jaxrnn_jit", "jaxrnn_aot", "jaxrnn_numpy_io", "torch", "dispatch_floor")
 
@@ -136,7 +134,6 @@ def streaming_latency(
     raise ValueError(f"hidden_sizes={hidden_sizes!r}: expected positive ints.")
   if repeats < 1 or warmup < 0:
     raise ValueError(f"repeats={repeats}, warmup={warmup}: expected repeats >= 1, warmup >= 0.")
-  rows = []
   threads_before = torch.get_num_threads()
   if torch_threads is not None:
     torch.set_num_threads(torch_threads)
@@ -153,43 +150,38 @@ def _measure(hidden_sizes, repeats, warmup, seed):
   rows = []
   with torch.inference_mode():
     for h in hidden_sizes:
-      fns = _variants(int(h), int(h), seed)
-      names = list(fns)
-      for _ in range(warmup):
-        for fn in fns.values():
-          fn()
-      times: dict[str, list[float]] = {k: [] for k in names}
-      order = np.random.default_rng(seed)
-      for _ in range(repeats):
-        for i in order.permutation(len(names)):
-          name = names[i]
-          t0 = time.perf_counter()
-          fns[name]()
-          times[name].append(time.perf_counter() - t0)
-      row: dict[str, Any] = dict(hidden_size=int(h), input_size=int(h), batch_size=1)
-      for k in names:
-        row[f"{k}_ms"] = statistics.median(times[k]) * 1e3
-      row["ratio_to_torch"] = row["jaxrnn_aot_ms"] / row["torch_ms"]
-      row["jit_ratio_to_torch"] = row["jaxrnn_jit_ms"] / row["torch_ms"]
-      row.update(
-        repeats=repeats,
-        cpu_async_dispatch=bool(jax.config.values["jax_cpu_enable_async_dispatch"]),
-        torch_threads=torch.get_num_threads(),
-        backend=jax.default_backend(),
-      )
-      rows.append(row)
+      timings = interleaved(_variants(int(h), int(h), seed), repeats, warmup=warmup, seed=seed)
+      rows.append(latency_row(int(h), timings))
   return rows
+
+
+def latency_row(hidden_size: int, timings: Timings) -> dict[str, Any]:
+  """One row of `streaming_latency` from the per-round seconds of every variant."""
+  import torch
+
+  row: dict[str, Any] = dict(hidden_size=hidden_size, input_size=hidden_size, batch_size=1)
+  for k in VARIANTS:
+    row[f"{k}_ms"] = timings.median(k) * 1e3
+  row["ratio_to_torch"] = timings.ratio("jaxrnn_aot", "torch")
+  row["jit_ratio_to_torch"] = timings.ratio("jaxrnn_jit", "torch")
+  row.update(
+    repeats=len(timings.seconds["torch"]),
+    cpu_async_dispatch=bool(jax.config.values["jax_cpu_enable_async_dispatch"]),
+    torch_threads=torch.get_num_threads(),
+    backend=jax.default_backend(),
+  )
+  return row
 
 
 def table(rows: list[dict[str, Any]]) -> str:
   """The rows as a markdown table."""
   head = ["H", *(f"{v} ms" for v in VARIANTS), "aot / torch", "jit / torch"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-  for r in rows:
-    cells = [str(r["hidden_size"]), *(f"{r[f'{v}_ms']:.4f}" for v in VARIANTS)]
-    cells += [f"{r['ratio_to_torch']:.2f}", f"{r['jit_ratio_to_torch']:.2f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  body = [
+    [r["hidden_size"], *(f"{r[f'{v}_ms']:.4f}" for v in VARIANTS)]
+    + [f"{r['ratio_to_torch']:.2f}", f"{r['jit_ratio_to_torch']:.2f}"]
+    for r in rows
+  ]
+  return markdown_table(head, body, "r" * len(head))
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -210,9 +202,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     jax.config.update("jax_cpu_enable_async_dispatch", False)  # before jax runs anything
   sizes, repeats = ([8], 100) if args.quick else (args.hidden_sizes, args.repeats)
   rows = streaming_latency(sizes, repeats, seed=args.seed)
+  for row in rows:
+    row["provenance"] = provenance(repeats, quick=args.quick)
   print(
     f"Streaming LSTM step, B=1, I=H, median of {repeats} interleaved rounds; "
-    f"{platform.processor() or platform.machine()}, jax {jax.__version__} "
+    f"{cpu_model()}, jax {jax.__version__} "
     f"({jax.default_backend()}, async dispatch {rows[0]['cpu_async_dispatch']}), "
     f"torch threads {rows[0]['torch_threads']}"
   )

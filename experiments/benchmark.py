@@ -1,15 +1,30 @@
 """`make bench`: jaxrnn against PyTorch, flax, equinox and haiku, side by side in one process.
 
-For LSTM and GRU, configs S (B=1, T=512, I=32, H=128), M (B=32, T=128, I=128, H=256)
-and L (B=64, T=256, I=256, H=512), forward and forward+backward (the gradient of the
-summed outputs with respect to the params and the inputs). Every implementation is
-compiled (or warmed up) first, then timed in interleaved rounds: round r times each
-implementation once, so that the machine's load drifts over all of them alike. The
-median over rounds is reported, with the ratio to PyTorch and to the best JAX peer, and
-the GFLOP/s as a fraction of a large float32 matmul's GFLOP/s (the practical ceiling of
-this machine), which is timed in the same interleaved rounds as the rows it divides.
+A set of sections, each timed by the one shared timer `experiments.timing.interleaved`
+(every variant is compiled or warmed up first, then each round times every variant once,
+in a shuffled order, so that the machine's load drifts over all of them alike; a time is
+the median over rounds, a ratio the median over rounds of that round's ratio):
 
-Writes results/benchmark.json and results/benchmark.png.
+- ``speed``: LSTM and GRU at S (B=1, T=512, I=32, H=128), M (B=32, T=128, I=128, H=256)
+  and L (B=64, T=256, I=256, H=512), forward and forward+backward (the gradient of the
+  summed outputs with respect to the params and the inputs), with the ratio to PyTorch
+  and to the best JAX peer, and the GFLOP/s as a fraction of a 2048x2048 float32
+  matmul's (the practical ceiling), timed in the same rounds as the rows it divides;
+- ``breakdown``: where the time of jaxrnn's LSTM goes (forward, backward, their matmuls);
+- ``unroll``: the LSTM on M for several ``unroll`` factors (evidence for the default);
+- ``remat``: peak memory and time of the LSTM gradient with and without ``remat``;
+- ``streaming``: one `jaxrnn.stream` step at B=1 (see `experiments.bench_streaming`).
+
+Writes OUT/benchmark.json, OUT/benchmark.md and OUT/benchmark.png (OUT is ``results/``
+by default). Every row carries its own ``provenance`` (CPU model, CPU count, backend,
+jax and torch versions, rounds, date, quick or not). A run merges into OUT's
+benchmark.json: rows it measures replace the rows with the same key (a speed group, a
+breakdown or unroll config, a remat length, a streaming hidden size), every other row
+keeps its numbers and its provenance (``--fresh`` starts from nothing); ``--skip`` leaves
+whole sections as they were. ``--quick`` is a seconds-long smoke run at tiny sizes: it
+writes to a new temporary folder unless ``--out`` names one, and refuses ``results/``
+and any folder whose benchmark.json holds rows of a full run, so that a quick run never
+overwrites or mixes into measured numbers.
 """
 
 from __future__ import annotations
@@ -17,12 +32,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
-import time
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +45,8 @@ import numpy as np
 from jax import lax
 
 import jaxrnn
+from experiments import bench_streaming
+from experiments.timing import Timings, interleaved, markdown_table, provenance
 from jaxrnn.scan import default_unroll, remat_chunk
 
 CONFIGS = {
@@ -37,8 +54,9 @@ CONFIGS = {
   "M": dict(B=32, T=128, I=128, H=256),
   "L": dict(B=64, T=256, I=256, H=512),
 }
-TINY = {"tiny": dict(B=2, T=8, I=4, H=8)}
+QUICK = {"quick": dict(B=2, T=8, I=4, H=8)}
 GATES = {"lstm": 4, "gru": 3}
+DEFAULT_OUT = "results"
 
 
 def flops(kind: str, B: int, T: int, I: int, H: int) -> float:
@@ -155,6 +173,7 @@ def build_torch(kind, mode, cfg, seed=0):
 
 
 CEILING_N = 2048
+CEILING_FLOPS = 2.0 * CEILING_N**3
 
 
 @functools.cache
@@ -170,134 +189,117 @@ def ceiling_run(n: int = CEILING_N) -> Callable:
   return run
 
 
-def with_ceiling(runs: dict[str, Callable], rounds: int) -> tuple[dict[str, float], float]:
-  """`interleaved` medians of ``runs``, and the matmul ceiling (GFLOP/s) timed in the same rounds.
+def with_ceiling(runs: dict[str, Callable], rounds: int) -> Timings:
+  """`interleaved` timings of ``runs`` and of the matmul ceiling (as ``"_ceiling"``).
 
   The machine is shared: its speed drifts by 30% and more within one benchmark, so a
   ceiling measured once at the start can be 'exceeded' by a later row. Timing the
   ceiling in every group's rounds keeps each percentage a ratio of two numbers
   measured under the same load.
   """
-  med = interleaved({**runs, "_ceiling": ceiling_run()}, rounds)
-  return med, 2.0 * CEILING_N**3 / med.pop("_ceiling") / 1e9
+  return interleaved({**runs, "_ceiling": ceiling_run()}, rounds)
 
 
-def interleaved(runs: dict[str, Callable], rounds: int, seed: int = 0) -> dict[str, float]:
-  """Median seconds per call of each callable, timed in interleaved rounds.
+def rate_fields(timings: Timings, name: Hashable, fl: float) -> dict[str, float]:
+  """``ms``, ``gflops``, ``ceiling_gflops`` and ``ceiling_fraction`` of ``name`` (``fl`` FLOPs).
 
-  The order within each round is shuffled: PyTorch's OpenMP threads keep spinning for a
-  while after a parallel region, which slows whatever runs right after it, so a fixed
-  order would charge that to one implementation.
+  ``ceiling_fraction`` is the median over rounds of that round's GFLOP/s over the
+  ceiling's, i.e. ``fl / CEILING_FLOPS`` times the per-round time ratio ceiling / row.
   """
-  times = {k: [] for k in runs}
-  rng = np.random.default_rng(seed)
-  keys = list(runs)
-  for _ in range(rounds):
-    for i in rng.permutation(len(keys)):
-      k, run = keys[i], runs[keys[i]]
-      t0 = time.perf_counter()
-      run()
-      times[k].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in times.items()}
+  sec = timings.median(name)
+  return dict(
+    ms=sec * 1e3,
+    gflops=fl / sec / 1e9,
+    ceiling_gflops=CEILING_FLOPS / timings.median("_ceiling") / 1e9,
+    ceiling_fraction=fl / CEILING_FLOPS * timings.ratio("_ceiling", name),
+  )
+
+
+def _time_one(f, *args) -> Callable[[], Any]:
+  """A zero-argument call of ``f(*args)`` that blocks on its result, called once (compiled)."""
+  run = lambda: jax.block_until_ready(f(*args))  # noqa: E731
+  run()
+  return run
+
+
+# ----------------------------------------------------------------------------- speed
 
 
 def speed_table(configs, kinds, modes, rounds, peers):
+  """One group of rows per (kind, config, mode): every implementation timed together."""
   rows = []
   for kind in kinds:
     for cname, cfg in configs.items():
       for mode in modes:
         runs = {name: build_jax(name, kind, mode, cfg) for name in ["jaxrnn", *peers]}
         runs["torch"] = build_torch(kind, mode, cfg)
-        med, ceiling = with_ceiling(runs, rounds)
-        fl = flops(kind, **cfg) * (1 if mode == "fwd" else 3)
-        best_peer = min(peers, key=lambda p: med[p]) if peers else None
-        for name, sec in med.items():
-          row = dict(
-            kind=kind,
-            config=cname,
-            mode=mode,
-            impl=name,
-            ms=sec * 1e3,
-            vs_torch=sec / med["torch"],
-            vs_best_jax_peer=(sec / med[best_peer]) if best_peer else None,
-            best_jax_peer=best_peer,
-            gflops=fl / sec / 1e9,
-            ceiling_gflops=ceiling,
-            ceiling_fraction=fl / sec / 1e9 / ceiling,
-            **cfg,
-          )
-          rows.append(row)
-        line = "  ".join(f"{n}={med[n] * 1e3:8.2f}" for n in med)
+        group = speed_rows(kind, cname, mode, cfg, with_ceiling(runs, rounds), peers)
+        line = "  ".join(f"{r['impl']}={r['ms']:8.2f}" for r in group)
+        ceiling = group[0]["ceiling_gflops"]
         print(f"{kind:4} {cname} {mode:7} ms: {line}  (ceiling {ceiling:.0f} GFLOP/s)", flush=True)
+        rows += group
   return rows
 
 
-def unroll_table(rounds: int, tiny: bool):
-  """Evidence for `jaxrnn.scan`'s per-backend default: LSTM on M for several unroll factors."""
-  cfg = TINY["tiny"] if tiny else CONFIGS["M"]
-  B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
-  cell = jaxrnn.lstm(H)
-  params = cell.init(jax.random.key(0), I)
-  xs = jax.random.normal(jax.random.key(1), (B, T, I))
-  runs = {}
-  for u in (1, 4) if tiny else (1, 2, 4, 8):
-    fwd = jax.jit(lambda p, x, u=u: jaxrnn.scan(cell, p, x, unroll=u)[1])
-    grad = jax.jit(
-      jax.grad(lambda p, x, u=u: jnp.sum(jaxrnn.scan(cell, p, x, unroll=u)[1]), argnums=(0, 1))
-    )
-    for mode, f in (("fwd", fwd), ("fwd+bwd", grad)):
-      run = lambda f=f: jax.block_until_ready(f(params, xs))  # noqa: E731
-      run()
-      runs[(u, mode)] = run
-  med = interleaved(runs, rounds)
-  rows = [dict(unroll=u, mode=m, ms=sec * 1e3) for (u, m), sec in med.items()]
-  for r in rows:
-    r["vs_unroll_1"] = r["ms"] / next(
-      q["ms"] for q in rows if q["unroll"] == 1 and q["mode"] == r["mode"]
-    )
-    print(f"unroll={r['unroll']} {r['mode']:7} {r['ms']:8.2f} ms  {r['vs_unroll_1']:.2f}x")
-  return rows
-
-
-def remat_table(lengths, B, H, I, reps):
-  """Peak memory (XLA's buffer assignment) and time of the LSTM gradient, with and without remat."""
-  cell = jaxrnn.lstm(H)
-  params = cell.init(jax.random.key(0), I)
+def speed_rows(kind, cname, mode, cfg, timings: Timings, peers) -> list[dict]:
+  """The rows of one speed group from its timings (``"torch"``, peers, ``"_ceiling"``...)."""
+  fl = flops(kind, **cfg) * (1 if mode == "fwd" else 3)
+  best_peer = min(peers, key=timings.median) if peers else None
   rows = []
-  for T in lengths:
-    xs = jax.random.normal(jax.random.key(1), (B, T, I))
-    runs, mem = {}, {}
-    for remat in (None, True):
-      loss = lambda p, x, r=remat: jnp.sum(jaxrnn.scan(cell, p, x, remat=r)[1])  # noqa: E731
-      f = jax.jit(jax.grad(loss, argnums=(0, 1)))
-      compiled = f.lower(params, xs).compile()
-      m = compiled.memory_analysis()
-      mem[remat] = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-      run = lambda c=compiled, x=xs: jax.block_until_ready(c(params, x))  # noqa: E731
-      run()
-      runs[remat] = run
-    med = interleaved(runs, reps)
-    row = dict(
-      T=T,
-      B=B,
-      H=H,
-      I=I,
-      plain_mb=mem[None] / 2**20,
-      remat_mb=mem[True] / 2**20,
-      memory_ratio=mem[True] / mem[None],
-      plain_s=med[None],
-      remat_s=med[True],
-      time_ratio=med[True] / med[None],
-      chunk=remat_chunk(True, T),
-    )
-    rows.append(row)
-    print(
-      f"T={T:5d}: peak {row['plain_mb']:9.1f} MiB -> {row['remat_mb']:7.1f} MiB "
-      f"({row['memory_ratio']:.3f}x), time {row['plain_s']:.3f} s -> {row['remat_s']:.3f} s "
-      f"({row['time_ratio']:.2f}x)",
-      flush=True,
+  for name in timings.seconds:
+    if name == "_ceiling":
+      continue
+    rows.append(
+      dict(
+        kind=kind,
+        config=cname,
+        mode=mode,
+        impl=name,
+        vs_torch=timings.ratio(name, "torch"),
+        vs_best_jax_peer=timings.ratio(name, best_peer) if best_peer else None,
+        best_jax_peer=best_peer,
+        **rate_fields(timings, name, fl),
+        **cfg,
+      )
     )
   return rows
+
+
+def speed_markdown(rows) -> str:
+  head = ["cell", "config", "pass", "jaxrnn ms", "PyTorch ms", "best JAX peer ms", "vs PyTorch"]
+  head += ["vs best peer", "jaxrnn % of matmul ceiling"]
+  by = {}
+  for r in rows:
+    by.setdefault((r["kind"], r["config"], r["mode"]), {})[r["impl"]] = r
+  body = []
+  for (kind, cname, mode), d in by.items():
+    j, t = d["jaxrnn"], d["torch"]
+    peer = d.get(j["best_jax_peer"]) if j["best_jax_peer"] else None
+    body.append(
+      [kind, cname, mode, f"{j['ms']:.2f}", f"{t['ms']:.2f}"]
+      + [f"{peer['ms']:.2f} ({peer['impl']})" if peer else "-", f"{j['vs_torch']:.2f}x"]
+      + [f"{j['vs_best_jax_peer']:.2f}x" if peer else "-", f"{j['ceiling_fraction']:.0%}"]
+    )
+  ceilings = [r["ceiling_gflops"] for r in rows] or [0.0]
+  note = (
+    f"Matmul ceiling ({CEILING_N}x{CEILING_N} float32, jax), timed in every row's rounds: "
+    f"median {statistics.median(ceilings):.0f} GFLOP/s, {min(ceilings):.0f} to "
+    f"{max(ceilings):.0f}.\n\n"
+  )
+  return note + markdown_table(head, body, "lll" + "r" * 6)
+
+
+# ----------------------------------------------------------------------------- breakdown
+
+
+def _lstm_internals() -> SimpleNamespace:
+  """The private jaxrnn pieces the breakdown times: the one place that imports them."""
+  from jaxrnn.cells import fused
+  from jaxrnn.cells.base import LSTMCarry
+
+  return SimpleNamespace(
+    fwd=fused._lstm_fwd, bwd=fused._lstm_bwd, gates=fused._lstm_gates, carry=LSTMCarry
+  )
 
 
 def breakdown_table(configs, rounds: int):
@@ -312,25 +314,23 @@ def breakdown_table(configs, rounds: int):
   """
   rows = []
   for cname, cfg in configs.items():
-    rows += _breakdown_config(cname, rounds, **cfg)
+    timings = with_ceiling(_breakdown_runs(**cfg), rounds)
+    rows += breakdown_rows(cname, cfg, timings)
   return rows
 
 
-def _breakdown_config(cname, rounds, B, T, I, H):
-  from jaxrnn.cells import fused
-  from jaxrnn.cells.base import LSTMCarry
-
-  rows = []
+def _breakdown_runs(B, T, I, H) -> dict[str, Callable[[], Any]]:
+  k = _lstm_internals()
   cell = jaxrnn.lstm(H)
   params = cell.init(jax.random.key(0), I)
   xs = jax.random.normal(jax.random.key(1), (T, B, I))
   carry = cell.initial_carry(params, (B,))
   unroll = default_unroll()
   fwd = jax.jit(lambda p, x: jaxrnn.scan(cell, p, x, time_major=True)[1])
-  fwd_save = jax.jit(lambda p, x: fused._lstm_fwd(p, carry, x, None, False, unroll))
+  fwd_save = jax.jit(lambda p, x: k.fwd(p, carry, x, None, False, unroll))
   residuals = fwd_save(params, xs)[1]
   cts = (jax.tree.map(jnp.ones_like, carry), jnp.ones((T, B, H)))
-  bwd = jax.jit(lambda r, c: fused._lstm_bwd(False, unroll, r, c))
+  bwd = jax.jit(lambda r, c: k.bwd(False, unroll, r, c))
   dz = jnp.full((T * B, 4 * H), 0.01)
   h_prev = residuals[3][0].reshape(T * B, H)
 
@@ -350,28 +350,27 @@ def _breakdown_config(cname, rounds, B, T, I, H):
   @jax.jit
   def gate_math(z, c):
     def body(c, _):
-      acts = fused._lstm_gates(z + jnp.tile(c.h, (1, 4)))
-      i, f, g, o = jnp.split(acts, 4, axis=-1)
+      i, f, g, o = jnp.split(k.gates(z + jnp.tile(c.h, (1, 4))), 4, axis=-1)
       c_new = f * c.c + i * g
-      return LSTMCarry(o * jnp.tanh(c_new), c_new), None
+      return k.carry(o * jnp.tanh(c_new), c_new), None
 
     return lax.scan(body, c, None, length=T, unroll=unroll)[0]
 
   z0 = jax.random.normal(jax.random.key(2), (B, 4 * H))
   h0 = jax.random.normal(jax.random.key(3), (B, H))
-  calls = {
-    "fwd": lambda: fwd(params, xs),
-    "fwd_save": lambda: fwd_save(params, xs),
-    "bwd": lambda: bwd(residuals, cts),
-    "bwd_matmuls": lambda: bwd_matmuls(params, xs, h_prev, dz),
-    "recurrent_matmul": lambda: recurrent_matmul(params, h0),
-    "gate_math": lambda: gate_math(z0, carry),
-  }
-  runs = {k: (lambda f=f: jax.block_until_ready(f())) for k, f in calls.items()}
-  for run in runs.values():
-    run()
-  med, ceiling = with_ceiling(runs, rounds)
-  fl = {
+  return dict(
+    fwd=_time_one(fwd, params, xs),
+    fwd_save=_time_one(fwd_save, params, xs),
+    bwd=_time_one(bwd, residuals, cts),
+    bwd_matmuls=_time_one(bwd_matmuls, params, xs, h_prev, dz),
+    recurrent_matmul=_time_one(recurrent_matmul, params, h0),
+    gate_math=_time_one(gate_math, z0, carry),
+  )
+
+
+def breakdown_flops(B, T, I, H) -> dict[str, float]:
+  """The matmul FLOPs of each breakdown part (elementwise work counts 0)."""
+  return {
     "fwd": flops("lstm", B, T, I, H),
     "fwd_save": flops("lstm", B, T, I, H),
     "bwd": 2 * flops("lstm", B, T, I, H),
@@ -379,14 +378,17 @@ def _breakdown_config(cname, rounds, B, T, I, H):
     "recurrent_matmul": 2.0 * T * B * H * 4 * H,
     "gate_math": 0.0,
   }
-  for part, sec in med.items():
-    gf = fl[part] / sec / 1e9
-    row = dict(config=cname, part=part, ms=sec * 1e3, gflops=gf, ceiling_gflops=ceiling)
-    row["ceiling_fraction"] = gf / ceiling
-    row["ns_per_step"] = sec / T * 1e9
+
+
+def breakdown_rows(cname, cfg, timings: Timings) -> list[dict]:
+  """The rows of one breakdown config from its timings."""
+  rows = []
+  for part, fl in breakdown_flops(**cfg).items():
+    row = dict(config=cname, part=part, **rate_fields(timings, part, fl))
+    row["ns_per_step"] = timings.median(part) / cfg["T"] * 1e9
     rows.append(row)
     print(
-      f"breakdown {cname} {part:16} {row['ms']:9.2f} ms  {gf:6.1f} GFLOP/s "
+      f"breakdown {cname} {part:16} {row['ms']:9.2f} ms  {row['gflops']:6.1f} GFLOP/s "
       f"({row['ceiling_fraction']:.0%} of ceiling)",
       flush=True,
     )
@@ -394,69 +396,246 @@ def _breakdown_config(cname, rounds, B, T, I, H):
 
 
 def breakdown_markdown(rows) -> str:
-  head = "| config | part | ms | GFLOP/s | % of matmul ceiling | us per time step |"
-  lines = [head, "|---|---|---:|---:|---:|---:|"]
+  head = ["config", "part", "ms", "GFLOP/s", "% of matmul ceiling", "us per time step"]
+  body = [
+    [r["config"], r["part"], f"{r['ms']:.2f}"]
+    + ([f"{r['gflops']:.0f}", f"{r['ceiling_fraction']:.0%}"] if r["gflops"] else ["-", "-"])
+    + [f"{r['ns_per_step'] / 1e3:.0f}"]
+    for r in rows
+  ]
+  return markdown_table(head, body, "llrrrr")
+
+
+# ----------------------------------------------------------------------------- unroll
+
+
+def unroll_table(rounds: int, quick: bool):
+  """Evidence for `jaxrnn.scan`'s per-backend default: LSTM on M for several unroll factors."""
+  cname, cfg = next(iter(QUICK.items())) if quick else ("M", CONFIGS["M"])
+  B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
+  cell = jaxrnn.lstm(H)
+  params = cell.init(jax.random.key(0), I)
+  xs = jax.random.normal(jax.random.key(1), (B, T, I))
+  runs = {}
+  for u in (1, 4) if quick else (1, 2, 4, 8):
+    loss = lambda p, x, u=u: jnp.sum(jaxrnn.scan(cell, p, x, unroll=u)[1])  # noqa: E731
+    fwd = jax.jit(lambda p, x, u=u: jaxrnn.scan(cell, p, x, unroll=u)[1])
+    runs[(u, "fwd")] = _time_one(fwd, params, xs)
+    runs[(u, "fwd+bwd")] = _time_one(jax.jit(jax.grad(loss, argnums=(0, 1))), params, xs)
+  rows = unroll_rows(cname, interleaved(runs, rounds))
   for r in rows:
-    gf = f"{r['gflops']:.0f}" if r["gflops"] else "-"
-    pct = f"{r['ceiling_fraction']:.0%}" if r["gflops"] else "-"
-    us = r["ns_per_step"] / 1e3
-    lines.append(f"| {r['config']} | {r['part']} | {r['ms']:.2f} | {gf} | {pct} | {us:.0f} |")
-  return "\n".join(lines)
+    print(f"unroll={r['unroll']} {r['mode']:7} {r['ms']:8.2f} ms  {r['vs_unroll_1']:.2f}x")
+  return rows
 
 
-def machine() -> dict:
-  import torch
+def unroll_rows(cname, timings: Timings) -> list[dict]:
+  """Rows from timings keyed ``(unroll, mode)``; ``vs_unroll_1`` against ``(1, mode)``."""
+  return [
+    dict(config=cname, unroll=u, mode=m, ms=timings.median((u, m)) * 1e3)
+    | dict(vs_unroll_1=timings.ratio((u, m), (1, m)))
+    for u, m in timings.seconds
+  ]
 
-  cpu = platform.processor() or platform.machine()
-  cpuinfo = Path("/proc/cpuinfo")
-  if cpuinfo.exists():  # Linux: the CPU's model name, which platform.processor() lacks
-    lines = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-    cpu = lines[0].split(":", 1)[1].strip() if lines else cpu
+
+# ----------------------------------------------------------------------------- remat
+
+
+def remat_table(lengths, B, H, I, reps):
+  """Peak memory (XLA's buffer assignment) and time of the LSTM gradient, with and without remat."""
+  cell = jaxrnn.lstm(H)
+  params = cell.init(jax.random.key(0), I)
+  rows = []
+  for T in lengths:
+    xs = jax.random.normal(jax.random.key(1), (B, T, I))
+    runs, mem = {}, {}
+    for remat in (None, True):
+      loss = lambda p, x, r=remat: jnp.sum(jaxrnn.scan(cell, p, x, remat=r)[1])  # noqa: E731
+      compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
+      m = compiled.memory_analysis()
+      mem[remat] = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+      runs[remat] = _time_one(compiled, params, xs)
+    row = remat_row(T, B, H, I, mem, interleaved(runs, reps))
+    rows.append(row)
+    print(
+      f"T={T:5d}: peak {row['plain_mb']:9.1f} MiB -> {row['remat_mb']:7.1f} MiB "
+      f"({row['memory_ratio']:.3f}x), time {row['plain_s']:.3f} s -> {row['remat_s']:.3f} s "
+      f"({row['time_ratio']:.2f}x)",
+      flush=True,
+    )
+  return rows
+
+
+def remat_row(T, B, H, I, mem: dict, timings: Timings) -> dict:
+  """One remat row from the bytes and timings keyed ``None`` (plain) and ``True`` (remat)."""
   return dict(
-    platform=platform.platform(),
-    processor=cpu,
-    cpus=os.cpu_count(),
-    jax=jax.__version__,
-    jax_backend=jax.default_backend(),
-    jax_devices=[str(d) for d in jax.devices()],
-    torch=torch.__version__,
-    torch_threads=torch.get_num_threads(),
+    T=T,
+    B=B,
+    H=H,
+    I=I,
+    plain_mb=mem[None] / 2**20,
+    remat_mb=mem[True] / 2**20,
+    memory_ratio=mem[True] / mem[None],
+    plain_s=timings.median(None),
+    remat_s=timings.median(True),
+    time_ratio=timings.ratio(True, None),
+    chunk=remat_chunk(True, T),
   )
 
 
-def markdown(rows) -> str:
-  out = [
-    "| cell | config | pass | jaxrnn ms | PyTorch ms | best JAX peer ms | vs PyTorch "
-    "| vs best peer | jaxrnn % of matmul ceiling |",
-    "|---|---|---|---|---|---|---|---|---|",
-  ]
-  by = {}
-  for r in rows:
-    by.setdefault((r["kind"], r["config"], r["mode"]), {})[r["impl"]] = r
-  for (kind, cname, mode), d in by.items():
-    j, t = d["jaxrnn"], d["torch"]
-    peer = d.get(j["best_jax_peer"]) if j["best_jax_peer"] else None
-    out.append(
-      f"| {kind} | {cname} | {mode} | {j['ms']:.2f} | {t['ms']:.2f} | "
-      + (f"{peer['ms']:.2f} ({peer['impl']})" if peer else "-")
-      + f" | {j['vs_torch']:.2f}x | "
-      + (f"{j['vs_best_jax_peer']:.2f}x" if peer else "-")
-      + f" | {100 * j['ceiling_fraction']:.0f}% |"
-    )
-  return "\n".join(out)
-
-
 def remat_markdown(rows) -> str:
-  out = [
-    "| T | plain peak MiB | remat peak MiB | memory ratio | plain s | remat s | time ratio |",
-    "|---|---|---|---|---|---|---|",
+  head = ["T", "plain peak MiB", "remat peak MiB", "memory ratio", "plain s", "remat s"]
+  body = [
+    [r["T"], f"{r['plain_mb']:.1f}", f"{r['remat_mb']:.1f}", f"{r['memory_ratio']:.3f}"]
+    + [f"{r['plain_s']:.3f}", f"{r['remat_s']:.3f}", f"{r['time_ratio']:.2f}"]
+    for r in rows
   ]
-  for r in rows:
-    out.append(
-      f"| {r['T']} | {r['plain_mb']:.1f} | {r['remat_mb']:.1f} | {r['memory_ratio']:.3f} "
-      f"| {r['plain_s']:.3f} | {r['remat_s']:.3f} | {r['time_ratio']:.2f} |"
+  return markdown_table([*head, "time ratio"], body, "r" * 7)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+class Section(NamedTuple):
+  """A benchmark section: ``run(args) -> (rows, rounds)``, the key rows merge by, a table."""
+
+  run: Callable[[argparse.Namespace], tuple[list[dict], int]]
+  key: Callable[[dict], Hashable]
+  markdown: Callable[[list[dict]], str]
+
+
+def _speed(a):
+  configs = QUICK if a.quick else {c: CONFIGS[c] for c in a.configs.split(",")}
+  peers = [p for p in a.peers.split(",") if p]
+  return speed_table(configs, a.kinds.split(","), a.modes.split(","), a.rounds, peers), a.rounds
+
+
+def _breakdown(a):
+  configs = QUICK if a.quick else {c: CONFIGS[c] for c in a.configs.split(",")}
+  return breakdown_table(configs, a.rounds), a.rounds
+
+
+def _remat(a):
+  lengths = [16, 64] if a.quick else [int(t) for t in a.remat_lengths.split(",")]
+  reps = 2 if a.quick else 3
+  return remat_table(lengths, *((2, 8, 4) if a.quick else (32, 256, 32)), reps), reps
+
+
+def _streaming(a):
+  repeats = 20 if a.quick else 2000
+  return bench_streaming.streaming_latency((8,) if a.quick else (128, 512), repeats), repeats
+
+
+SECTIONS = {
+  "speed": Section(_speed, lambda r: (r["kind"], r["config"], r["mode"]), speed_markdown),
+  "breakdown": Section(_breakdown, lambda r: r["config"], breakdown_markdown),
+  "unroll": Section(
+    lambda a: (unroll_table(a.rounds, a.quick), a.rounds), lambda r: r.get("config", "M"), None
+  ),
+  "remat": Section(_remat, lambda r: (r["T"], r["B"], r["H"], r["I"]), remat_markdown),
+  "streaming": Section(_streaming, lambda r: r["hidden_size"], bench_streaming.table),
+}
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def output_dir(out: str | None, quick: bool) -> Path:
+  """OUT: ``out``, else ``results/`` for a full run and a new temporary folder for a quick one.
+
+  Raises:
+    ValueError: for a quick run into ``results/``.
+  """
+  if out is None:
+    return Path(tempfile.mkdtemp(prefix="jaxrnn-bench-quick-")) if quick else Path(DEFAULT_OUT)
+  if quick and Path(out).resolve() == Path(DEFAULT_OUT).resolve():
+    raise ValueError(f"--quick writes smoke-test rows: not into {DEFAULT_OUT}/, give another --out")
+  return Path(out)
+
+
+def load_previous(path: Path, *, quick: bool) -> dict[str, list[dict]]:
+  """The sections of an earlier run saved at ``path``, every row with its provenance.
+
+  Rows saved before rows carried a provenance get the file's old ``machine`` and
+  ``rounds`` header, marked ``inferred``. A full run drops the rows of quick runs.
+
+  Raises:
+    ValueError: for a quick run, where ``path`` holds rows of a full run.
+  """
+  if not path.exists():
+    return {}
+  saved = json.loads(path.read_text())
+  m = saved.get("machine", {})
+  header = dict(processor=m.get("processor"), cpus=m.get("cpus"), backend=m.get("jax_backend"))
+  header.update(jax=m.get("jax"), torch=m.get("torch"), rounds=saved.get("rounds"), date=None)
+  sections = {}
+  for name in SECTIONS:
+    rows = [r if "provenance" in r else _with_header(r, header) for r in saved.get(name, [])]
+    measured = [r for r in rows if not r["provenance"].get("quick")]
+    if quick and measured:
+      raise ValueError(f"{path} holds {name} rows of a full run: a --quick run keeps out of it")
+    sections[name] = rows if quick else measured
+  return {k: v for k, v in sections.items() if v}
+
+
+def _with_header(row: dict, header: dict) -> dict:
+  """A row saved before provenance, with its file's header (a streaming row has its repeats)."""
+  rounds = row.get("repeats", header["rounds"])
+  return {**row, "provenance": header | dict(rounds=rounds, inferred=True)}
+
+
+def merge_rows(old: list[dict], new: list[dict], key: Callable[[dict], Hashable]) -> list[dict]:
+  """``old`` without the rows whose key ``new`` has, then ``new``: each row keeps its own fields."""
+  fresh = {key(r) for r in new}
+  return [r for r in old if key(r) not in fresh] + new
+
+
+def run_sections(args, previous: dict[str, list[dict]]) -> dict[str, list[dict]]:
+  """Runs every section not in ``args.skip``, stamps its rows and merges them into ``previous``."""
+  skip = set(args.skip.split(","))
+  result = dict(previous)
+  for name, section in SECTIONS.items():
+    if name in skip:
+      continue
+    rows, rounds = section.run(args)
+    stamp = provenance(rounds, quick=args.quick)
+    rows = [{**r, "provenance": stamp} for r in rows]
+    result[name] = merge_rows(result.get(name, []), rows, section.key)
+  return result
+
+
+def provenance_markdown(result: dict[str, list[dict]]) -> str:
+  """One line per distinct provenance: which sections' rows it measured, where, when, how."""
+  groups: dict[str, dict[str, int]] = {}
+  for name, rows in result.items():
+    for r in rows:
+      counts = groups.setdefault(json.dumps(r["provenance"], sort_keys=True), {})
+      counts[name] = counts.get(name, 0) + 1
+  lines = ["Rows measured:"]
+  for p, counts in groups.items():
+    p = json.loads(p)
+    what = ", ".join(f"{n} ({k} rows)" for n, k in counts.items())
+    date = p.get("date") or "undated"
+    quick = ", QUICK smoke run" if p.get("quick") else ""
+    quick += ", inferred from an old file's header" if p.get("inferred") else ""
+    lines.append(
+      f"- {what}: {p.get('processor')}, {p.get('cpus')} CPUs, {p.get('backend')}, jax "
+      f"{p.get('jax')}, torch {p.get('torch')}, {p.get('rounds')} rounds, {date}{quick}"
     )
-  return "\n".join(out)
+  return "\n".join(lines)
+
+
+def write_results(out: Path, result: dict[str, list[dict]]) -> str:
+  """Writes OUT/benchmark.json, .md and (with speed rows) .png; returns the markdown."""
+  out.mkdir(parents=True, exist_ok=True)
+  md = [provenance_markdown(result)]
+  for name, section in SECTIONS.items():
+    if result.get(name) and section.markdown:
+      md.append(section.markdown(result[name]))
+  if result.get("speed"):
+    plot(result["speed"], out / "benchmark.png")
+  (out / "benchmark.json").write_text(json.dumps(result, indent=1, default=str))
+  (out / "benchmark.md").write_text("\n\n".join(md) + "\n")
+  return "\n\n".join(md)
 
 
 def plot(rows, path):
@@ -487,75 +666,39 @@ def plot(rows, path):
   plt.close(fig)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--configs", default="S,M,L")
-  parser.add_argument("--kinds", default="lstm,gru")
-  parser.add_argument("--modes", default="fwd,fwd+bwd")
-  parser.add_argument("--rounds", type=int, default=7)
-  parser.add_argument("--peers", default="flax,equinox,haiku")
-  parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
-  parser.add_argument("--out", default="results")
-  parser.add_argument("--remat-lengths", default="1024,4096,8192")
-  parser.add_argument(
-    "--skip",
-    default="",
-    help="comma list of sections to skip: speed,breakdown,unroll,remat,streaming",
+def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  args = parser.parse_args(argv)
-  configs = TINY if args.tiny else {c: CONFIGS[c] for c in args.configs.split(",")}
-  peers = [p for p in args.peers.split(",") if p]
-  skip = set(args.skip.split(","))
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  # Sections skipped in this run keep their numbers from the last run in OUT.
-  previous = out / "benchmark.json"
-  partial = skip - {""} or args.kinds != "lstm,gru" or args.configs != "S,M,L"
-  result = json.loads(previous.read_text()) if previous.exists() and partial else {}
-  result.update(machine=machine(), rounds=args.rounds)
-  if "speed" not in skip:
-    rows = speed_table(configs, args.kinds.split(","), args.modes.split(","), args.rounds, peers)
-    key = lambda r: (r["kind"], r["config"], r["mode"])  # noqa: E731
-    measured = {key(r) for r in rows}
-    kept = [r for r in result.get("speed", []) if key(r) not in measured]
-    rows = kept + rows  # rows of kinds/configs not measured now keep their last numbers
-    result["speed"] = rows
-    result.pop("matmul_gflops", None)  # older runs: one ceiling measured at the start
-    plot(rows, out / "benchmark.png")
-  if "breakdown" not in skip:
-    result["breakdown"] = breakdown_table(configs, args.rounds)
-  if "unroll" not in skip:
-    result["unroll"] = unroll_table(args.rounds, args.tiny)
-  if "remat" not in skip:
-    lengths = [16, 64] if args.tiny else [int(t) for t in args.remat_lengths.split(",")]
-    B, H, I = (2, 8, 4) if args.tiny else (32, 256, 32)
-    result["remat"] = remat_table(lengths, B, H, I, 2 if args.tiny else 3)
-  if "streaming" not in skip:
-    from experiments.bench_streaming import streaming_latency
+  p.add_argument("--configs", default="S,M,L")
+  p.add_argument("--kinds", default="lstm,gru")
+  p.add_argument("--modes", default="fwd,fwd+bwd")
+  p.add_argument("--rounds", type=int, default=7)
+  p.add_argument("--peers", default="flax,equinox,haiku")
+  p.add_argument(
+    "--quick",
+    "--tiny",
+    action="store_true",
+    help="a seconds-long smoke run at tiny sizes, into a new temporary folder unless --out "
+    "is given; never into results/ (--tiny: deprecated alias)",
+  )
+  p.add_argument("--out", help=f"default: {DEFAULT_OUT}/ (a temporary folder with --quick)")
+  p.add_argument("--fresh", action="store_true", help="drop OUT's earlier rows instead of merging")
+  p.add_argument("--remat-lengths", default="1024,4096,8192")
+  p.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SECTIONS)}")
+  return p, p.parse_args(argv)
 
-    result["streaming"] = streaming_latency(
-      hidden_sizes=(8,) if args.tiny else (128, 512), **({"repeats": 20} if args.tiny else {})
-    )
-  from experiments.bench_streaming import table as streaming_markdown
 
-  md = []
-  if "speed" in result:
-    ceilings = [r["ceiling_gflops"] for r in result["speed"] if "ceiling_gflops" in r] or [0.0]
-    md += [
-      f"Matmul ceiling (2048x2048 float32, jax), timed in every row's rounds: median "
-      f"{statistics.median(ceilings):.0f} GFLOP/s, {min(ceilings):.0f} to {max(ceilings):.0f}.",
-      "",
-    ]
-    md += [markdown(result["speed"])]
-  if "breakdown" in result:
-    md += ["", breakdown_markdown(result["breakdown"])]
-  if "remat" in result:
-    md += ["", remat_markdown(result["remat"])]
-  if "streaming" in result:
-    md += ["", streaming_markdown(result["streaming"])]
-  (out / "benchmark.json").write_text(json.dumps(result, indent=1, default=str))
-  (out / "benchmark.md").write_text("\n".join(md) + "\n")
-  print("\n".join(md))
+def main(argv=None):
+  parser, args = parse_args(argv)
+  try:
+    out = output_dir(args.out, args.quick)
+    previous = load_previous(out / "benchmark.json", quick=args.quick)  # checks before timing
+  except ValueError as e:
+    parser.error(str(e))
+  result = run_sections(args, {} if args.fresh else previous)
+  print(write_results(out, result))
+  print(f"wrote {out}/benchmark.json, .md, .png")
   return result
 
 

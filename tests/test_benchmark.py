@@ -1,47 +1,185 @@
-"""`make bench` runs end to end on a tiny config; its numbers are consistent (no timing asserts)."""
+"""The benchmark's timer, row arithmetic and results file, on fake timings; one smoke run.
+
+No test asserts a real timing: the numbers checked are worked out by hand from per-round
+seconds the test chooses.
+"""
 
 import json
+import tempfile
 
-import numpy as np
+import pytest
 
 from experiments import benchmark
+from experiments.timing import Timings, interleaved, markdown_table
+
+CEILING_FLOPS = 2 * 2048**3  # 2**34
 
 
-def test_benchmark_tiny(tmp_path):
-  result = benchmark.main(["--tiny", "--kinds", "lstm", "--rounds", "1", "--out", str(tmp_path)])
-  saved = json.loads((tmp_path / "benchmark.json").read_text())
-  assert (tmp_path / "benchmark.png").stat().st_size > 1000
-  assert "| lstm | tiny | fwd |" in (tmp_path / "benchmark.md").read_text()
-  rows = saved["speed"]
-  impls = {r["impl"] for r in rows}
-  assert impls == {"jaxrnn", "torch", "flax", "equinox", "haiku"}
-  assert len(rows) == 2 * 5  # passes x implementations
-  for r in rows:
-    torch_ms = next(
-      q["ms"]
-      for q in rows
-      if q["impl"] == "torch" and (q["kind"], q["mode"]) == (r["kind"], r["mode"])
-    )
-    np.testing.assert_allclose(r["vs_torch"], r["ms"] / torch_ms, rtol=1e-9)
-    flop = benchmark.flops(r["kind"], B=2, T=8, I=4, H=8) * (1 if r["mode"] == "fwd" else 3)
-    np.testing.assert_allclose(r["gflops"], flop / r["ms"] / 1e6, rtol=1e-9)
-    np.testing.assert_allclose(r["ceiling_fraction"], r["gflops"] / r["ceiling_gflops"])
-  # Remat at T=64 stores fewer bytes than the plain scan, by XLA's own accounting.
-  remat = {r["T"]: r for r in result["remat"]}
-  assert remat[64]["memory_ratio"] < 1.0 and remat[64]["chunk"] == 8
-  assert {r["unroll"] for r in saved["unroll"]} == {1, 4}
-  parts = {r["part"]: r for r in saved["breakdown"]}
-  assert set(parts) == {"fwd", "fwd_save", "bwd", "bwd_matmuls", "recurrent_matmul", "gate_math"}
-  B, T, I, H = 2, 8, 4, 8
-  np.testing.assert_allclose(  # the three gradient matmuls over T * B rows
-    parts["bwd_matmuls"]["gflops"],
-    2 * T * B * 4 * H * (2 * I + H) / parts["bwd_matmuls"]["ms"] / 1e6,
+def test_interleaved_keeps_every_rounds_seconds_in_a_shuffled_order():
+  now, order = [0.0], []
+  durations = {"a": [1.0, 2.0, 3.0, 4.0], "b": [10.0, 20.0, 30.0, 40.0], "c": [5.0] * 4}
+
+  def run(name):
+    def call():
+      order.append(name)
+      now[0] += durations[name][sum(n == name for n in order) - 1]
+
+    return call
+
+  timings = interleaved({k: run(k) for k in durations}, 4, clock=lambda: now[0])
+  assert timings.seconds == durations
+  rounds = [tuple(order[i : i + 3]) for i in range(0, 12, 3)]
+  assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+  assert len(set(rounds)) > 1  # the order is not fixed
+
+
+def test_median_and_ratio_are_over_rounds():
+  t = Timings({"a": [1.0, 4.0, 9.0], "b": [2.0, 8.0, 3.0]})
+  assert t.median("a") == 4.0
+  assert t.ratio("a", "b") == 0.5  # per-round 0.5, 0.5, 3.0; a ratio of medians says 4/3
+
+
+def test_speed_rows_from_known_rounds():
+  cfg = dict(B=1, T=2, I=3, H=5)  # LSTM forward: 2 * B*T * (I+H) * 4H = 640 FLOPs
+  t = Timings(
+    {"jaxrnn": [1.0, 4.0, 2.0], "flax": [3.0] * 3, "torch": [2.0, 4.0, 8.0], "_ceiling": [1, 2, 4]}
   )
-  np.testing.assert_allclose(parts["gate_math"]["ns_per_step"], parts["gate_math"]["ms"] * 1e6 / T)
-  assert saved["streaming"][0]["hidden_size"] == 8
+  rows = {r["impl"]: r for r in benchmark.speed_rows("lstm", "x", "fwd", cfg, t, ["flax"])}
+  assert set(rows) == {"jaxrnn", "flax", "torch"}
+  j = rows["jaxrnn"]
+  assert j["ms"] == 2000.0 and j["best_jax_peer"] == "flax"
+  assert j["vs_torch"] == pytest.approx(0.5)  # rounds: 1/2, 4/4, 2/8
+  assert j["vs_best_jax_peer"] == pytest.approx(2 / 3)  # 1/3, 4/3, 2/3
+  assert j["gflops"] == pytest.approx(640 / 2.0 / 1e9)
+  assert j["ceiling_gflops"] == pytest.approx(CEILING_FLOPS / 2.0 / 1e9)
+  assert j["ceiling_fraction"] == pytest.approx(640 / CEILING_FLOPS)  # ceiling/row: 1, 1/2, 2
+  grad = benchmark.speed_rows("gru", "x", "fwd+bwd", cfg, t, ["flax"])[0]
+  assert grad["gflops"] == pytest.approx(3 * 2 * 2 * 8 * 15 / 2.0 / 1e9)  # 3x the forward
 
 
-def test_flop_count_matches_gate_matmuls():
-  # LSTM: 4 gates of (I + H) x H multiply-adds per example and step.
-  assert benchmark.flops("lstm", B=1, T=1, I=3, H=5) == 2 * (3 + 5) * 4 * 5
-  assert benchmark.flops("gru", B=2, T=3, I=3, H=5) == 2 * 2 * 3 * (3 + 5) * 3 * 5
+def test_flop_counts_by_hand():
+  assert benchmark.flops("lstm", B=1, T=1, I=3, H=5) == 2 * 8 * 20
+  assert benchmark.flops("gru", B=2, T=3, I=3, H=5) == 2 * 6 * 8 * 15
+  assert benchmark.breakdown_flops(B=1, T=2, I=3, H=5) == {
+    "fwd": 640,
+    "fwd_save": 640,
+    "bwd": 1280,
+    "bwd_matmuls": 880,  # x.T @ dz, h.T @ dz, dz @ w_ih.T: 2 * T*B * 4H * (I + H + I)
+    "recurrent_matmul": 400,  # h @ w_hh: 2 * T*B * H * 4H
+    "gate_math": 0,
+  }
+
+
+def test_breakdown_unroll_and_remat_rows_from_known_rounds():
+  parts = benchmark.breakdown_flops(B=1, T=2, I=3, H=5)
+  t = Timings({**{p: [1e-6, 3e-6, 2e-6] for p in parts}, "_ceiling": [1.0] * 3})
+  rows = {r["part"]: r for r in benchmark.breakdown_rows("x", dict(B=1, T=2, I=3, H=5), t)}
+  assert rows["gate_math"]["ns_per_step"] == pytest.approx(1000.0)  # 2 us over T=2 steps
+  assert rows["bwd"]["gflops"] == pytest.approx(0.64)  # 1280 FLOPs in 2 us
+  u = Timings({(1, "fwd"): [2.0, 2.0, 4.0], (4, "fwd"): [1.0, 3.0, 1.0]})
+  by = {r["unroll"]: r for r in benchmark.unroll_rows("M", u)}
+  assert by[4]["vs_unroll_1"] == 0.5 and by[1]["vs_unroll_1"] == 1.0 and by[4]["ms"] == 1000.0
+  mem = {None: 4 * 2**20, True: 2**20}
+  row = benchmark.remat_row(64, 2, 8, 4, mem, Timings({None: [1.0, 2.0, 4.0], True: [3, 3, 3]}))
+  assert (row["plain_mb"], row["memory_ratio"], row["chunk"]) == (4.0, 0.25, 8)
+  assert row["time_ratio"] == 1.5 and row["remat_s"] == 3.0
+
+
+def test_markdown_table():
+  assert markdown_table(["a", "b"], [[1, "x"]], "lr") == "| a | b |\n| --- | ---: |\n| 1 | x |"
+
+
+# ----------------------------------------------------------------------------- results file
+
+
+def _fake_sections(monkeypatch):
+  """Speed and breakdown sections that return one row per config, without timing anything."""
+
+  def speed_table(configs, kinds, modes, rounds, peers):
+    return [
+      dict(kind=k, config=c, mode=m, impl=i, ms=1.0, vs_torch=1.0, vs_best_jax_peer=None)
+      | dict(best_jax_peer=None, gflops=1.0, ceiling_gflops=2.0, ceiling_fraction=0.5)
+      for k in kinds
+      for c in configs
+      for m in modes
+      for i in ("jaxrnn", "torch")
+    ]
+
+  def breakdown_table(configs, rounds):
+    row = dict(part="fwd", ms=1.0, gflops=1.0, ceiling_fraction=0.5, ns_per_step=1.0)
+    return [dict(config=c, **row) for c in configs]
+
+  monkeypatch.setattr(benchmark, "speed_table", speed_table)
+  monkeypatch.setattr(benchmark, "breakdown_table", breakdown_table)
+
+
+FLAGS = ["--kinds", "lstm", "--modes", "fwd", "--skip", "unroll,remat,streaming"]
+
+
+def test_a_partial_rerun_keeps_earlier_rows_and_their_provenance(tmp_path, monkeypatch):
+  _fake_sections(monkeypatch)
+  out = str(tmp_path)
+  benchmark.main([*FLAGS, "--configs", "S,M", "--rounds", "7", "--out", out])
+  benchmark.main([*FLAGS, "--configs", "M", "--rounds", "2", "--out", out])
+  saved = json.loads((tmp_path / "benchmark.json").read_text())
+  for section in ("speed", "breakdown"):
+    rounds = {r["config"]: r["provenance"]["rounds"] for r in saved[section]}
+    assert rounds == {"S": 7, "M": 2}, section
+  assert len(saved["speed"]) == 4
+  md = (tmp_path / "benchmark.md").read_text()
+  assert "7 rounds" in md and "2 rounds" in md
+
+
+OLD = dict(kind="lstm", config="S", mode="fwd", impl="torch", ms=5.0, vs_torch=1.0)
+OLD |= dict(vs_best_jax_peer=None, best_jax_peer=None, ceiling_fraction=0.1, ceiling_gflops=1)
+OLD_FILE = dict(machine=dict(processor="Old CPU", cpus=64, jax="0.1"), rounds=9)
+OLD_FILE |= dict(speed=[OLD, {**OLD, "impl": "jaxrnn", "ms": 4.0}])  # saved before provenance
+
+
+def test_rows_saved_before_provenance_keep_their_files_header(tmp_path, monkeypatch):
+  _fake_sections(monkeypatch)
+  (tmp_path / "benchmark.json").write_text(json.dumps(OLD_FILE))
+  benchmark.main([*FLAGS, "--configs", "M", "--out", str(tmp_path)])
+  saved = json.loads((tmp_path / "benchmark.json").read_text())
+  kept = next(r for r in saved["speed"] if r["config"] == "S" and r["impl"] == "torch")
+  assert kept["ms"] == 5.0
+  assert kept["provenance"]["processor"] == "Old CPU" and kept["provenance"]["rounds"] == 9
+
+
+def test_a_quick_run_stays_out_of_measured_results(tmp_path, monkeypatch):
+  _fake_sections(monkeypatch)
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a quick run writes by default
+  real = tmp_path / "results" / "benchmark.json"
+  real.parent.mkdir()
+  real.write_text(json.dumps(OLD_FILE))
+  before = real.read_text()
+  benchmark.main(["--tiny", *FLAGS])  # the deprecated name of --quick; no --out
+  assert real.read_text() == before
+  for out in ("results", str(real.parent)):
+    with pytest.raises(SystemExit):
+      benchmark.main(["--quick", *FLAGS, "--out", out])
+  elsewhere = tmp_path / "copy"
+  elsewhere.mkdir()
+  (elsewhere / "benchmark.json").write_text(before)
+  with pytest.raises(SystemExit):  # a folder holding rows of a full run
+    benchmark.main(["--quick", "--fresh", *FLAGS, "--out", str(elsewhere)])
+  assert real.read_text() == before == (elsewhere / "benchmark.json").read_text()
+
+
+def test_a_full_run_drops_quick_rows(tmp_path, monkeypatch):
+  _fake_sections(monkeypatch)
+  benchmark.main(["--quick", *FLAGS, "--out", str(tmp_path)])
+  benchmark.main([*FLAGS, "--configs", "S", "--out", str(tmp_path)])
+  saved = json.loads((tmp_path / "benchmark.json").read_text())
+  assert {r["config"] for r in saved["speed"]} == {"S"}
+
+
+def test_quick_run_end_to_end(tmp_path):
+  flags = ["--quick", "--kinds", "lstm", "--modes", "fwd", "--rounds", "1", "--peers", "equinox"]
+  result = benchmark.main([*flags, "--skip", "unroll,remat,streaming", "--out", str(tmp_path)])
+  assert (tmp_path / "benchmark.png").stat().st_size > 1000
+  assert "| lstm | quick | fwd |" in (tmp_path / "benchmark.md").read_text()
+  assert {r["impl"] for r in result["speed"]} == {"jaxrnn", "torch", "equinox"}
+  assert all(r["provenance"]["quick"] for r in result["speed"])
+  assert len(result["breakdown"]) == 6  # runs the private kernel pieces it times

@@ -150,8 +150,20 @@ def test_streaming_latency_benchmark_runs():
   (row,) = streaming_latency((4,), repeats=3, warmup=1)
   assert row["hidden_size"] == 4 and row["batch_size"] == 1
   assert all(row[f"{v}_ms"] > 0 for v in VARIANTS)
-  assert row["ratio_to_torch"] == row["jaxrnn_aot_ms"] / row["torch_ms"]
   assert "| 4 |" in table([row])
+
+
+def test_streaming_latency_ratios_are_medians_of_per_round_ratios():
+  from experiments.bench_streaming import VARIANTS, latency_row
+  from experiments.timing import Timings
+
+  seconds = {v: [1e-3] * 3 for v in VARIANTS}
+  seconds |= dict(jaxrnn_aot=[1e-3, 3e-3, 2e-3], jaxrnn_jit=[4e-3, 3e-3, 1e-3])
+  row = latency_row(4, Timings(seconds | dict(torch=[2e-3, 2e-3, 8e-3])))
+  assert row["jaxrnn_aot_ms"] == pytest.approx(2.0) and row["torch_ms"] == pytest.approx(2.0)
+  assert row["ratio_to_torch"] == pytest.approx(0.5)  # rounds: 1/2, 3/2, 2/8 (medians: 2/2)
+  assert row["jit_ratio_to_torch"] == pytest.approx(1.5)  # 4/2, 3/2, 1/8
+  assert row["repeats"] == 3
 
 
 def test_jit_compiles_once_for_a_fixed_shape(rng):
