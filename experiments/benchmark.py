@@ -294,11 +294,16 @@ def speed_markdown(rows) -> str:
 
 def _lstm_internals() -> SimpleNamespace:
   """The private jaxrnn pieces the breakdown times: the one place that imports them."""
-  from jaxrnn.cells import fused
+  import importlib
+
   from jaxrnn.cells.base import LSTMCarry
 
+  lstm = importlib.import_module(
+    "jaxrnn.cells.lstm"
+  )  # the module (jaxrnn.cells.lstm is the factory)
+
   return SimpleNamespace(
-    fwd=fused._lstm_fwd, bwd=fused._lstm_bwd, gates=fused._lstm_gates, carry=LSTMCarry
+    fwd=lstm.sequence.fwd, bwd=lstm.sequence.bwd, gates=lstm.gates, carry=LSTMCarry
   )
 
 
@@ -332,7 +337,7 @@ def _breakdown_runs(B, T, I, H) -> dict[str, Callable[[], Any]]:
   cts = (jax.tree.map(jnp.ones_like, carry), jnp.ones((T, B, H)))
   bwd = jax.jit(lambda r, c: k.bwd(False, unroll, r, c))
   dz = jnp.full((T * B, 4 * H), 0.01)
-  h_prev = residuals[3][0].reshape(T * B, H)
+  h_prev = residuals[3][0].h.reshape(T * B, H)  # saved: (previous carries, gate activations)
 
   @jax.jit
   def bwd_matmuls(p, x, h_prev, dz):

@@ -1,4 +1,4 @@
-"""How the experiments train: the one place that calls `jaxrnn.train`'s steps and loop.
+"""How the experiments train: the one place that calls `jaxrnn.train`'s steps and `jaxrnn.loop.fit`.
 
 `fit` is the resumable loop of every training run (checkpoints and metrics under
 ``OUT/NAME/``, a progress bar unless ``--no-progress``); `minimize` is Adam with
@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from experiments import harness
-from jaxrnn import scan, train
+from jaxrnn import loop, scan, train
 
 TrainState = train.TrainState
 make_tbptt_step = train.make_tbptt_step
@@ -42,14 +42,14 @@ def fit(
   logs: int = 40,
   desc: str | None = None,
 ) -> Any:
-  """`jaxrnn.train.fit` for run ``run`` of ``experiment``: ``steps`` steps of ``step``.
+  """`jaxrnn.loop.fit` for run ``run`` of ``experiment``: ``steps`` steps of ``step``.
 
   Checkpoints (``checkpoints`` in the run, resumed from; see `harness.run_paths`
   for the directory, named by ``config``) and metrics (``logs`` rows) go under
   ``OUT/EXPERIMENT/``. Returns the final state.
   """
   ckpt, metrics = harness.run_paths(args, experiment, run, config)
-  return train.fit(
+  return loop.fit(
     step,
     state,
     batch_fn,

@@ -15,13 +15,24 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrnn import cells
 from jaxrnn.cells.base import PyTree
 
 # The cell parameter types whose gate-column leaves `model_axis` splits, and those leaves.
-CELL_PARAMS = (cells.LSTMParams, cells.GRUParams, cells.ElmanParams)
-GATE_COLUMN_FIELDS = ("w_ih", "w_hh", "b", "b_hn")
-_GATES = {cells.LSTMParams: 4, cells.GRUParams: 3, cells.ElmanParams: 1}
+
+
+def gate_columns(node: Any) -> dict[str, int]:
+  """What a params node declares: its gate-column leaves and their gates (empty: none).
+
+  A cell's params NamedTuple declares ``gate_columns``, ``(field, gates)`` pairs, next
+  to its own code (`jaxrnn.LSTMParams`: ``w_ih``, ``w_hh``, ``b`` with 4 gates); a
+  params type that declares nothing stays replicated.
+  """
+  return dict(getattr(type(node), "gate_columns", ()))
+
+
+def _declares(node: Any) -> bool:
+  return bool(gate_columns(node)) and hasattr(node, "_fields")
+
 
 AxisName = str | tuple[str, ...]
 
@@ -72,20 +83,21 @@ def _cell_param_shardings(node: Any, mesh: Mesh, model_axis: str | None, where: 
   if model_axis is None:
     return jax.tree.map(lambda _: replicated, node)
   k = mesh.shape[model_axis]
-  gates = _GATES[type(node)]
+  declared = gate_columns(node)
   out = {}
   for field in type(node)._fields:
     leaf = getattr(node, field)
     if leaf is None:
       out[field] = None
       continue
-    if field not in GATE_COLUMN_FIELDS:
-      out[field] = replicated
+    if field not in declared:
+      out[field] = jax.tree.map(lambda _: replicated, leaf)
       continue
+    gates = declared[field]
     shape = tuple(leaf.shape)
     columns = shape[-1]
     if columns % k:
-      what = f"{gates} gates x H={columns // gates}" if gates > 1 and field != "b_hn" else "H"
+      what = f"{gates} gates x H={columns // gates}" if gates > 1 else "H"
       raise ValueError(
         f"{where}.{field} has shape {shape}: its gate-column axis of size {columns} "
         f"({what}) does not split evenly over model_axis={model_axis!r} of size {k}; "
@@ -99,11 +111,11 @@ def _param_shardings(params: PyTree, mesh: Mesh, model_axis: str | None, prefix:
   replicated = NamedSharding(mesh, P())
 
   def one(path, node):
-    if isinstance(node, CELL_PARAMS):
+    if _declares(node):
       return _cell_param_shardings(node, mesh, model_axis, pathstr(prefix, path))
     return replicated
 
-  return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda n: isinstance(n, CELL_PARAMS))
+  return jax.tree_util.tree_map_with_path(one, params, is_leaf=_declares)
 
 
 def _shapes(tree: PyTree) -> tuple[Any, ...]:

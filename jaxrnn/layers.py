@@ -9,74 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn import cells
-from jaxrnn.cells.base import PyTree, Static
+from jaxrnn.cells.base import PyTree
+from jaxrnn.model import SequenceModel, pairs
 from jaxrnn.scan import IMPLS, scan
-
-
-@jax.tree_util.register_static
-class SequenceModel(Static):
-  """A whole-sequence model as a bundle of pure functions; a static value, like `Cell`.
-
-  Built by `recurrent`, `stack`, `bidirectional` or `rnn_layers`, or by a user:
-  ``SequenceModel(init, apply, initial_carry, step=...)``, where ``apply=None``
-  derives ``apply`` from ``step`` by `jaxrnn.scan` (a model with a faster
-  whole-sequence path brings its own ``apply``). `jaxrnn.stream`, `jaxrnn.export`
-  and the training code use these functions and never rebuild a model from its
-  config. Models built by jaxrnn are equal and hashable by ``(name, config,
-  settings)`` and their parts; a user's, by its functions. `replace` returns a
-  copy with fields changed (what ``NamedTuple._replace`` did).
-
-  Attributes:
-    init: ``init(key, input_size) -> params``.
-    apply: ``apply(params, xs, carry=None, *, seq_lengths=None, key=None,
-      deterministic=False) -> (carry, ys)``. ``key`` and ``deterministic``
-      matter only to models with dropout.
-    initial_carry: ``initial_carry(params, batch_shape=()) -> carry``.
-    name: ``"recurrent"``, ``"bidirectional"``, ``"stack"``, ``"rnn_layers"`` or
-      a user's name (default ``"custom"``).
-    config: what defines the math, as sorted ``(name, value)`` pairs, checked
-      when a checkpoint is restored or an artifact loaded.
-    step: ``step(params, carry, x) -> (carry, y)``, one time step on ``x``
-      ``(*batch, input_size)`` without dropout; None for a model that needs
-      the future (bidirectional, reverse).
-    settings: execution settings (``unroll``, ``remat``, ``impl``) as sorted
-      pairs: recorded with checkpoints and artifacts, never checked.
-    no_step: why ``step`` is None, for the error `jaxrnn.stream` raises.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, jaxrnn
-    >>> cell = jaxrnn.gru(4)
-    >>> model = jaxrnn.SequenceModel(cell.init, None, cell.initial_carry, step=cell.step)
-    >>> params = model.init(jax.random.key(0), 3)
-    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)))
-    >>> ys.shape, jaxrnn.recurrent(cell) == jaxrnn.recurrent(jaxrnn.gru(4))
-    ((2, 5, 4), True)
-  """
-
-  FIELDS = ("init", "apply", "initial_carry", "name", "config", "step", "settings", "no_step")
-  DEFAULTS = {"name": "custom", "config": (), "step": None, "settings": (), "no_step": ""}
-  __slots__ = ()
-
-  def _check(self, values):
-    super()._check(values)
-    if values["apply"] is None:
-      if values["step"] is None:
-        raise ValueError("SequenceModel needs apply, or a step to derive apply from by scan.")
-      values["apply"] = _apply_from_step(values["init"], values["initial_carry"], values["step"])
-
-
-def _apply_from_step(init, initial_carry, step):
-  cell = cells.Cell(init, initial_carry, step)
-
-  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
-    del key, deterministic
-    return scan(cell, params, xs, carry, seq_lengths=seq_lengths)
-
-  return apply
-
-
-def _pairs(**items: Any) -> tuple[tuple[str, Any], ...]:
-  return tuple(sorted(items.items()))
 
 
 class BidirectionalParams(NamedTuple):
@@ -132,14 +67,14 @@ def recurrent(
     raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
-  settings = _pairs(unroll=unroll, remat=remat, impl=impl)
+  settings = pairs(unroll=unroll, remat=remat, impl=impl)
 
   def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
     del key, deterministic  # no randomness in a single recurrent layer
     kw = dict(reverse=reverse, time_major=time_major, **dict(settings))
     return scan(cell, params, xs, carry, seq_lengths=seq_lengths, **kw)
 
-  config = _pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
+  config = pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
   return SequenceModel.library(
     cell.init,
     apply,
@@ -225,12 +160,12 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
     c_b, y_b = backward.apply(params.backward, xs, carry.backward, key=k_b, **kw)
     return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
 
-  config = _pairs(
+  config = pairs(
     forward=(forward.name, forward.config),
     backward=(backward.name, backward.config),
     time_major=_time_major(forward),
   )
-  settings = _pairs(forward=forward.settings, backward=backward.settings)
+  settings = pairs(forward=forward.settings, backward=backward.settings)
   return SequenceModel.library(
     init,
     apply,
@@ -290,16 +225,7 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     ((2, 5, 4), 2)
   """
   layers = tuple(layers)
-  if not layers:
-    raise ValueError("stack needs at least one layer, got none.")
-  for m in layers:
-    if not isinstance(m, SequenceModel):
-      raise ValueError(f"expected a jaxrnn.SequenceModel, got {type(m).__name__}.")
-  if not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
-    raise ValueError(f"dropout_rate={dropout_rate!r}: expected a number in [0, 1).")
-  layouts = {_time_major(m) for m in layers}
-  if len(layouts) > 1:
-    raise ValueError("the layers of a stack disagree on time_major.")
+  time_major = _check_stack(layers, dropout_rate)
 
   def init(key, input_size):
     cells.base.check_input_size(input_size)
@@ -311,14 +237,11 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     return tuple(params)
 
   def initial_carry(params, batch_shape=()):
-    _check_num_layers(params)
+    _check_layers("params", params, len(layers))
     return tuple(m.initial_carry(p, batch_shape) for m, p in zip(layers, params, strict=True))
 
-  def _check_num_layers(params):
-    _check_layers("params", params, len(layers))
-
   def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
-    _check_num_layers(params)
+    _check_layers("params", params, len(layers))
     if carry is None:
       carry = (None,) * len(layers)
     else:
@@ -340,10 +263,10 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
         xs = dropout(keys[2 * i + 1], dropout_rate, xs)
     return tuple(new_carry), xs
 
-  config = _pairs(
+  config = pairs(
     layers=tuple((m.name, m.config) for m in layers),
     dropout_rate=dropout_rate,
-    time_major=layouts.pop(),
+    time_major=time_major,
   )
   step, no_step = _stack_step(layers)
   return SequenceModel.library(
@@ -353,10 +276,25 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     "stack",
     config,
     step=step,
-    settings=_pairs(layers=tuple(m.settings for m in layers)),
+    settings=pairs(layers=tuple(m.settings for m in layers)),
     no_step=no_step,
     parts=layers,
   )
+
+
+def _check_stack(layers: tuple[SequenceModel, ...], dropout_rate: Any) -> bool:
+  """Eager checks of `stack`'s arguments; returns the layers' common ``time_major``."""
+  if not layers:
+    raise ValueError("stack needs at least one layer, got none.")
+  for m in layers:
+    if not isinstance(m, SequenceModel):
+      raise ValueError(f"expected a jaxrnn.SequenceModel, got {type(m).__name__}.")
+  if not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate={dropout_rate!r}: expected a number in [0, 1).")
+  layouts = {_time_major(m) for m in layers}
+  if len(layouts) > 1:
+    raise ValueError("the layers of a stack disagree on time_major.")
+  return layouts.pop()
 
 
 def _check_layers(what: str, tree: Any, n: int) -> None:
@@ -451,7 +389,7 @@ def rnn_layers(
     else:
       models.append(fwd)
   model = stack(models, dropout_rate=dropout_rate)
-  config = _pairs(
+  config = pairs(
     kind=kind,
     hidden_size=hidden_size,
     num_layers=num_layers,
@@ -467,7 +405,7 @@ def rnn_layers(
     "rnn_layers",
     config,
     step=model.step,
-    settings=_pairs(unroll=unroll, remat=remat, impl=impl),
+    settings=pairs(unroll=unroll, remat=remat, impl=impl),
     no_step=BIDIRECTIONAL_FLAG_REASON if bidirectional else "",
     parts=(model,),
   )

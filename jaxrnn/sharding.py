@@ -15,9 +15,11 @@ Layout:
   A batch whose size does not divide over the data axis is an error, never
   padded.
 - The parameters and the optimizer state: replicated, unless ``model_axis`` is
-  given. Then the ``w_ih``, ``w_hh``, ``b`` (and GRU ``b_hn``) leaves of every
-  `jaxrnn.LSTMParams`, `jaxrnn.GRUParams` and `jaxrnn.ElmanParams` in the
-  parameters are split along their last axis, the gate-column axis of size
+  given. Then the leaves that a cell's params type declares in its
+  ``gate_columns`` (for `jaxrnn.LSTMParams`, `jaxrnn.GRUParams` and
+  `jaxrnn.ElmanParams`: ``w_ih``, ``w_hh``, ``b``, and the GRU's ``b_hn``; a
+  user's params type may declare its own, and one that declares none stays
+  replicated) are split along their last axis, the gate-column axis of size
   ``G * H`` (G = 4 gates ``[i, f, g, o]`` for the LSTM, 3 ``[r, z, n]`` for the
   GRU, 1 for the Elman RNN; ``b_hn`` has H), over ``model_axis``. Everything
   else (readouts, ``w_proj``, the step counter) is replicated. The optimizer

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxrnn import cells
 from jaxrnn.cells.base import Cell, PyTree
-from jaxrnn.layers import SequenceModel
+from jaxrnn.model import SequenceModel
 
 StepFn = Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, jax.Array]]
 

@@ -320,21 +320,16 @@ def test_expected_config_and_version(saved):
     jaxrnn.export.load(path, expected_version="9.9.9")
 
 
-def _with_settings(model, settings):
-  """``model`` with execution ``settings`` (unroll, remat, impl) beside its config."""
-  return type("WithSettings", (type(model),), {"settings": settings})(*model)
-
-
 def test_settings_are_recorded_and_load_checks_the_config_only(tmp_path):
   model = jaxrnn.rnn_layers("gru", 4)
   params = model.init(jax.random.key(0), I)
   path = tmp_path / "art"
-  manifest = jaxrnn.export.save(path, _with_settings(model, (("remat", None),)), params)
-  assert manifest["model"]["settings"] == {"remat": None}
+  manifest = jaxrnn.export.save(path, model, params)
+  assert manifest["model"]["settings"] == {"impl": "auto", "remat": None, "unroll": None}
   assert manifest["model"]["config"] == loading.to_json(dict(model.config))
-  art = jaxrnn.export.load(path, expected_config=_with_settings(model, (("remat", 4),)))
-  assert art.manifest["model"]["settings"] == {"remat": None}
-  other = _with_settings(jaxrnn.rnn_layers("gru", 4, num_layers=2), (("remat", None),))
+  art = jaxrnn.export.load(path, expected_config=jaxrnn.rnn_layers("gru", 4, remat=4))
+  assert art.manifest["model"]["settings"]["remat"] is None
+  other = jaxrnn.rnn_layers("gru", 4, num_layers=2)
   with pytest.raises(ValueError, match=r"model config field 'num_layers' is 1; expected 2"):
     jaxrnn.export.load(path, expected_config=other)
   # a manifest written before settings were recorded loads and is checked the same way

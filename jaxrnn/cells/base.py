@@ -205,6 +205,11 @@ class LSTMCarry(NamedTuple):
   c: Array
 
 
+def hidden_carry(params: Any, batch: tuple[int, ...]) -> HiddenCarry:
+  """Zeros ``(*batch, H)`` in the params' dtype, ``H`` the rows of ``params.w_hh``."""
+  return HiddenCarry(jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype))
+
+
 RECURRENT_INITS = ("uniform", "orthogonal", "identity")
 
 

@@ -198,19 +198,13 @@ def elman(
     w_hh = base.recurrent_matrix(k_hh, recurrent_init, hidden_size, hidden_size, 1, scale, dtype)
     b = None
     if use_bias:
-      b = (
-        base.uniform(k_b, (hidden_size,), scale, dtype)
-        if recurrent_init == "uniform"
-        else jnp.zeros((hidden_size,), dtype)
-      )
+      uniform = recurrent_init == "uniform"
+      b = base.uniform(k_b, (hidden_size,), scale, dtype) if uniform else jnp.zeros_like(w_hh[0])
     w_out = b_out = None
     if output_size is not None:
       w_out = base.uniform(k_out, (hidden_size, output_size), scale, dtype)
       b_out = base.uniform(k_bout, (output_size,), scale, dtype) if use_bias else None
     return ElmanParams(w_ih, w_hh, b, w_out, b_out)
-
-  def initial_carry(params, batch):
-    return HiddenCarry(jnp.zeros(batch + (params.w_hh.shape[-1],), params.w_hh.dtype))
 
   def cell_update(params, carry, x):
     carry, h, _ = update(params, carry, x, activation=activation)
@@ -228,7 +222,7 @@ def elman(
   return base.library_cell(
     "elman",
     init=init,
-    initial_carry=initial_carry,
+    initial_carry=base.hidden_carry,
     update=cell_update,
     check=_check_step,
     params_type=ElmanParams,

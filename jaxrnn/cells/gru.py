@@ -145,9 +145,6 @@ def gru(
         b, b_hn = jnp.zeros((3 * H,), dtype), jnp.zeros((H,), dtype)
     return GRUParams(w_ih, w_hh, b, b_hn)
 
-  def initial_carry(params, batch):
-    return HiddenCarry(jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype))
-
   config = dict(
     hidden_size=hidden_size,
     use_bias=use_bias,
@@ -158,7 +155,7 @@ def gru(
   return base.library_cell(
     "gru",
     init=init,
-    initial_carry=initial_carry,
+    initial_carry=base.hidden_carry,
     update=update,
     check=_check_step,
     params_type=GRUParams,

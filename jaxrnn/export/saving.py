@@ -23,7 +23,7 @@ from jaxrnn.export.loading import (
   sha256,
   to_json,
 )
-from jaxrnn.layers import SequenceModel
+from jaxrnn.model import SequenceModel
 from jaxrnn.stream import stream
 from jaxrnn.version import __version__
 

@@ -1,0 +1,77 @@
+"""The sequence-model contract: `SequenceModel`, a static bundle of pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jaxrnn import cells
+from jaxrnn.cells.base import Static
+from jaxrnn.scan import scan
+
+
+@jax.tree_util.register_static
+class SequenceModel(Static):
+  """A whole-sequence model as a bundle of pure functions; a static value, like `Cell`.
+
+  Built by `recurrent`, `stack`, `bidirectional` or `rnn_layers`, or by a user:
+  ``SequenceModel(init, apply, initial_carry, step=...)``, where ``apply=None``
+  derives ``apply`` from ``step`` by `jaxrnn.scan` (a model with a faster
+  whole-sequence path brings its own ``apply``). `jaxrnn.stream`, `jaxrnn.export`
+  and the training code use these functions and never rebuild a model from its
+  config. Models built by jaxrnn are equal and hashable by ``(name, config,
+  settings)`` and their parts; a user's, by its functions. `replace` returns a
+  copy with fields changed (what ``NamedTuple._replace`` did).
+
+  Attributes:
+    init: ``init(key, input_size) -> params``.
+    apply: ``apply(params, xs, carry=None, *, seq_lengths=None, key=None,
+      deterministic=False) -> (carry, ys)``. ``key`` and ``deterministic``
+      matter only to models with dropout.
+    initial_carry: ``initial_carry(params, batch_shape=()) -> carry``.
+    name: ``"recurrent"``, ``"bidirectional"``, ``"stack"``, ``"rnn_layers"`` or
+      a user's name (default ``"custom"``).
+    config: what defines the math, as sorted ``(name, value)`` pairs, checked
+      when a checkpoint is restored or an artifact loaded.
+    step: ``step(params, carry, x) -> (carry, y)``, one time step on ``x``
+      ``(*batch, input_size)`` without dropout; None for a model that needs
+      the future (bidirectional, reverse).
+    settings: execution settings (``unroll``, ``remat``, ``impl``) as sorted
+      pairs: recorded with checkpoints and artifacts, never checked.
+    no_step: why ``step`` is None, for the error `jaxrnn.stream` raises.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.gru(4)
+    >>> model = jaxrnn.SequenceModel(cell.init, None, cell.initial_carry, step=cell.step)
+    >>> params = model.init(jax.random.key(0), 3)
+    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)))
+    >>> ys.shape, jaxrnn.recurrent(cell) == jaxrnn.recurrent(jaxrnn.gru(4))
+    ((2, 5, 4), True)
+  """
+
+  FIELDS = ("init", "apply", "initial_carry", "name", "config", "step", "settings", "no_step")
+  DEFAULTS = {"name": "custom", "config": (), "step": None, "settings": (), "no_step": ""}
+  __slots__ = ()
+
+  def _check(self, values):
+    super()._check(values)
+    if values["apply"] is None:
+      if values["step"] is None:
+        raise ValueError("SequenceModel needs apply, or a step to derive apply from by scan.")
+      values["apply"] = _apply_from_step(values["init"], values["initial_carry"], values["step"])
+
+
+def _apply_from_step(init, initial_carry, step):
+  cell = cells.Cell(init, initial_carry, step)
+
+  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+    del key, deterministic
+    return scan(cell, params, xs, carry, seq_lengths=seq_lengths)
+
+  return apply
+
+
+def pairs(**items: Any) -> tuple[tuple[str, Any], ...]:
+  return tuple(sorted(items.items()))
