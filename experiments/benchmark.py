@@ -296,14 +296,9 @@ def _lstm_internals() -> SimpleNamespace:
   """The private jaxrnn pieces the breakdown times: the one place that imports them."""
   import importlib
 
-  from jaxrnn.cells.base import LSTMCarry
-
-  lstm = importlib.import_module(
-    "jaxrnn.cells.lstm"
-  )  # the module (jaxrnn.cells.lstm is the factory)
-
+  lstm = importlib.import_module("jaxrnn.cells.lstm")  # the module, not jaxrnn.cells.lstm()
   return SimpleNamespace(
-    fwd=lstm.sequence.fwd, bwd=lstm.sequence.bwd, gates=lstm.gates, carry=LSTMCarry
+    fwd=lstm.sequence.fwd, bwd=lstm.sequence.bwd, gates=lstm.gates, carry=lstm.LSTMCarry
   )
 
 

@@ -375,6 +375,7 @@ def rnn_layers(
     >>> ys.shape, carry[1].forward.h.shape, carry[1].forward.c.shape
     ((4, 10, 16), (4, 8), (4, 16))
   """
+  args = dict(locals())  # first: exactly the arguments
   if kind not in cells.KINDS:
     raise ValueError(f"kind={kind!r} is not one of {tuple(cells.KINDS)}.")
   cells.base.check_positive("num_layers", num_layers)
@@ -389,15 +390,9 @@ def rnn_layers(
     else:
       models.append(fwd)
   model = stack(models, dropout_rate=dropout_rate)
-  config = pairs(
-    kind=kind,
-    hidden_size=hidden_size,
-    num_layers=num_layers,
-    bidirectional=bidirectional,
-    dropout_rate=dropout_rate,
-    time_major=time_major,
-    cell_config=cell.config,
-  )
+  settings = {k: args.pop(k) for k in ("unroll", "remat", "impl")}
+  del args["cell_kwargs"]  # in cell_config, completed by the cell's factory
+  config = pairs(**args, cell_config=cell.config)
   return SequenceModel.library(
     model.init,
     model.apply,
@@ -405,7 +400,7 @@ def rnn_layers(
     "rnn_layers",
     config,
     step=model.step,
-    settings=pairs(unroll=unroll, remat=remat, impl=impl),
+    settings=pairs(**settings),
     no_step=BIDIRECTIONAL_FLAG_REASON if bidirectional else "",
     parts=(model,),
   )

@@ -272,18 +272,3 @@ def test_narrow_integer_lengths_give_the_int32_result(rng):
   # ...and they are the lengths: row 1 stops after step 120.
   np.testing.assert_array_equal(wide[1][1, 120:], 0.0)
   np.testing.assert_array_equal(wide[0].h[1], wide[1][1, 119])
-
-
-def test_forward_mode_autodiff_with_impl_step_equals_reverse_mode(rng):
-  cell = jaxrnn.lstm(3)
-  params = cell.init(jax.random.key(0), I)
-  xs = _xs(rng, 2, 4, I)
-
-  def f(x, impl):
-    return jaxrnn.scan(cell, params, x, impl=impl)[1]
-
-  forward = jax.jacfwd(lambda x: f(x, "step"))(xs)
-  reverse = jax.jacrev(lambda x: f(x, "auto"))(xs)
-  np.testing.assert_allclose(forward, reverse, atol=1e-6)
-  with pytest.raises(TypeError, match=r"can't apply forward-mode autodiff \(jvp\) to a custom_vjp"):
-    jax.jacfwd(lambda x: f(x, "auto"))(xs)

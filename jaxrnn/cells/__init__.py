@@ -8,10 +8,10 @@ is one module in this package, its tests, and its line in `_MODULES` below.
 from jaxrnn.cells import elman as _elman
 from jaxrnn.cells import gru as _gru
 from jaxrnn.cells import lstm as _lstm
-from jaxrnn.cells.base import Cell, CellKind, HiddenCarry, LSTMCarry
+from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
-from jaxrnn.cells.lstm import LSTMParams, lstm
+from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
 _MODULES = (_elman, _lstm, _gru)

@@ -198,13 +198,6 @@ class HiddenCarry(NamedTuple):
   h: Array
 
 
-class LSTMCarry(NamedTuple):
-  """Carry of the LSTM: hidden state ``h`` ``(*batch, P or H)``, cell ``c`` ``(*batch, H)``."""
-
-  h: Array
-  c: Array
-
-
 def hidden_carry(params: Any, batch: tuple[int, ...]) -> HiddenCarry:
   """Zeros ``(*batch, H)`` in the params' dtype, ``H`` the rows of ``params.w_hh``."""
   return HiddenCarry(jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype))

@@ -181,6 +181,7 @@ def elman(
     >>> carry.h.shape, y.shape
     ((5, 4), (5, 2))
   """
+  config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   base.check_positive("output_size", output_size, allow_none=True)
   if activation not in ACTIVATIONS:
@@ -210,15 +211,6 @@ def elman(
     carry, h, _ = update(params, carry, x, activation=activation)
     return carry, readout(params, h), None
 
-  config = dict(
-    hidden_size=hidden_size,
-    activation=activation,
-    output_size=output_size,
-    use_bias=use_bias,
-    recurrent_init=recurrent_init,
-    dtype=dtype,
-    compute_dtype=compute_dtype,
-  )
   return base.library_cell(
     "elman",
     init=init,
@@ -227,7 +219,7 @@ def elman(
     check=_check_step,
     params_type=ElmanParams,
     sequence=functools.partial(sequence, activation=activation),
-    config=config,
+    config=config,  # every argument of the factory, as called
   )
 
 

@@ -126,6 +126,7 @@ def gru(
     >>> y.shape
     (5, 4)
   """
+  config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   base.check_recurrent_init(recurrent_init)
   scale = base.hidden_scale(hidden_size)
@@ -145,13 +146,6 @@ def gru(
         b, b_hn = jnp.zeros((3 * H,), dtype), jnp.zeros((H,), dtype)
     return GRUParams(w_ih, w_hh, b, b_hn)
 
-  config = dict(
-    hidden_size=hidden_size,
-    use_bias=use_bias,
-    recurrent_init=recurrent_init,
-    dtype=dtype,
-    compute_dtype=compute_dtype,
-  )
   return base.library_cell(
     "gru",
     init=init,
@@ -160,7 +154,7 @@ def gru(
     check=_check_step,
     params_type=GRUParams,
     sequence=sequence,
-    config=config,
+    config=config,  # every argument of the factory, as called
   )
 
 

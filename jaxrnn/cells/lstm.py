@@ -10,7 +10,13 @@ import numpy as np
 from jax import lax
 
 from jaxrnn.cells import base, kernel, torch_layout
-from jaxrnn.cells.base import LSTMCarry
+
+
+class LSTMCarry(NamedTuple):
+  """Carry of the LSTM: hidden state ``h`` ``(*batch, P or H)``, cell ``c`` ``(*batch, H)``."""
+
+  h: jax.Array
+  c: jax.Array
 
 
 class LSTMParams(NamedTuple):
@@ -171,6 +177,7 @@ def lstm(
     >>> carry.h.shape, carry.c.shape, y.shape
     ((5, 4), (5, 4), (5, 4))
   """
+  config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   base.check_positive("proj_size", proj_size, allow_none=True)
   if proj_size is not None and proj_size >= hidden_size:
@@ -200,15 +207,6 @@ def lstm(
     dt = params.w_hh.dtype
     return LSTMCarry(jnp.zeros(batch + (p,), dt), jnp.zeros(batch + (four_h // 4,), dt))
 
-  config = dict(
-    hidden_size=hidden_size,
-    forget_bias=forget_bias,
-    proj_size=proj_size,
-    use_bias=use_bias,
-    recurrent_init=recurrent_init,
-    dtype=dtype,
-    compute_dtype=compute_dtype,
-  )
   return base.library_cell(
     "lstm",
     init=init,
@@ -217,7 +215,7 @@ def lstm(
     check=_check_step,
     params_type=LSTMParams,
     sequence=sequence,
-    config=config,
+    config=config,  # every argument of the factory, as called
   )
 
 
