@@ -69,10 +69,12 @@ def recurrent(
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
   settings = pairs(unroll=unroll, remat=remat, impl=impl)
 
-  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+  def apply(
+    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+  ):
     del key, deterministic  # no randomness in a single recurrent layer
     kw = dict(reverse=reverse, time_major=time_major, **dict(settings))
-    return scan(cell, params, xs, carry, seq_lengths=seq_lengths, **kw)
+    return scan(cell, params, xs, carry, seq_lengths=seq_lengths, resets=resets, **kw)
 
   config = pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
   return SequenceModel.library(
@@ -149,13 +151,15 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
       backward.initial_carry(params.backward, batch_shape),
     )
 
-  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+  def apply(
+    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+  ):
     if carry is None:
       carry = BidirectionalCarry(None, None)
     k_f = k_b = None
     if key is not None:
       k_f, k_b = jax.random.split(key)
-    kw = dict(seq_lengths=seq_lengths, deterministic=deterministic)
+    kw = dict(seq_lengths=seq_lengths, deterministic=deterministic, **_resets_kw(resets))
     c_f, y_f = forward.apply(params.forward, xs, carry.forward, key=k_f, **kw)
     c_b, y_b = backward.apply(params.backward, xs, carry.backward, key=k_b, **kw)
     return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
@@ -240,7 +244,9 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     _check_layers("params", params, len(layers))
     return tuple(m.initial_carry(p, batch_shape) for m, p in zip(layers, params, strict=True))
 
-  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+  def apply(
+    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+  ):
     _check_layers("params", params, len(layers))
     if carry is None:
       carry = (None,) * len(layers)
@@ -255,9 +261,8 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     keys = jax.random.split(key, 2 * len(layers)) if key is not None else [None] * 2 * len(layers)
     new_carry = []
     for i, (model, p, c) in enumerate(zip(layers, params, carry, strict=True)):
-      c, xs = model.apply(
-        p, xs, c, seq_lengths=seq_lengths, key=keys[2 * i], deterministic=deterministic
-      )
+      kw = dict(seq_lengths=seq_lengths, key=keys[2 * i], deterministic=deterministic)
+      c, xs = model.apply(p, xs, c, **kw, **_resets_kw(resets))
       new_carry.append(c)
       if active and i < len(layers) - 1:
         xs = dropout(keys[2 * i + 1], dropout_rate, xs)
@@ -280,6 +285,11 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     no_step=no_step,
     parts=layers,
   )
+
+
+def _resets_kw(resets: Any) -> dict[str, Any]:
+  """``resets`` as a keyword only when given, so a user's ``apply`` without it still works."""
+  return {} if resets is None else {"resets": resets}
 
 
 def _check_stack(layers: tuple[SequenceModel, ...], dropout_rate: Any) -> bool:

@@ -26,9 +26,10 @@ class SequenceModel(Static):
 
   Attributes:
     init: ``init(key, input_size) -> params``.
-    apply: ``apply(params, xs, carry=None, *, seq_lengths=None, key=None,
-      deterministic=False) -> (carry, ys)``. ``key`` and ``deterministic``
-      matter only to models with dropout.
+    apply: ``apply(params, xs, carry=None, *, seq_lengths=None, resets=None,
+      key=None, deterministic=False) -> (carry, ys)`` (see `jaxrnn.scan` for
+      ``seq_lengths`` and ``resets``). ``key`` and ``deterministic`` matter only to
+      models with dropout; a user's ``apply`` may omit ``resets``.
     initial_carry: ``initial_carry(params, batch_shape=()) -> carry``.
     name: ``"recurrent"``, ``"bidirectional"``, ``"stack"``, ``"rnn_layers"`` or
       a user's name (default ``"custom"``).
@@ -66,9 +67,11 @@ class SequenceModel(Static):
 def _apply_from_step(init, initial_carry, step):
   cell = cells.Cell(init, initial_carry, step)
 
-  def apply(params, xs, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+  def apply(
+    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+  ):
     del key, deterministic
-    return scan(cell, params, xs, carry, seq_lengths=seq_lengths)
+    return scan(cell, params, xs, carry, seq_lengths=seq_lengths, resets=resets)
 
   return apply
 

@@ -121,6 +121,7 @@ def scan(
   unroll: int | bool | None = None,
   remat: int | bool | None = None,
   impl: str = "auto",
+  resets: jax.Array | None = None,
 ) -> tuple[PyTree, jax.Array]:
   """Runs ``cell.step`` over the time axis of ``xs`` with `jax.lax.scan`.
 
@@ -155,6 +156,12 @@ def scan(
       (`remat_chunk`). The gradient then stores O(sqrt(T)) carries instead of
       O(T), for about one extra forward pass of compute. Values and gradients are
       unchanged.
+    resets: boolean ``(*batch, T)`` (``(T, *batch)`` if ``time_major``) or None:
+      True at ``t`` starts a new segment at ``t``: the carry is the cell's initial
+      carry before step ``t`` reads its input (at ``t = 0`` this overrides a
+      ``carry`` passed in). Each segment is computed exactly as if it were alone,
+      with ``reverse`` too (each segment is read backwards on its own), and so are
+      gradients. Resets past a row's length are ignored.
     impl: ``"auto"`` uses the cell's whole-sequence kernel with a hand-written
       VJP when it has one (the built-in cells do; `jaxrnn.cells.kernel`), which
       makes the gradient faster; ``"step"`` always runs `jax.lax.scan` over
@@ -199,7 +206,10 @@ def scan(
   xs_t = xs if time_major else jnp.moveaxis(xs, -2, 0)
   chunk = remat_chunk(remat, length)
   xs_t, mask = _time_mask(xs_t, seq_lengths, length, chunk, batch_shape)
-  carry, ys = run(cell, params, carry, xs_t, mask, reverse, unroll, chunk)
+  resets = _time_resets(resets, mask, batch_shape, length, xs_t.shape[0], time_major, reverse)
+  reset_carry = None if resets is None else cell.initial_carry(params, batch_shape)
+  inputs = (xs_t, mask, resets)
+  carry, ys = run(cell, params, carry, inputs, reset_carry, reverse, unroll, chunk)
   ys = jax.tree.map(lambda y: y[:length], ys)
   if not time_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
@@ -244,6 +254,44 @@ def _time_mask(xs_t, seq_lengths, length, chunk, batch_shape):
   return xs_t, times < seq_lengths.astype(jnp.int32)[None]
 
 
+def check_resets(resets: Any, batch_shape: tuple[int, ...], length: int, time_major: bool):
+  """Validates ``resets`` eagerly: a boolean ``(*batch, T)`` (``(T, *batch)`` if time-major)."""
+  if not isinstance(resets, jax.Array | jax.core.Tracer):
+    resets = np.asarray(resets)
+  expected = (length, *batch_shape) if time_major else (*batch_shape, length)
+  if resets.dtype != jnp.bool_:
+    raise ValueError(
+      f"resets has dtype {resets.dtype}; expected bool (True at t starts a new segment at t)."
+    )
+  if tuple(resets.shape) != expected:
+    layout = "(T, *batch)" if time_major else "(*batch, T)"
+    raise ValueError(
+      f"resets has shape {tuple(resets.shape)}; expected {layout} = {expected}, like xs "
+      "without its feature axis."
+    )
+  return jnp.asarray(resets)
+
+
+def _time_resets(resets, mask, batch_shape, length, padded, time_major, reverse):
+  """``resets`` as the loop reads them: ``(padded T, *batch)``, valid steps only.
+
+  In the loop, True at t means "replace the carry by the initial carry before step t".
+  Forward that is ``resets`` itself. In reverse a segment ``[s, e]`` is read from ``e``
+  down, so the carry restarts before ``e``: at each t where a segment starts at ``t + 1``.
+  """
+  if resets is None:
+    return None
+  r = check_resets(resets, batch_shape, length, time_major)
+  r = r if time_major else jnp.moveaxis(r, -1, 0)
+  if padded != length:
+    r = jnp.concatenate([r, jnp.zeros((padded - length,) + r.shape[1:], jnp.bool_)])
+  if mask is not None:
+    r = r & mask  # past a row's length nothing restarts: its carry is frozen
+  if reverse:
+    r = jnp.concatenate([r[1:], jnp.zeros((1,) + r.shape[1:], jnp.bool_)])
+  return r
+
+
 def _chunked(loop, carry, inputs, reverse, chunk):
   """``loop(carry, inputs)`` over time, or, with remat chunks, a checkpointed scan of chunks."""
   if chunk is None:
@@ -255,26 +303,27 @@ def _chunked(loop, carry, inputs, reverse, chunk):
   return carry, jax.tree.map(lambda y: y.reshape((length,) + y.shape[2:]), ys)
 
 
-def _run_steps(cell, params, carry, xs_t, mask, reverse, unroll, chunk):
-  def loop(c, inputs):
-    return kernel.step_loop(cell.step, params, c, *inputs, reverse, unroll)
+def _run_steps(cell, params, carry, inputs, reset_carry, reverse, unroll, chunk):
+  def loop(c, chunk_inputs):
+    xs, mask, resets = chunk_inputs
+    return kernel.step_loop(cell.step, params, c, xs, mask, reverse, unroll, resets, reset_carry)
 
-  return _chunked(loop, carry, (xs_t, mask), reverse, chunk)
+  return _chunked(loop, carry, inputs, reverse, chunk)
 
 
-def _run_kernel(cell, params, carry, xs_t, mask, reverse, unroll, chunk):
+def _run_kernel(cell, params, carry, inputs, reset_carry, reverse, unroll, chunk):
+  xs_t = inputs[0]
   # The kernel works on one flat batch axis; check shapes with the cell's own step first.
   jax.eval_shape(cell.step, params, carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
   padded, batch_shape = xs_t.shape[0], xs_t.shape[1:-1]
   n = math.prod(batch_shape)
-  carry = jax.tree.map(lambda a: a.reshape((n, a.shape[-1])), carry)
-  inputs = (
-    xs_t.reshape((padded, n, xs_t.shape[-1])),
-    None if mask is None else mask.reshape((padded, n)),
-  )
+  flat = lambda a: a.reshape(a.shape[: -len(batch_shape) - 1] + (n, a.shape[-1]))  # noqa: E731
+  carry, reset_carry = jax.tree.map(flat, (carry, reset_carry))
+  inputs = jax.tree.map(lambda a: a.reshape((padded, n) + a.shape[1 + len(batch_shape) :]), inputs)
 
   def loop(c, chunk_inputs):
-    return cell.sequence(params, c, *chunk_inputs, reverse, unroll)
+    xs, mask, resets = chunk_inputs
+    return cell.sequence(params, c, xs, mask, reverse, unroll, resets, reset_carry)
 
   carry, ys = _chunked(loop, carry, inputs, reverse, chunk)
   carry = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)

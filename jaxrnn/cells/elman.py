@@ -98,27 +98,32 @@ def readout(params: ElmanParams, h: jax.Array) -> jax.Array:
   return h if params.w_out is None else base.add_bias(h @ params.w_out, params.b_out)
 
 
-def backward(params, xs, mask, saved, cotangents, reverse, unroll, *, activation):
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, *, activation):
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
   prev, h_new = saved
   ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(params.w_hh)
 
   def body(ct, inputs):
-    dy, h, m = inputs
+    dy, h, m, restart = inputs
     dh = ct.h + kernel.zeros_where_invalid(m, dy)
     slope = 1.0 - h * h if activation == "tanh" else (h > 0).astype(h.dtype)
     da = kernel.zeros_where_invalid(m, dh * slope)
-    return HiddenCarry(kernel.where_valid(m, da @ w_hh_t, ct.h)), da
+    new, to_reset = kernel.reset_split(
+      restart, HiddenCarry(kernel.where_valid(m, da @ w_hh_t, ct.h))
+    )
+    return new, (da, to_reset)
 
-  ct0, da = lax.scan(body, ct_carry, (ct_ys, h_new, mask), reverse=not reverse, unroll=unroll)
+  inputs = (ct_ys, h_new, mask, resets)
+  ct0, (da, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
   da_rows = kernel.rows(da)
   grads = params._replace(
     w_ih=kernel.rows(xs).T @ da_rows,
     w_hh=kernel.rows(prev.h).T @ da_rows,
     b=None if params.b is None else jnp.sum(da_rows, axis=0),
   )
-  return grads, ct0, (da_rows @ params.w_ih.T).reshape(xs.shape)
+  d_xs = (da_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 
 _CORES = {
@@ -129,10 +134,12 @@ _CORES = {
 }
 
 
-def sequence(params, carry, xs, mask, reverse, unroll, *, activation):
+def sequence(
+  params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None, *, activation
+):
   """The Elman RNN over ``xs`` ``(T, N, I)``; the optional readout runs after the loop."""
   core = params._replace(w_out=None, b_out=None)
-  carry, hs = _CORES[activation](core, carry, xs, mask, reverse, unroll)
+  carry, hs = _CORES[activation](core, carry, xs, mask, reverse, unroll, resets, reset_carry)
   if params.w_out is None:
     return carry, hs
   return carry, kernel.zeros_where_invalid(mask, readout(params, hs))

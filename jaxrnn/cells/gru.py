@@ -53,14 +53,14 @@ def update(params: GRUParams, carry: HiddenCarry, x: jax.Array):
   return HiddenCarry(h), h, jnp.concatenate([r, z, n, hn], axis=-1)
 
 
-def backward(params, xs, mask, saved, cotangents, reverse, unroll):
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll):
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
   prev, acts = saved
   ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(params.w_hh)
 
   def body(ct, inputs):
-    dy, hp, a, m = inputs
+    dy, hp, a, m, restart = inputs
     r, z, n, hn = jnp.split(a, 4, axis=-1)
     dh = ct.h + kernel.zeros_where_invalid(m, dy)
     dn = dh * (1.0 - z) * (1.0 - n * n)
@@ -69,10 +69,11 @@ def backward(params, xs, mask, saved, cotangents, reverse, unroll):
     d_gi = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn], axis=-1))
     d_gh = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn * r], axis=-1))
     d_prev = d_gh @ w_hh_t + dh * z
-    return HiddenCarry(kernel.where_valid(m, d_prev, ct.h)), (d_gi, d_gh)
+    new, to_reset = kernel.reset_split(restart, HiddenCarry(kernel.where_valid(m, d_prev, ct.h)))
+    return new, (d_gi, d_gh, to_reset)
 
-  ct0, (d_gi, d_gh) = lax.scan(
-    body, ct_carry, (ct_ys, prev.h, acts, mask), reverse=not reverse, unroll=unroll
+  ct0, (d_gi, d_gh, to_reset) = lax.scan(
+    body, ct_carry, (ct_ys, prev.h, acts, mask, resets), reverse=not reverse, unroll=unroll
   )
   gi_rows, gh_rows = kernel.rows(d_gi), kernel.rows(d_gh)
   hidden = params.w_hh.shape[0]
@@ -82,7 +83,8 @@ def backward(params, xs, mask, saved, cotangents, reverse, unroll):
     b=None if params.b is None else jnp.sum(gi_rows, axis=0),
     b_hn=None if params.b_hn is None else jnp.sum(gh_rows[:, 2 * hidden :], axis=0),
   )
-  return grads, ct0, (gi_rows @ params.w_ih.T).reshape(xs.shape)
+  d_xs = (gi_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 
 sequence = kernel.sequence_kernel(update, backward)

@@ -13,9 +13,13 @@ matmul peak. The forward pass is the cell's own update function (the one its
 computed, so nothing is recomputed and nothing is written twice.
 
 Contract (what `jaxrnn.scan` calls): ``sequence(params, carry, xs, mask, reverse,
-unroll) -> (carry, ys)`` with ``xs`` ``(T, N, I)``, carry leaves ``(N, F)`` and
-``mask`` a boolean ``(T, N)`` or None; the same values as `step_loop` over the
-cell's ``step`` (tested against it and, through it, against PyTorch). Being
+unroll, resets=None, reset_carry=None) -> (carry, ys)`` with ``xs`` ``(T, N, I)``,
+carry leaves ``(N, F)``, ``mask`` a boolean ``(T, N)`` or None (where False the
+carry is frozen and the output is zero) and ``resets`` a boolean ``(T, N)`` or None
+(where True the carry is replaced by ``reset_carry``, leaves ``(N, F)``, before the
+step reads its input, in the order the loop runs: `jaxrnn.scan` has already shifted
+it for ``reverse`` and masked it); the same values as `step_loop` over the cell's
+``step`` (tested against it and, through it, against PyTorch). Being
 `jax.custom_vjp` functions, kernels support reverse-mode autodiff (any order),
 `jit` and `vmap`, but not forward mode (`jax.jvp`, `jax.jacfwd`): for that, call
 `jaxrnn.scan` with ``impl="step"``.
@@ -33,7 +37,8 @@ from jax import lax
 
 # update(params, carry, x) -> (carry, y, saved): one step; `saved` is what the backward needs.
 Update = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array, Any]]
-# backward(params, xs, mask, saved, cotangents, reverse, unroll) -> (grads, d_carry, d_xs).
+# backward(params, xs, mask, resets, saved, cotangents, reverse, unroll)
+#   -> (grads, d_carry, d_xs, d_reset_carry).
 Backward = Callable[..., tuple[Any, Any, jax.Array]]
 
 
@@ -60,13 +65,48 @@ def transposed(w: jax.Array) -> jax.Array:
   return lax.optimization_barrier(w.T)
 
 
+def params_dtype(params: Any) -> Any:
+  """The dtype of a cell's params: that of their first floating leaf."""
+  for leaf in jax.tree.leaves(params):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      return leaf.dtype
+  raise ValueError("params hold no floating-point array; expected a cell's weights.")
+
+
+def reset(r: jax.Array | None, carry: Any, reset_carry: Any) -> Any:
+  """``reset_carry`` in the rows where ``r`` is True (a new segment starts), else ``carry``."""
+  if r is None:
+    return carry
+  return jax.tree.map(lambda c, c0: where_valid(r, c0, c), carry, reset_carry)
+
+
+def reset_split(r: jax.Array | None, ct: Any) -> tuple[Any, Any]:
+  """The cotangent of a step's incoming carry, split at resets.
+
+  Returns:
+    ``(to_previous_step, to_reset_carry)``: where ``r`` is True the carry came from
+    ``reset_carry``, so its cotangent goes there and none to the step before.
+  """
+  if r is None:
+    return ct, None
+  return (
+    jax.tree.map(lambda a: where_valid(r, jnp.zeros_like(a), a), ct),
+    jax.tree.map(functools.partial(zeros_where_invalid, r), ct),
+  )
+
+
+def reset_total(to_reset: Any) -> Any:
+  """`reset_split`'s per-step cotangents of ``reset_carry``, summed over time."""
+  return None if to_reset is None else jax.tree.map(lambda a: jnp.sum(a, axis=0), to_reset)
+
+
 def rows(a: jax.Array) -> jax.Array:
   """``(T, N, F)`` as ``(T * N, F)`` for the hoisted weight-gradient matmuls."""
   return a.reshape(-1, a.shape[-1])
 
 
-def step_loop(step, params, carry, xs, mask, reverse, unroll):
-  """`jax.lax.scan` of a cell's ``step`` with `jaxrnn.scan`'s masking.
+def step_loop(step, params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
+  """`jax.lax.scan` of a cell's ``step`` with `jaxrnn.scan`'s masking and resets.
 
   Args:
     step: ``step(params, carry, x) -> (carry, y)``.
@@ -76,35 +116,41 @@ def step_loop(step, params, carry, xs, mask, reverse, unroll):
     mask: boolean ``(T, *batch)`` or None: where False, the carry is kept and
       the output is zero.
     reverse, unroll: passed to `jax.lax.scan`.
+    resets: boolean ``(T, *batch)`` or None: where True, the carry is
+      ``reset_carry`` before the step (see the module docstring).
+    reset_carry: leaves ``(*batch, F)``, or None without resets.
 
   Returns:
     ``(carry, ys)`` with ``ys`` ``(T, *batch, O)``.
   """
 
   def body(c, inputs):
-    x, m = inputs
+    x, m, r = inputs
+    c = reset(r, c, reset_carry)
     new_c, y = step(params, c, x)
     new_c = jax.tree.map(functools.partial(where_valid, m), new_c, c)
     return new_c, jax.tree.map(functools.partial(zeros_where_invalid, m), y)
 
-  return lax.scan(body, carry, (xs, mask), reverse=reverse, unroll=unroll)
+  return lax.scan(body, carry, (xs, mask, resets), reverse=reverse, unroll=unroll)
 
 
-def forward(update: Update, params, carry, xs, mask, reverse, unroll, save):
+def forward(update: Update, params, carry, xs, mask, reverse, unroll, resets, reset_carry, save):
   """The kernel's forward loop: `step_loop`'s values from ``update``, and what it saved.
 
   Returns:
-    ``(carry, ys, saved)``; with ``save``, ``saved`` is ``(previous carries,
-    update's saved values)`` stacked over time, else None.
+    ``(carry, ys, saved)``; with ``save``, ``saved`` is ``(incoming carries (after
+    any reset), update's saved values)`` stacked over time, else None.
   """
 
   def body(c, inputs):
-    x, m = inputs
+    x, m, r = inputs
+    c = reset(r, c, reset_carry)
     new, y, extra = update(params, c, x)
     new = jax.tree.map(functools.partial(where_valid, m), new, c)
     return new, (zeros_where_invalid(m, y), (c, extra) if save else None)
 
-  carry, (ys, saved) = lax.scan(body, carry, (xs, mask), reverse=reverse, unroll=unroll)
+  inputs = (xs, mask, resets)
+  carry, (ys, saved) = lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
   return carry, ys, saved
 
 
@@ -113,8 +159,9 @@ def sequence_kernel(update: Update, backward: Backward) -> Callable[..., tuple[A
 
   Args:
     update: ``update(params, carry, x) -> (carry, y, saved)``, the cell's one step.
-    backward: ``backward(params, xs, mask, saved, (d_carry, d_ys), reverse, unroll)
-      -> (d_params, d_carry0, d_xs)``, the hand-written VJP of the whole loop.
+    backward: ``backward(params, xs, mask, resets, saved, (d_carry, d_ys), reverse,
+      unroll) -> (d_params, d_carry0, d_xs, d_reset_carry)``, the hand-written VJP of
+      the whole loop (`reset_split` and `reset_total` handle the resets).
 
   Returns:
     ``sequence(params, carry, xs, mask, reverse, unroll) -> (carry, ys)``, a
@@ -122,18 +169,21 @@ def sequence_kernel(update: Update, backward: Backward) -> Callable[..., tuple[A
   """
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-  def sequence(params, carry, xs, mask, reverse, unroll):
-    carry, ys, _ = forward(update, params, carry, xs, mask, reverse, unroll, save=False)
+  def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
+    args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry)
+    carry, ys, _ = forward(update, *args, save=False)
     return carry, ys
 
-  def fwd(params, carry, xs, mask, reverse, unroll):
-    carry, ys, saved = forward(update, params, carry, xs, mask, reverse, unroll, save=True)
-    return (carry, ys), (params, xs, mask, saved)
+  def fwd(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
+    args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry)
+    carry, ys, saved = forward(update, *args, save=True)
+    return (carry, ys), (params, xs, mask, resets, saved)
 
   def bwd(reverse, unroll, residuals, cotangents):
-    params, xs, mask, saved = residuals
-    d_params, d_carry, d_xs = backward(params, xs, mask, saved, cotangents, reverse, unroll)
-    return d_params, d_carry, d_xs, None
+    params, xs, mask, resets, saved = residuals
+    grads = backward(params, xs, mask, resets, saved, cotangents, reverse, unroll)
+    d_params, d_carry, d_xs, d_reset_carry = grads
+    return d_params, d_carry, d_xs, None, None, d_reset_carry
 
   sequence.defvjp(fwd, bwd)
   sequence.fwd, sequence.bwd = fwd, bwd  # for timing the parts (`make bench`'s breakdown)
@@ -148,12 +198,12 @@ def with_policy(kernel, compute_dtype: Any, step):
   dtype between steps) runs its step loop instead, which gives the same values.
   """
 
-  def sequence(params, carry, xs, mask, reverse, unroll):
-    dt = params.w_hh.dtype
+  def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
+    dt = params_dtype(params)
     if compute_dtype is not None and jnp.dtype(compute_dtype) != dt:
-      return step_loop(step, params, carry, xs, mask, reverse, unroll)
+      return step_loop(step, params, carry, xs, mask, reverse, unroll, resets, reset_carry)
     if xs.dtype != dt and jnp.issubdtype(xs.dtype, jnp.floating):
       xs = xs.astype(dt)
-    return kernel(params, carry, xs, mask, reverse, unroll)
+    return kernel(params, carry, xs, mask, reverse, unroll, resets, reset_carry)
 
   return sequence

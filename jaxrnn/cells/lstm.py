@@ -83,7 +83,7 @@ def update(params: LSTMParams, carry: LSTMCarry, x: jax.Array):
   return LSTMCarry(h, c), h, acts
 
 
-def backward(params, xs, mask, saved, cotangents, reverse, unroll):
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll):
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
   prev, acts = saved
   ct_carry, ct_ys = cotangents
@@ -92,7 +92,7 @@ def backward(params, xs, mask, saved, cotangents, reverse, unroll):
   proj_t = None if proj is None else kernel.transposed(proj)
 
   def body(ct, inputs):
-    dy, cp, a, m = inputs
+    dy, cp, a, m, restart = inputs
     i, f, g, o = jnp.split(a, 4, axis=-1)
     tc = jnp.tanh(f * cp + i * g)
     dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
@@ -101,10 +101,11 @@ def backward(params, xs, mask, saved, cotangents, reverse, unroll):
     d_acts = jnp.concatenate([dc * g, dc * cp, dc * i, dh_cell * tc], axis=-1)
     dz = kernel.zeros_where_invalid(m, d_acts * gates_slope(a))
     new = LSTMCarry(kernel.where_valid(m, dz @ w_hh_t, ct.h), kernel.where_valid(m, dc * f, ct.c))
-    return new, (dz, None if proj is None else kernel.zeros_where_invalid(m, dh))
+    new, to_reset = kernel.reset_split(restart, new)
+    return new, (dz, None if proj is None else kernel.zeros_where_invalid(m, dh), to_reset)
 
-  ct0, (dz, dh_out) = lax.scan(
-    body, ct_carry, (ct_ys, prev.c, acts, mask), reverse=not reverse, unroll=unroll
+  ct0, (dz, dh_out, to_reset) = lax.scan(
+    body, ct_carry, (ct_ys, prev.c, acts, mask, resets), reverse=not reverse, unroll=unroll
   )
   dz_rows = kernel.rows(dz)
   d_w_proj = None
@@ -118,7 +119,8 @@ def backward(params, xs, mask, saved, cotangents, reverse, unroll):
     b=None if params.b is None else jnp.sum(dz_rows, axis=0),
     w_proj=d_w_proj,
   )
-  return grads, ct0, (dz_rows @ params.w_ih.T).reshape(xs.shape)
+  d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 
 sequence = kernel.sequence_kernel(update, backward)
