@@ -97,8 +97,9 @@ def slstm(
   the block-diagonal recurrent product (head ``k``'s gates see only head ``k``'s
   ``D = H / num_heads`` units of ``h``)::
 
-      m' = max(i~, log sigmoid(f~) + m)           (m' = i~ where n = 0)
+      m' = max(i~, log sigmoid(f~) + m)
       i  = exp(i~ - m'),   f = exp(log sigmoid(f~) + m - m')
+      (where n = 0, a fresh unit: m' = i~, i = 1, f = 0)
       c' = f * c + i * tanh(z~)
       n' = f * n + i
       h' = sigmoid(o~) * c' / n'
@@ -108,8 +109,10 @@ def slstm(
   xlstm's vanilla ``slstm`` pointwise function (which precedes it by the layer's
   input projections, here ``w_ih``), with one difference: xlstm picks
   ``m' = i~`` on the first step for the whole batch (when every ``n`` is 0), this cell
-  per unit (wherever ``n`` is 0: the zero initial carry, or a reset). Both give the
-  same ``h``. Gradients flow through ``m`` (xlstm does not stop them either).
+  per unit (wherever ``n`` is 0: the zero initial carry, or a reset), and drops the
+  memory there (``f = 0``; xlstm clamps ``f`` to 1, which multiplies ``c = n = 0``).
+  Both give the same ``h``. Gradients flow through ``m`` (xlstm does not stop them
+  either).
 
   Args:
     hidden_size: H, divisible by ``num_heads``.
