@@ -11,9 +11,12 @@ from jaxrnn.cells import (
   HiddenCarry,
   LSTMCarry,
   LSTMParams,
+  SLSTMCarry,
+  SLSTMParams,
   elman,
   gru,
   lstm,
+  slstm,
 )
 from jaxrnn.interop import carry_from_torch, carry_to_torch, from_torch, to_torch
 from jaxrnn.layers import (
@@ -38,6 +41,8 @@ __all__ = [
   "HiddenCarry",
   "LSTMCarry",
   "LSTMParams",
+  "SLSTMCarry",
+  "SLSTMParams",
   "SequenceModel",
   "Stream",
   "bidirectional",
@@ -52,6 +57,7 @@ __all__ = [
   "recurrent",
   "rnn_layers",
   "scan",
+  "slstm",
   "stack",
   "stream",
   "to_torch",
