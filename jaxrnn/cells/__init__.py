@@ -5,16 +5,24 @@ where PyTorch has the cell, its `TorchLayout`); `KINDS` collects them. Adding a 
 is one module in this package, its tests, and its line in `_MODULES` below.
 """
 
+from jaxrnn.cells import cifg_lstm as _cifg_lstm
 from jaxrnn.cells import elman as _elman
 from jaxrnn.cells import gru as _gru
+from jaxrnn.cells import indrnn as _indrnn
 from jaxrnn.cells import lstm as _lstm
+from jaxrnn.cells import mgu as _mgu
+from jaxrnn.cells import peephole_lstm as _peephole_lstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
+from jaxrnn.cells.cifg_lstm import CIFGLSTMParams, cifg_lstm
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
+from jaxrnn.cells.indrnn import IndRNNParams, indrnn
 from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
+from jaxrnn.cells.mgu import MGUParams, mgu
+from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
-_MODULES = (_elman, _lstm, _gru)
+_MODULES = (_elman, _lstm, _gru, _peephole_lstm, _cifg_lstm, _mgu, _indrnn)
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
 """Every built-in cell by name: what `rnn_layers(kind, ...)` accepts."""
@@ -35,15 +43,23 @@ __all__ = [
   "KINDS",
   "TORCH",
   "Cell",
+  "CIFGLSTMParams",
   "CellKind",
   "ElmanParams",
   "GRUParams",
   "HiddenCarry",
+  "IndRNNParams",
   "LSTMCarry",
   "LSTMParams",
+  "MGUParams",
+  "PeepholeLSTMParams",
   "TorchLayout",
+  "cifg_lstm",
   "elman",
   "gru",
+  "indrnn",
   "kind_of_params",
   "lstm",
+  "mgu",
+  "peephole_lstm",
 ]
