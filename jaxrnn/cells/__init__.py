@@ -16,7 +16,7 @@ from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
 from jaxrnn.cells.cifg_lstm import CIFGLSTMParams, cifg_lstm
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
-from jaxrnn.cells.indrnn import IndRNNParams, indrnn
+from jaxrnn.cells.indrnn import IndRNNParams, indrnn, indrnn_constrain
 from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
 from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
@@ -58,6 +58,7 @@ __all__ = [
   "elman",
   "gru",
   "indrnn",
+  "indrnn_constrain",
   "kind_of_params",
   "lstm",
   "mgu",

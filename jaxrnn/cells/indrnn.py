@@ -54,7 +54,7 @@ def update(
   return HiddenCarry(h), h, h
 
 
-def constrain(params: Any, recurrent_max: float) -> Any:
+def indrnn_constrain(params: Any, recurrent_max: float) -> Any:
   """The reference code's constraint: every IndRNN's ``w_hh`` in ``params`` clipped to the bound.
 
   ``params`` is any pytree (one cell's params, a `stack`'s tuple, a train
@@ -66,7 +66,7 @@ def constrain(params: Any, recurrent_max: float) -> Any:
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
     >>> p = jaxrnn.IndRNNParams(jnp.zeros((2, 3)), jnp.array([-3.0, 0.5, 3.0]))
-    >>> constrain((p, {"lr": jnp.array(2.0)}), 1.5)[0].w_hh
+    >>> indrnn_constrain((p, {"lr": jnp.array(2.0)}), 1.5)[0].w_hh
     Array([-1.5,  0.5,  1.5], dtype=float32)
   """
 
@@ -103,7 +103,7 @@ def indrnn(
   update). A pure-functional cell cannot change its params, so this cell does
   two things: (1) the forward pass uses ``u`` clipped to the bound (gradient 1
   inside and on the bound, 0 beyond it), so the step never runs with a larger
-  weight; (2) `jaxrnn.cells.indrnn.constrain` ``(params, recurrent_max)`` is the
+  weight; (2) `jaxrnn.indrnn_constrain` ``(params, recurrent_max)`` is the
   projection itself, to apply to the params after each optimizer update: with it
   the stored weights never leave the bound, the forward clip is the identity,
   and training follows the reference code exactly. Without it, a weight pushed
