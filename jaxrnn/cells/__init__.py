@@ -5,18 +5,26 @@ where PyTorch has the cell, its `TorchLayout`); `KINDS` collects them. Adding a 
 is one module in this package, its tests, and its line in `_MODULES` below.
 """
 
+from jaxrnn.cells import cifg_lstm as _cifg_lstm
 from jaxrnn.cells import elman as _elman
 from jaxrnn.cells import gru as _gru
+from jaxrnn.cells import indrnn as _indrnn
 from jaxrnn.cells import lstm as _lstm
+from jaxrnn.cells import mgu as _mgu
+from jaxrnn.cells import peephole_lstm as _peephole_lstm
 from jaxrnn.cells import slstm as _slstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
+from jaxrnn.cells.cifg_lstm import CIFGLSTMParams, cifg_lstm
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
+from jaxrnn.cells.indrnn import IndRNNParams, indrnn, indrnn_constrain
 from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
+from jaxrnn.cells.mgu import MGUParams, mgu
+from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
 from jaxrnn.cells.slstm import SLSTMCarry, SLSTMParams, slstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
-_MODULES = (_elman, _lstm, _gru, _slstm)
+_MODULES = (_elman, _lstm, _gru, _peephole_lstm, _cifg_lstm, _mgu, _indrnn, _slstm)
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
 """Every built-in cell by name: what `rnn_layers(kind, ...)` accepts."""
@@ -36,19 +44,28 @@ def kind_of_params(params: object) -> CellKind | None:
 __all__ = [
   "KINDS",
   "TORCH",
+  "CIFGLSTMParams",
   "Cell",
   "CellKind",
   "ElmanParams",
   "GRUParams",
   "HiddenCarry",
+  "IndRNNParams",
   "LSTMCarry",
   "LSTMParams",
+  "MGUParams",
+  "PeepholeLSTMParams",
   "SLSTMCarry",
   "SLSTMParams",
   "TorchLayout",
+  "cifg_lstm",
   "elman",
   "gru",
+  "indrnn",
+  "indrnn_constrain",
   "kind_of_params",
   "lstm",
+  "mgu",
+  "peephole_lstm",
   "slstm",
 ]

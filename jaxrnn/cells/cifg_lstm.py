@@ -1,0 +1,144 @@
+"""The LSTM with a coupled input and forget gate, f = 1 - i (Greff et al. 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import base
+from jaxrnn.cells.lstm import LSTMCarry
+from jaxrnn.cells.peephole_lstm import block_gates, check_lstm_step, lstm_carry
+
+
+class CIFGLSTMParams(NamedTuple):
+  """Parameters of `jaxrnn.cifg_lstm`: three gate blocks ``[i, g, o]``.
+
+  PyTorch's ``[i, f, g, o]`` with the forget block removed: columns ``[0:H]``
+  are the input gate, ``[H:2H]`` the candidate ``g``, ``[2H:3H]`` the output gate.
+
+  Attributes:
+    w_ih: ``(input_size, 3H)`` (``x @ w_ih``).
+    w_hh: ``(H, 3H)``.
+    b: ``(3H,)`` or None.
+  """
+
+  w_ih: jax.Array
+  w_hh: jax.Array
+  b: jax.Array | None = None
+
+  gate_columns = (("w_ih", 3), ("w_hh", 3), ("b", 3))  # split by sharding's model axis
+
+  @property
+  def input_size(self) -> int:
+    return self.w_ih.shape[-2]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_hh.shape[-2]
+
+
+def update(params: CIFGLSTMParams, carry: LSTMCarry, x: jax.Array):
+  """One CIFG-LSTM step, the cell's math in one place: ``(carry, y, [i, g, o])``."""
+  acts = block_gates(base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b), 3, 1)
+  i, g, o = jnp.split(acts, 3, axis=-1)
+  c = (1.0 - i) * carry.c + i * g
+  h = o * jnp.tanh(c)
+  return LSTMCarry(h, c), h, acts
+
+
+def cifg_lstm(
+  hidden_size: int,
+  *,
+  forget_bias: float = 1.0,
+  use_bias: bool = True,
+  recurrent_init: str = "uniform",
+  dtype: Any = jnp.float32,
+  compute_dtype: Any = None,
+) -> base.Cell:
+  """The coupled input-forget gate LSTM ("CIFG", Greff et al. 2017, "LSTM: A Search Space Odyssey").
+
+  With ``z = x @ w_ih + h @ w_hh + b`` split into ``[z_i, z_g, z_o]``::
+
+      i  = sigmoid(z_i)
+      f  = 1 - i                              (= sigmoid(-z_i): no forget weights)
+      c' = f * c + i * tanh(z_g)
+      h' = sigmoid(z_o) * tanh(c')
+
+  Three gate blocks instead of four: a quarter fewer weights than `jaxrnn.lstm`.
+  Greff et al. apply the coupling to their vanilla LSTM, which has peepholes;
+  this cell couples the gates of the plain `jaxrnn.lstm` (as TensorFlow's
+  ``CoupledInputForgetGateLSTMCell`` with ``use_peepholes=False``). There is no
+  hand-written whole-sequence kernel: `jaxrnn.scan` loops over the step.
+
+  Where ``forget_bias`` goes: since ``f = sigmoid(-z_i)``, a forget bias ``b_f``
+  is ``f = sigmoid(-(z_i - b_f))``, so ``init`` SUBTRACTS ``forget_bias`` from
+  the input gate's slice ``b[0:H]``. The default 1.0 starts the cell at
+  ``f ~ sigmoid(1) ~ 0.73`` (remembering) and ``i ~ 0.27``, as `jaxrnn.lstm`'s
+  forget bias 1.0 does for ``f``. The forward pass adds no constant.
+
+  Args:
+    hidden_size: H, the cell state size.
+    forget_bias: subtracted from ``b[0:H]`` at init (see above); needs ``use_bias``
+      to have an effect.
+    use_bias: whether ``b`` exists.
+    recurrent_init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H))),
+      ``"orthogonal"`` or ``"identity"`` (per gate block; these start the bias
+      at zero, minus ``forget_bias`` on the input gate).
+    dtype: dtype of the parameters made by ``init`` (and of the carry).
+    compute_dtype: the dtype the step computes in; None: the params' dtype.
+
+  Returns:
+    A `Cell` with carry `LSTMCarry(h, c)`, both ``(*batch, H)``; the output is ``h``.
+
+  Raises:
+    ValueError: for a non-positive size or an unknown initialiser.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.cifg_lstm(hidden_size=4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> params.w_ih.shape, params.w_hh.shape, params.b.shape
+    ((3, 12), (4, 12), (12,))
+    >>> carry, y = cell.step(params, cell.initial_carry(params, (5,)), jnp.ones((5, 3)))
+    >>> carry.c.shape, y.shape
+    ((5, 4), (5, 4))
+  """
+  config = dict(locals())  # first: exactly the factory's arguments
+  base.check_positive("hidden_size", hidden_size)
+  base.check_recurrent_init(recurrent_init)
+  scale = base.hidden_scale(hidden_size)
+  H = hidden_size
+
+  def init(key, input_size):
+    base.check_input_size(input_size)
+    k_ih, k_hh, k_b = jax.random.split(key, 3)
+    w_ih = base.uniform(k_ih, (input_size, 3 * H), scale, dtype)
+    w_hh = base.recurrent_matrix(k_hh, recurrent_init, H, H, 3, scale, dtype)
+    b = None
+    if use_bias:
+      if recurrent_init == "uniform":
+        b = base.uniform(k_b, (3 * H,), scale, dtype)
+      else:
+        b = jnp.zeros((3 * H,), dtype)
+      b = b.at[:H].add(-forget_bias)  # f = sigmoid(-z_i): the forget bias, in init only
+    return CIFGLSTMParams(w_ih, w_hh, b)
+
+  return base.library_cell(
+    "cifg_lstm",
+    init=init,
+    initial_carry=lstm_carry,
+    update=update,
+    check=_check_step,
+    params_type=CIFGLSTMParams,
+    sequence=None,
+    config=config,  # every argument of the factory, as called
+  )
+
+
+def _check_step(params: CIFGLSTMParams, carry: LSTMCarry, x: jax.Array) -> None:
+  check_lstm_step("cifg_lstm", params, carry, x)
+
+
+KIND = base.CellKind("cifg_lstm", cifg_lstm, CIFGLSTMParams, LSTMCarry, None)

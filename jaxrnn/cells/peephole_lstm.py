@@ -1,0 +1,194 @@
+"""The LSTM with diagonal peephole connections (Gers, Schraudolph and Schmidhuber 2002)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxrnn.cells import base
+from jaxrnn.cells.lstm import LSTMCarry
+
+
+class PeepholeLSTMParams(NamedTuple):
+  """Parameters of `jaxrnn.peephole_lstm`, gates in PyTorch's order ``[i, f, g, o]``.
+
+  Attributes:
+    w_ih: ``(input_size, 4H)``, columns ``[i, f, g, o]`` (``x @ w_ih``).
+    w_hh: ``(H, 4H)``, the same columns.
+    b: ``(4H,)`` or None.
+    w_ci: ``(H,)``, the input gate's peephole on ``c_{t-1}``.
+    w_cf: ``(H,)``, the forget gate's peephole on ``c_{t-1}``.
+    w_co: ``(H,)``, the output gate's peephole on ``c_t``.
+  """
+
+  w_ih: jax.Array
+  w_hh: jax.Array
+  b: jax.Array | None
+  w_ci: jax.Array
+  w_cf: jax.Array
+  w_co: jax.Array
+
+  gate_columns = (
+    ("w_ih", 4),
+    ("w_hh", 4),
+    ("b", 4),
+    ("w_ci", 1),
+    ("w_cf", 1),
+    ("w_co", 1),
+  )  # split by sharding's model axis
+
+  @property
+  def input_size(self) -> int:
+    return self.w_ih.shape[-2]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_hh.shape[-2]
+
+
+def block_gates(z: jax.Array, blocks: int, tanh_block: int) -> jax.Array:
+  """Sigmoid on every ``H``-column block of ``z`` ``(..., blocks * H)`` but ``tanh_block``.
+
+  The one-tanh-pass form of `jaxrnn.cells.lstm.gates`: ``sigmoid(x) = (1 + tanh(x / 2)) / 2``,
+  so a single tanh over all columns (the sigmoid ones scaled by 1/2) serves every gate.
+  """
+  h = z.shape[-1] // blocks
+  col = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
+  is_tanh = (col >= tanh_block * h) & (col < (tanh_block + 1) * h)
+  t = jnp.tanh(jnp.where(is_tanh, z, 0.5 * z))
+  return jnp.where(is_tanh, t, 0.5 * t + 0.5)
+
+
+def rowwise(v: jax.Array, z: jax.Array) -> jax.Array:
+  """``v`` ``(F,)`` reshaped to broadcast explicitly against ``z`` ``(..., F)``."""
+  return jnp.reshape(v, (1,) * (z.ndim - 1) + v.shape)
+
+
+def update(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array):
+  """One peephole-LSTM step, the cell's math in one place: ``(carry, y, [i, f, g, o])``."""
+  z = base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b)
+  c_prev = carry.c
+  peep = jnp.concatenate([params.w_ci, params.w_cf, jnp.zeros_like(params.w_ci)])
+  reps = (1,) * (c_prev.ndim - 1) + (3,)
+  h3 = 3 * c_prev.shape[-1]
+  ifg = block_gates(z[..., :h3] + rowwise(peep, z[..., :h3]) * jnp.tile(c_prev, reps), 3, 2)
+  i, f, g = jnp.split(ifg, 3, axis=-1)
+  c = f * c_prev + i * g
+  o = jax.nn.sigmoid(z[..., h3:] + rowwise(params.w_co, c) * c)
+  h = o * jnp.tanh(c)
+  return LSTMCarry(h, c), h, jnp.concatenate([ifg, o], axis=-1)
+
+
+def peephole_lstm(
+  hidden_size: int,
+  *,
+  forget_bias: float = 1.0,
+  use_bias: bool = True,
+  recurrent_init: str = "uniform",
+  dtype: Any = jnp.float32,
+  compute_dtype: Any = None,
+) -> base.Cell:
+  """The LSTM with diagonal peepholes (Gers, Schraudolph and Schmidhuber 2002).
+
+  With ``z = x @ w_ih + h @ w_hh + b`` split into ``[z_i, z_f, z_g, z_o]``::
+
+      i  = sigmoid(z_i + w_ci * c)
+      f  = sigmoid(z_f + w_cf * c)
+      c' = f * c + i * tanh(z_g)
+      o  = sigmoid(z_o + w_co * c')           (the output gate sees the new cell)
+      h' = o * tanh(c')
+
+  ``*`` is elementwise: each peephole is a vector ``(H,)`` (a diagonal matrix).
+  This is the "vanilla LSTM" of Greff et al. 2017 and TensorFlow's
+  ``LSTMCell(use_peepholes=True)`` without projection; Gers et al. 2002 also
+  dropped the output ``tanh`` (``h' = o * c'``), which this cell keeps, as every
+  peephole LSTM in common use does. The step is the plain `jaxrnn.lstm` plus the
+  three peephole terms: with zero peepholes it computes exactly `jaxrnn.lstm`.
+  There is no hand-written whole-sequence kernel: `jaxrnn.scan` loops over the
+  step and autodiff gives the gradient.
+
+  Args:
+    hidden_size: H, the cell state size.
+    forget_bias: added to ``b[H:2H]`` at init (and nowhere in the forward pass).
+    use_bias: whether ``b`` exists (the peepholes always do).
+    recurrent_init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H)) for every
+      weight, the peepholes and the bias included), ``"orthogonal"`` or
+      ``"identity"`` (per gate block of ``w_hh``; these start the bias at zero,
+      plus ``forget_bias``, and the peepholes at zero).
+    dtype: dtype of the parameters made by ``init`` (and of the carry).
+    compute_dtype: the dtype the step computes in; None: the params' dtype.
+
+  Returns:
+    A `Cell` with carry `LSTMCarry(h, c)`, both ``(*batch, H)``; the output is ``h``.
+
+  Raises:
+    ValueError: for a non-positive size or an unknown initialiser.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.peephole_lstm(hidden_size=4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> params.w_ci.shape, params.w_hh.shape
+    ((4,), (4, 16))
+    >>> carry, y = cell.step(params, cell.initial_carry(params, (5,)), jnp.ones((5, 3)))
+    >>> carry.c.shape, y.shape
+    ((5, 4), (5, 4))
+  """
+  config = dict(locals())  # first: exactly the factory's arguments
+  base.check_positive("hidden_size", hidden_size)
+  base.check_recurrent_init(recurrent_init)
+  scale = base.hidden_scale(hidden_size)
+  H = hidden_size
+
+  def init(key, input_size):
+    base.check_input_size(input_size)
+    k_ih, k_hh, k_b, k_peep = jax.random.split(key, 4)
+    w_ih = base.uniform(k_ih, (input_size, 4 * H), scale, dtype)
+    w_hh = base.recurrent_matrix(k_hh, recurrent_init, H, H, 4, scale, dtype)
+    if recurrent_init == "uniform":
+      peep = base.uniform(k_peep, (3, H), scale, dtype)
+    else:
+      peep = jnp.zeros((3, H), dtype)
+    b = None
+    if use_bias:
+      if recurrent_init == "uniform":
+        b = base.uniform(k_b, (4 * H,), scale, dtype)
+      else:
+        b = jnp.zeros((4 * H,), dtype)
+      b = b.at[H : 2 * H].add(forget_bias)  # the forget bias, in init and nowhere else
+    return PeepholeLSTMParams(w_ih, w_hh, b, peep[0], peep[1], peep[2])
+
+  return base.library_cell(
+    "peephole_lstm",
+    init=init,
+    initial_carry=lstm_carry,
+    update=update,
+    check=_check_step,
+    params_type=PeepholeLSTMParams,
+    sequence=None,
+    config=config,  # every argument of the factory, as called
+  )
+
+
+def lstm_carry(params: Any, batch: tuple[int, ...]) -> LSTMCarry:
+  """Zeros ``h`` and ``c`` ``(*batch, H)`` in the params' dtype, ``H`` the rows of ``w_hh``."""
+  h = jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype)
+  return LSTMCarry(h, h)
+
+
+def check_lstm_step(name: str, params: Any, carry: LSTMCarry, x: jax.Array) -> None:
+  """The shape checks of an LSTM-family step whose ``w_hh`` is ``(H, G * H)``."""
+  hidden = params.w_hh.shape[-2]
+  base.check_step_input(name, x, params.w_ih.shape[-2], carry.h, hidden)
+  if carry.c.shape != carry.h.shape:
+    raise ValueError(f"{name}.step: carry.c has shape {carry.c.shape}; expected {carry.h.shape}.")
+
+
+def _check_step(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array) -> None:
+  check_lstm_step("peephole_lstm", params, carry, x)
+
+
+KIND = base.CellKind("peephole_lstm", peephole_lstm, PeepholeLSTMParams, LSTMCarry, None)
