@@ -7,14 +7,18 @@ is one module in this package, its tests, and its line in `_MODULES` below.
 
 from jaxrnn.cells import elman as _elman
 from jaxrnn.cells import gru as _gru
+from jaxrnn.cells import layer_norm_gru as _layer_norm_gru
+from jaxrnn.cells import layer_norm_lstm as _layer_norm_lstm
 from jaxrnn.cells import lstm as _lstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
+from jaxrnn.cells.layer_norm_gru import LayerNormGRUParams, layer_norm_gru
+from jaxrnn.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
-_MODULES = (_elman, _lstm, _gru)
+_MODULES = (_elman, _lstm, _gru, _layer_norm_lstm, _layer_norm_gru)
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
 """Every built-in cell by name: what `rnn_layers(kind, ...)` accepts."""
@@ -41,9 +45,13 @@ __all__ = [
   "HiddenCarry",
   "LSTMCarry",
   "LSTMParams",
+  "LayerNormGRUParams",
+  "LayerNormLSTMParams",
   "TorchLayout",
   "elman",
   "gru",
   "kind_of_params",
+  "layer_norm_gru",
+  "layer_norm_lstm",
   "lstm",
 ]
