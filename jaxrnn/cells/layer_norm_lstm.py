@@ -63,7 +63,7 @@ def layer_norm(
   ``(F,)``). The statistics are computed in at least float32 (as flax's
   ``LayerNorm``); the result has ``z``'s dtype.
   """
-  stat_dtype = jnp.promote_types(z.dtype, jnp.float32)
+  stat_dtype = jnp.dtype(jnp.float32) if jnp.finfo(z.dtype).bits < 32 else z.dtype
   zs = z.astype(stat_dtype).reshape(z.shape[:-1] + (groups, z.shape[-1] // groups))
   mean = jnp.mean(zs, axis=-1, keepdims=True)
   centred = zs - mean
