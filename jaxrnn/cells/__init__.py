@@ -9,6 +9,8 @@ from jaxrnn.cells import cifg_lstm as _cifg_lstm
 from jaxrnn.cells import elman as _elman
 from jaxrnn.cells import gru as _gru
 from jaxrnn.cells import indrnn as _indrnn
+from jaxrnn.cells import layer_norm_gru as _layer_norm_gru
+from jaxrnn.cells import layer_norm_lstm as _layer_norm_lstm
 from jaxrnn.cells import lstm as _lstm
 from jaxrnn.cells import mgu as _mgu
 from jaxrnn.cells import peephole_lstm as _peephole_lstm
@@ -18,13 +20,26 @@ from jaxrnn.cells.cifg_lstm import CIFGLSTMParams, cifg_lstm
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
 from jaxrnn.cells.indrnn import IndRNNParams, indrnn, indrnn_constrain
+from jaxrnn.cells.layer_norm_gru import LayerNormGRUParams, layer_norm_gru
+from jaxrnn.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
 from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
 from jaxrnn.cells.slstm import SLSTMCarry, SLSTMParams, slstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
-_MODULES = (_elman, _lstm, _gru, _peephole_lstm, _cifg_lstm, _mgu, _indrnn, _slstm)
+_MODULES = (
+  _elman,
+  _lstm,
+  _gru,
+  _layer_norm_lstm,
+  _layer_norm_gru,
+  _peephole_lstm,
+  _cifg_lstm,
+  _mgu,
+  _indrnn,
+  _slstm,
+)
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
 """Every built-in cell by name: what `rnn_layers(kind, ...)` accepts."""
@@ -53,6 +68,8 @@ __all__ = [
   "IndRNNParams",
   "LSTMCarry",
   "LSTMParams",
+  "LayerNormGRUParams",
+  "LayerNormLSTMParams",
   "MGUParams",
   "PeepholeLSTMParams",
   "SLSTMCarry",
@@ -64,6 +81,8 @@ __all__ = [
   "indrnn",
   "indrnn_constrain",
   "kind_of_params",
+  "layer_norm_gru",
+  "layer_norm_lstm",
   "lstm",
   "mgu",
   "peephole_lstm",

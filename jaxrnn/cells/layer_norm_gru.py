@@ -1,0 +1,164 @@
+"""The GRU with layer-normalized input and recurrent projections (Ba, Kiros and Hinton 2016)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import base
+from jaxrnn.cells.base import HiddenCarry
+from jaxrnn.cells.layer_norm_lstm import check_bool, check_epsilon, layer_norm
+
+
+class LayerNormGRUParams(NamedTuple):
+  """Parameters of `jaxrnn.layer_norm_gru`, gates in PyTorch's order ``[r, z, n]``.
+
+  The layer norms' biases are the GRU's biases: ``ln_ih_bias`` is PyTorch's
+  ``b_ih`` and ``ln_hh_bias`` its ``b_hh`` (its n slice, like ``b_hn``, inside
+  the reset product), so there is no separate ``b``.
+
+  No ``gate_columns`` are declared, so `jaxrnn.sharding` keeps these params
+  replicated: the normalization statistics span all 3H columns (or each gate's
+  H columns with ``per_gate``, which a contiguous split of the columns over a
+  model axis need not align with), so a split would need a cross-device
+  reduction inside every time step.
+
+  Attributes:
+    w_ih: ``(input_size, 3H)``, input projection (``x @ w_ih``).
+    w_hh: ``(H, 3H)``, recurrent projection (``h @ w_hh``).
+    ln_ih_gain, ln_ih_bias: ``(3H,)``, the input projection's layer norm (init 1, 0).
+    ln_hh_gain, ln_hh_bias: ``(3H,)``, the recurrent projection's layer norm (init 1, 0).
+  """
+
+  w_ih: jax.Array
+  w_hh: jax.Array
+  ln_ih_gain: jax.Array
+  ln_ih_bias: jax.Array
+  ln_hh_gain: jax.Array
+  ln_hh_bias: jax.Array
+
+  @property
+  def input_size(self) -> int:
+    return self.w_ih.shape[-2]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_hh.shape[-2]
+
+
+def update(
+  params: LayerNormGRUParams,
+  carry: HiddenCarry,
+  x: jax.Array,
+  *,
+  per_gate: bool = False,
+  epsilon: float = 1e-5,
+):
+  """One layer-normalized GRU step: ``(carry, y, [r, z, n])``."""
+  groups = 3 if per_gate else 1
+  p = params
+  gi = layer_norm(x @ p.w_ih, p.ln_ih_gain, p.ln_ih_bias, groups, epsilon)
+  gh = layer_norm(carry.h @ p.w_hh, p.ln_hh_gain, p.ln_hh_bias, groups, epsilon)
+  i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+  h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+  r = jax.nn.sigmoid(i_r + h_r)
+  z = jax.nn.sigmoid(i_z + h_z)
+  n = jnp.tanh(i_n + r * h_n)
+  h = (1.0 - z) * n + z * carry.h
+  return HiddenCarry(h), h, jnp.concatenate([r, z, n], axis=-1)
+
+
+def layer_norm_gru(
+  hidden_size: int,
+  *,
+  per_gate: bool = False,
+  epsilon: float = 1e-5,
+  dtype: Any = jnp.float32,
+  compute_dtype: Any = None,
+) -> base.Cell:
+  """The GRU of ``torch.nn.GRUCell`` with its two projections layer-normalized.
+
+  With ``LN(a; gain, bias) = (a - mean(a)) / sqrt(var(a) + epsilon) * gain + bias``
+  (mean and biased variance over all 3H columns; over each gate's H columns
+  with ``per_gate``), ``gi = LN(x @ w_ih; ln_ih)`` and ``gh = LN(h @ w_hh; ln_hh)``,
+  each split ``[r, z, n]``::
+
+      r  = sigmoid(gi_r + gh_r)
+      z  = sigmoid(gi_z + gh_z)
+      n  = tanh(gi_n + r * gh_n)
+      h' = (1 - z) * n + z * h
+
+  These are PyTorch's GRU equations with ``x W_ih + b_ih`` replaced by ``gi`` and
+  ``h W_hh + b_hh`` by ``gh``. The recurrent normalization is taken over the
+  whole recurrent projection *before* the reset gate multiplies its n slice:
+  ``r`` scales the normalized (and shifted, ``ln_hh_bias[2H:]`` playing
+  PyTorch's ``b_hn``) n slice, and the statistics do not depend on ``r``. The
+  layer norms' biases are the only biases. Weights start at PyTorch's
+  U(-1/sqrt(H), 1/sqrt(H)), gains at 1, biases at 0.
+
+  The params declare no ``gate_columns``: `jaxrnn.sharding` keeps them
+  replicated (see `LayerNormGRUParams`). There is no whole-sequence kernel:
+  `jaxrnn.scan` loops over the step.
+
+  Args:
+    hidden_size: H.
+    per_gate: normalize each gate's H columns separately (TensorFlow's variant).
+    epsilon: added to the variance in every normalization.
+    dtype: dtype of the parameters made by ``init`` (and of the carry).
+    compute_dtype: the dtype the step computes in; None: the params' dtype.
+      The normalization statistics are taken in at least float32.
+
+  Returns:
+    A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
+
+  Raises:
+    ValueError: for a non-positive size or epsilon, or a non-bool ``per_gate``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.layer_norm_gru(hidden_size=4, per_gate=True)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry, y = cell.step(params, cell.initial_carry(params, (5,)), jnp.ones((5, 3)))
+    >>> y.shape, params.ln_hh_gain.shape
+    ((5, 4), (12,))
+  """
+  config = dict(locals())  # first: exactly the factory's arguments
+  base.check_positive("hidden_size", hidden_size)
+  check_bool("per_gate", per_gate)
+  check_epsilon(epsilon)
+  scale = base.hidden_scale(hidden_size)
+  H = hidden_size
+
+  def init(key, input_size):
+    base.check_input_size(input_size)
+    k_ih, k_hh = jax.random.split(key)
+    ones, zeros = jnp.ones((3 * H,), dtype), jnp.zeros((3 * H,), dtype)
+    return LayerNormGRUParams(
+      w_ih=base.uniform(k_ih, (input_size, 3 * H), scale, dtype),
+      w_hh=base.uniform(k_hh, (H, 3 * H), scale, dtype),
+      ln_ih_gain=ones,
+      ln_ih_bias=zeros,
+      ln_hh_gain=ones,
+      ln_hh_bias=zeros,
+    )
+
+  return base.library_cell(
+    "layer_norm_gru",
+    init=init,
+    initial_carry=base.hidden_carry,
+    update=functools.partial(update, per_gate=per_gate, epsilon=epsilon),
+    check=_check_step,
+    params_type=LayerNormGRUParams,
+    sequence=None,
+    config=config,  # every argument of the factory, as called
+  )
+
+
+def _check_step(params: LayerNormGRUParams, carry: HiddenCarry, x: jax.Array) -> None:
+  base.check_step_input("layer_norm_gru", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
+
+
+KIND = base.CellKind("layer_norm_gru", layer_norm_gru, LayerNormGRUParams, HiddenCarry, None)
