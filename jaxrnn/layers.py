@@ -353,8 +353,8 @@ def rnn_layers(
   """The torch-like convenience: ``torch.nn.LSTM(...)`` as a jaxrnn `stack`.
 
   Args:
-    kind: a built-in cell's name, one of ``jaxrnn.cells.KINDS``: ``"elman"``,
-      ``"lstm"`` or ``"gru"``.
+    kind: a built-in cell's name, one of ``jaxrnn.cells.KINDS`` (``"elman"``,
+      ``"lstm"``, ``"gru"``, ``"layer_norm_lstm"``, ``"mgu"``, ``"slstm"``, ...).
     hidden_size: H of every layer.
     num_layers: how many layers to stack.
     bidirectional: each layer is a forward and a reverse pass, concatenated.
