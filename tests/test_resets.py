@@ -55,7 +55,7 @@ def _segments_loss(cell, reverse):
       first, last = (segments[-1], segments[0]) if reverse else (segments[0], segments[-1])
       for s, e in segments:
         takes_carry = (s, e) == first and (reverse or b == 1)
-        c0 = jax.tree.map(lambda a: a[b : b + 1], carry) if takes_carry else None
+        c0 = jax.tree.map(lambda a, b=b: a[b : b + 1], carry) if takes_carry else None
         c, y = jaxrnn.scan(cell, params, xs[b : b + 1, s:e], c0, reverse=reverse)
         ys = ys.at[b, s:e].set(y[0])
         total = total + jnp.sum(y[0] * w[b, s:e])
@@ -87,15 +87,17 @@ def _check(cell, impl, reverse, remat=None):
   assert all(v > 0.0 for v in top) if reverse else all(v == 0.0 for v in top)
 
 
-@pytest.mark.parametrize("name", CELLS)
-@pytest.mark.parametrize("reverse", [False, True])
+# Every kernel, forward and reverse each covered (lean: every case compiles two gradients).
+@pytest.mark.parametrize(
+  "name,reverse", [("lstm-proj", True), ("gru", False), ("elman-readout", True)]
+)
 def test_packed_rows_equal_their_segments_on_the_kernels(name, reverse):
   _check(CELLS[name], "auto", reverse)
 
 
 def test_packed_rows_equal_their_segments_on_the_step_loop_and_with_remat():
-  _check(CELLS["lstm-proj"], "step", reverse=True)
-  _check(CELLS["gru"], "auto", reverse=False, remat=2)
+  _check(CELLS["lstm-proj"], "step", reverse=False)
+  _check(CELLS["gru"], "auto", reverse=True, remat=2)
 
 
 def test_bidirectional_stack_over_a_packed_row_equals_each_segment_alone():
