@@ -328,7 +328,7 @@ def cast_to_compute(
       f"{cell_name}.step: x has dtype {x.dtype}; expected a floating dtype (inputs are cast "
       "to the compute dtype; embed integer token ids first)."
     )
-  dt = jnp.dtype(compute_dtype) if compute_dtype is not None else params.w_hh.dtype
+  dt = jnp.dtype(compute_dtype) if compute_dtype is not None else jax.tree.leaves(params)[0].dtype
   cast = lambda a: a if a.dtype == dt else a.astype(dt)  # noqa: E731
   return jax.tree.map(cast, params), jax.tree.map(cast, carry), cast(x)
 

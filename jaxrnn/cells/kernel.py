@@ -149,7 +149,7 @@ def with_policy(kernel, compute_dtype: Any, step):
   """
 
   def sequence(params, carry, xs, mask, reverse, unroll):
-    dt = params.w_hh.dtype
+    dt = jax.tree.leaves(params)[0].dtype
     if compute_dtype is not None and jnp.dtype(compute_dtype) != dt:
       return step_loop(step, params, carry, xs, mask, reverse, unroll)
     if xs.dtype != dt and jnp.issubdtype(xs.dtype, jnp.floating):
