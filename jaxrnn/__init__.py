@@ -11,9 +11,13 @@ from jaxrnn.cells import (
   HiddenCarry,
   LSTMCarry,
   LSTMParams,
+  MinGRUParams,
+  MinLSTMParams,
   elman,
   gru,
   lstm,
+  min_gru,
+  min_lstm,
 )
 from jaxrnn.interop import carry_from_torch, carry_to_torch, from_torch, to_torch
 from jaxrnn.layers import (
@@ -38,6 +42,8 @@ __all__ = [
   "HiddenCarry",
   "LSTMCarry",
   "LSTMParams",
+  "MinGRUParams",
+  "MinLSTMParams",
   "SequenceModel",
   "Stream",
   "bidirectional",
@@ -49,6 +55,8 @@ __all__ = [
   "gru",
   "loop",
   "lstm",
+  "min_gru",
+  "min_lstm",
   "recurrent",
   "rnn_layers",
   "scan",

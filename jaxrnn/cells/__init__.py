@@ -8,13 +8,17 @@ is one module in this package, its tests, and its line in `_MODULES` below.
 from jaxrnn.cells import elman as _elman
 from jaxrnn.cells import gru as _gru
 from jaxrnn.cells import lstm as _lstm
+from jaxrnn.cells import min_gru as _min_gru
+from jaxrnn.cells import min_lstm as _min_lstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
 from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
+from jaxrnn.cells.min_gru import MinGRUParams, min_gru
+from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
-_MODULES = (_elman, _lstm, _gru)
+_MODULES = (_elman, _lstm, _gru, _min_gru, _min_lstm)
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
 """Every built-in cell by name: what `rnn_layers(kind, ...)` accepts."""
@@ -41,9 +45,13 @@ __all__ = [
   "HiddenCarry",
   "LSTMCarry",
   "LSTMParams",
+  "MinGRUParams",
+  "MinLSTMParams",
   "TorchLayout",
   "elman",
   "gru",
   "kind_of_params",
   "lstm",
+  "min_gru",
+  "min_lstm",
 ]
