@@ -126,8 +126,14 @@ def _plain_scan(a, b, h0, valid, reset, rc, reverse):
 
 def _compose_log(first, second):
   la2 = second[0]
-  rest = tuple(jnp.logaddexp(l1 + la2, l2) for l1, l2 in zip(first[1:], second[1:], strict=True))
+  rest = tuple(_logaddexp(l1 + la2, l2) for l1, l2 in zip(first[1:], second[1:], strict=True))
   return (first[0] + la2,) + rest
+
+
+def _logaddexp(x, y):
+  """``log(exp(x) + exp(y))`` for finite inputs: a smaller graph than `jnp.logaddexp`
+  (whose infinity handling the finite `log_zero` makes unnecessary)."""
+  return jnp.maximum(x, y) + jnp.log1p(jnp.exp(-jnp.abs(x - y)))
 
 
 def log_zero(dtype: Any, length: int) -> jax.Array:
