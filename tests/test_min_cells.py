@@ -122,8 +122,15 @@ def test_step_and_scan_against_numpy(kind, log_space, rng):
     assert bool((out["False-auto"][1][0] > 0).all())
 
 
+@pytest.fixture(params=linear_scan.METHOD_NAMES)
+def method(request, monkeypatch):
+  """Each way the sequence can run the recurrence, whatever this backend's default."""
+  monkeypatch.setitem(linear_scan.METHODS, jax.default_backend(), request.param)
+  return request.param
+
+
 @pytest.mark.parametrize("kind,log_space", CASES)
-def test_sequence_with_resets_against_loops(kind, log_space, rng):
+def test_sequence_with_resets_against_loops(kind, log_space, method, rng):
   """Masked, reversed, with resets: values to 1e-6 and gradients to 1e-5 relative."""
   cell, params, xs, h0 = make(kind, log_space, rng)
   xs_t = jnp.moveaxis(xs, 1, 0)
@@ -176,7 +183,8 @@ def test_sequence_with_resets_against_loops(kind, log_space, rng):
 
 
 @pytest.mark.parametrize("kind,log_space", CASES)
-def test_check_grads_float64(kind, log_space, rng):
+def test_check_grads_float64(kind, log_space, rng, monkeypatch):
+  monkeypatch.setitem(linear_scan.METHODS, jax.default_backend(), "associative")
   with jax.enable_x64(True):
     cell, params, xs, h0 = make(kind, log_space, rng, jnp.float64)
     xs_t = jnp.moveaxis(xs, 1, 0)[:4]
