@@ -16,6 +16,9 @@ there), which the cumulative form could only take segmented. The carries that en
 (the initial carry and a reset's carry) are added linearly, ``exp(sum log a) * h0``,
 so they may have any sign and a zero initial carry has a finite gradient.
 
+On XLA:CPU the sequence instead loops over the precomputed coefficients with
+`jax.lax.scan` (``METHODS``, measured below): the same values, elementwise steps only.
+
 `jaxrnn.scan`'s masking and resets map onto the pairs: a masked step is ``(1, 0)``
 (the carry is frozen; its output is zeroed afterwards); a reset at ``t`` sets
 ``a_t`` to zero and adds the reset carry's contribution, ``b_t + a_t * reset_carry``;
@@ -111,9 +114,12 @@ def sequence(coefficients: Coefficients, log_space: bool):
   return run
 
 
-# Measured (experiments/min_cells_timing.py, B=32, H=256, T=1024): on XLA:CPU the
-# associative scan took 1.3-3x the time of a step loop, forward and forward+backward;
-# a sequential elementwise loop over the precomputed coefficients beats both there.
+# Measured (experiments/min_cells_timing.py, B=32, H=256, T=1024, 5 interleaved rounds,
+# median per-round ratio to the step loop, idle 2-core XLA:CPU): the associative scan
+# took 1.11-1.44x (plain) and 2.2-3.2x (log space) the step loop's time, forward and
+# forward+backward; a sequential loop over the precomputed coefficients 0.77-1.44x
+# forward, 0.85-1.01x forward+backward. So CPU runs sequentially; other backends are
+# unmeasured here and keep the associative scan (the issue's reason for these cells).
 METHODS = {"cpu": "sequential"}
 METHOD_NAMES = ("associative", "sequential")
 
