@@ -13,6 +13,8 @@ from jaxrnn.cells import layer_norm_gru as _layer_norm_gru
 from jaxrnn.cells import layer_norm_lstm as _layer_norm_lstm
 from jaxrnn.cells import lstm as _lstm
 from jaxrnn.cells import mgu as _mgu
+from jaxrnn.cells import min_gru as _min_gru
+from jaxrnn.cells import min_lstm as _min_lstm
 from jaxrnn.cells import peephole_lstm as _peephole_lstm
 from jaxrnn.cells import slstm as _slstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
@@ -24,6 +26,8 @@ from jaxrnn.cells.layer_norm_gru import LayerNormGRUParams, layer_norm_gru
 from jaxrnn.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
 from jaxrnn.cells.mgu import MGUParams, mgu
+from jaxrnn.cells.min_gru import MinGRUParams, min_gru
+from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm
 from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
 from jaxrnn.cells.slstm import SLSTMCarry, SLSTMParams, slstm
 from jaxrnn.cells.torch_layout import TorchLayout
@@ -39,6 +43,8 @@ _MODULES = (
   _mgu,
   _indrnn,
   _slstm,
+  _min_gru,
+  _min_lstm,
 )
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
@@ -71,6 +77,8 @@ __all__ = [
   "LayerNormGRUParams",
   "LayerNormLSTMParams",
   "MGUParams",
+  "MinGRUParams",
+  "MinLSTMParams",
   "PeepholeLSTMParams",
   "SLSTMCarry",
   "SLSTMParams",
@@ -85,6 +93,8 @@ __all__ = [
   "layer_norm_lstm",
   "lstm",
   "mgu",
+  "min_gru",
+  "min_lstm",
   "peephole_lstm",
   "slstm",
 ]

@@ -1,0 +1,124 @@
+"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?"): a GRU whose gates read only x."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import base, linear_scan
+from jaxrnn.cells.base import HiddenCarry
+
+
+class MinGRUParams(NamedTuple):
+  """Parameters of `jaxrnn.min_gru`, gate blocks in the order ``[z, h~]``.
+
+  Attributes:
+    w_ih: ``(input_size, 2H)``: ``W_z`` then ``W_h``.
+    b: ``(2H,)`` or None: ``b_z`` then ``b_h``.
+  """
+
+  w_ih: jax.Array
+  b: jax.Array | None = None
+
+  gate_columns = (("w_ih", 2), ("b", 2))  # sharding's model axis
+
+  @property
+  def input_size(self) -> int:
+    return self.w_ih.shape[-2]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_ih.shape[-1] // 2
+
+
+def coefficients(params: MinGRUParams, x: jax.Array, log_space: bool = False):
+  """``(a, b)`` of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; in log space
+  ``(log a, log b)``: ``a = 1 - z``, ``b = z h~`` (``z g(h~)`` in log space)."""
+  k, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 2, axis=-1)
+  if log_space:  # log(1 - z) = -softplus(k), log z = -softplus(-k)
+    return -jax.nn.softplus(k), -jax.nn.softplus(-k) + linear_scan.log_g(h_tilde)
+  z = jax.nn.sigmoid(k)
+  return 1.0 - z, z * h_tilde
+
+
+def update(params: MinGRUParams, carry: HiddenCarry, x: jax.Array, log_space: bool = False):
+  """One minGRU step, ``(carry, y, None)``; the whole-sequence path uses `coefficients` too."""
+  return linear_scan.step(coefficients(params, x, log_space), carry, log_space)
+
+
+def min_gru(
+  hidden_size: int,
+  *,
+  log_space: bool = False,
+  use_bias: bool = True,
+  dtype: Any = jnp.float32,
+  compute_dtype: Any = None,
+) -> base.Cell:
+  """The minGRU cell of Feng et al. 2024 (section 3.1, the paper's plain equations)::
+
+      z  = sigmoid(x W_z + b_z)
+      h~ = x W_h + b_h                (log_space: g(x W_h + b_h))
+      h' = (1 - z) * h + z * h~
+
+  with ``g(v) = v + 0.5`` for ``v >= 0``, else ``sigmoid(v)`` (the paper's section 3.3).
+  The gates read only ``x``, so the recurrence is linear in ``h``: `jaxrnn.scan`
+  computes a whole sequence from one input matmul and `jax.lax.associative_scan` (a plain
+  loop over the coefficients on CPU, where it measured faster; `jaxrnn.cells.linear_scan`;
+  masks, reverse and resets included), and ``step`` serves streaming.
+
+  ``log_space=True`` is the paper's log-space form: ``h~`` goes through ``g`` (so it is
+  positive, and ``h`` stays positive from a non-negative carry: then the output is
+  never negative) and the sequence is scanned over ``(log(1 - z), log z + log g(.))``.
+  The plain scan (the default) is stable without it: it never divides.
+
+  Args:
+    hidden_size: H. The output size is H too (the paper's cell has no output projection).
+    log_space: the paper's log-space form (the g activation, log-space scan).
+    use_bias: whether ``b`` exists.
+    dtype: dtype of the parameters made by ``init`` (and of the carry).
+    compute_dtype: the dtype the step computes in; None: the params' dtype.
+
+  Returns:
+    A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
+    ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
+    ``torch.nn.Linear``'s default (the paper's code uses ``nn.Linear``).
+
+  Raises:
+    ValueError: for a non-positive size or a non-bool flag.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.min_gru(hidden_size=4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry, ys = jaxrnn.scan(cell, params, jnp.ones((5, 7, 3)))
+    >>> ys.shape, carry.h.shape
+    ((5, 7, 4), (5, 4))
+  """
+  config = dict(locals())  # first: exactly the factory's arguments
+  base.check_positive("hidden_size", hidden_size)
+  linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
+  H = hidden_size
+
+  def init(key, input_size):
+    base.check_input_size(input_size)
+    k_w, k_b = jax.random.split(key)
+    scale = base.hidden_scale(input_size)
+    b = base.uniform(k_b, (2 * H,), scale, dtype) if use_bias else None
+    return MinGRUParams(base.uniform(k_w, (input_size, 2 * H), scale, dtype), b)
+
+  return base.library_cell(
+    "min_gru",
+    init=init,
+    initial_carry=linear_scan.initial_carry,
+    update=functools.partial(update, log_space=log_space),
+    check=functools.partial(linear_scan.check_step, "min_gru"),
+    params_type=MinGRUParams,
+    sequence=linear_scan.sequence(functools.partial(coefficients, log_space=log_space), log_space),
+    config=config,  # every argument of the factory, as called
+  )
+
+
+KIND = base.CellKind("min_gru", min_gru, MinGRUParams, HiddenCarry, None)

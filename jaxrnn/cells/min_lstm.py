@@ -1,0 +1,129 @@
+"""minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"): an LSTM whose gates read only x."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.cells import base, linear_scan
+from jaxrnn.cells.base import HiddenCarry
+
+
+class MinLSTMParams(NamedTuple):
+  """Parameters of `jaxrnn.min_lstm`, gate blocks in the order ``[f, i, h~]``.
+
+  Attributes:
+    w_ih: ``(input_size, 3H)``: ``W_f``, ``W_i``, then ``W_h``.
+    b: ``(3H,)`` or None: ``b_f``, ``b_i``, then ``b_h``.
+  """
+
+  w_ih: jax.Array
+  b: jax.Array | None = None
+
+  gate_columns = (("w_ih", 3), ("b", 3))  # sharding's model axis
+
+  @property
+  def input_size(self) -> int:
+    return self.w_ih.shape[-2]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_ih.shape[-1] // 3
+
+
+def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False):
+  """``(a, b)`` of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; in log space
+  ``(log a, log b)``: ``a = f / (f + i)``, ``b = i / (f + i) * h~`` (``g(h~)`` in log space)."""
+  k_f, k_i, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 3, axis=-1)
+  if log_space:  # d = log i - log f; log f' = -softplus(d), log i' = -softplus(-d)
+    d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
+    return -jax.nn.softplus(d), -jax.nn.softplus(-d) + linear_scan.log_g(h_tilde)
+  f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
+  total = f + i
+  return f / total, i / total * h_tilde
+
+
+def update(params: MinLSTMParams, carry: HiddenCarry, x: jax.Array, log_space: bool = False):
+  """One minLSTM step, ``(carry, y, None)``; the whole-sequence path uses `coefficients` too."""
+  return linear_scan.step(coefficients(params, x, log_space), carry, log_space)
+
+
+def min_lstm(
+  hidden_size: int,
+  *,
+  log_space: bool = False,
+  use_bias: bool = True,
+  dtype: Any = jnp.float32,
+  compute_dtype: Any = None,
+) -> base.Cell:
+  """The minLSTM cell of Feng et al. 2024 (section 3.2, with its normalised gates)::
+
+      f  = sigmoid(x W_f + b_f)
+      i  = sigmoid(x W_i + b_i)
+      h~ = x W_h + b_h                (log_space: g(x W_h + b_h))
+      f' = f / (f + i),  i' = i / (f + i)
+      h' = f' * h + i' * h~
+
+  with ``g(v) = v + 0.5`` for ``v >= 0``, else ``sigmoid(v)`` (the paper's section 3.3).
+  There is no cell state and no output gate: the carry is ``h`` alone. The gates read
+  only ``x``, so the recurrence is linear in ``h``: `jaxrnn.scan` computes a whole
+  sequence from one input matmul and `jax.lax.associative_scan` (a plain loop over the
+  coefficients on CPU, where it measured faster; `jaxrnn.cells.linear_scan`; masks,
+  reverse and resets included), and ``step`` serves streaming.
+
+  ``log_space=True`` is the paper's log-space form: ``h~`` goes through ``g`` (so it is
+  positive, and ``h`` stays positive from a non-negative carry) and the sequence is
+  scanned over ``(log f', log i' + log g(.))``, with ``log f'`` and ``log i'`` from
+  softplus as in the paper's code. The plain scan (the default) is stable without it.
+
+  Args:
+    hidden_size: H. The output size is H too (the paper's cell has no output projection).
+    log_space: the paper's log-space form (the g activation, log-space scan).
+    use_bias: whether ``b`` exists.
+    dtype: dtype of the parameters made by ``init`` (and of the carry).
+    compute_dtype: the dtype the step computes in; None: the params' dtype.
+
+  Returns:
+    A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
+    ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
+    ``torch.nn.Linear``'s default (the paper's code uses ``nn.Linear``).
+
+  Raises:
+    ValueError: for a non-positive size or a non-bool flag.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxrnn
+    >>> cell = jaxrnn.min_lstm(hidden_size=4, log_space=True)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry, ys = jaxrnn.scan(cell, params, jnp.ones((5, 7, 3)))
+    >>> ys.shape, bool((ys > 0).all())
+    ((5, 7, 4), True)
+  """
+  config = dict(locals())  # first: exactly the factory's arguments
+  base.check_positive("hidden_size", hidden_size)
+  linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
+  H = hidden_size
+
+  def init(key, input_size):
+    base.check_input_size(input_size)
+    k_w, k_b = jax.random.split(key)
+    scale = base.hidden_scale(input_size)
+    b = base.uniform(k_b, (3 * H,), scale, dtype) if use_bias else None
+    return MinLSTMParams(base.uniform(k_w, (input_size, 3 * H), scale, dtype), b)
+
+  return base.library_cell(
+    "min_lstm",
+    init=init,
+    initial_carry=linear_scan.initial_carry,
+    update=functools.partial(update, log_space=log_space),
+    check=functools.partial(linear_scan.check_step, "min_lstm"),
+    params_type=MinLSTMParams,
+    sequence=linear_scan.sequence(functools.partial(coefficients, log_space=log_space), log_space),
+    config=config,  # every argument of the factory, as called
+  )
+
+
+KIND = base.CellKind("min_lstm", min_lstm, MinLSTMParams, HiddenCarry, None)
