@@ -332,7 +332,9 @@ def _breakdown_runs(B, T, I, H) -> dict[str, Callable[[], Any]]:
   cts = (jax.tree.map(jnp.ones_like, carry), jnp.ones((T, B, H)))
   bwd = jax.jit(lambda r, c: k.bwd(False, unroll, r, c))
   dz = jnp.full((T * B, 4 * H), 0.01)
-  h_prev = residuals[3][0].h.reshape(T * B, H)  # saved: (previous carries, gate activations)
+  h_prev = residuals[4][0].h.reshape(
+    T * B, H
+  )  # (params, xs, mask, resets, saved); saved: (carries in, gate activations)
 
   @jax.jit
   def bwd_matmuls(p, x, h_prev, dz):

@@ -192,6 +192,15 @@ class CellKind(NamedTuple):
   torch: Any = None
 
 
+INPUT_SIZE = property(
+  lambda params: params.w_ih.shape[-2], doc="The input size: the rows of ``w_ih``."
+)
+"""For a params NamedTuple: ``input_size = base.INPUT_SIZE`` (what `jaxrnn.scan` checks)."""
+
+HIDDEN_ROWS = property(lambda params: params.w_hh.shape[-2], doc="H: the rows of ``w_hh``.")
+"""For a params NamedTuple whose ``w_hh`` is ``(H, G * H)``: ``hidden_size = base.HIDDEN_ROWS``."""
+
+
 class HiddenCarry(NamedTuple):
   """Carry of the Elman RNN and the GRU: the hidden state ``h`` ``(*batch, H)``."""
 

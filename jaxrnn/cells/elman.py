@@ -35,9 +35,7 @@ class ElmanParams(NamedTuple):
 
   gate_columns = (("w_ih", 1), ("w_hh", 1), ("b", 1))  # split by sharding's model axis
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
+  input_size = base.INPUT_SIZE
 
   @property
   def hidden_size(self) -> int:

@@ -30,13 +30,8 @@ class GRUParams(NamedTuple):
 
   gate_columns = (("w_ih", 3), ("w_hh", 3), ("b", 3), ("b_hn", 1))  # sharding's model axis
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_hh.shape[-2]
+  input_size = base.INPUT_SIZE
+  hidden_size = base.HIDDEN_ROWS
 
 
 def update(params: GRUParams, carry: HiddenCarry, x: jax.Array):

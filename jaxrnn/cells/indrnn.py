@@ -30,9 +30,7 @@ class IndRNNParams(NamedTuple):
 
   gate_columns = (("w_ih", 1), ("w_hh", 1), ("b", 1))  # split by sharding's model axis
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
+  input_size = base.INPUT_SIZE
 
   @property
   def hidden_size(self) -> int:

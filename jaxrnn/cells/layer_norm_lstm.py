@@ -44,13 +44,8 @@ class LayerNormLSTMParams(NamedTuple):
   ln_c_gain: jax.Array
   ln_c_bias: jax.Array
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_hh.shape[-2]
+  input_size = base.INPUT_SIZE
+  hidden_size = base.HIDDEN_ROWS
 
 
 def layer_norm(

@@ -40,9 +40,7 @@ class LSTMParams(NamedTuple):
 
   gate_columns = (("w_ih", 4), ("w_hh", 4), ("b", 4))  # split by sharding's model axis
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
+  input_size = base.INPUT_SIZE
 
   @property
   def hidden_size(self) -> int:

@@ -33,13 +33,8 @@ class MGUParams(NamedTuple):
 
   gate_columns = (("w_ih", 2), ("w_hh", 2), ("b", 2), ("b_hn", 1))  # sharding's model axis
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_hh.shape[-2]
+  input_size = base.INPUT_SIZE
+  hidden_size = base.HIDDEN_ROWS
 
 
 def update(params: MGUParams, carry: HiddenCarry, x: jax.Array):

@@ -25,9 +25,7 @@ class MinLSTMParams(NamedTuple):
 
   gate_columns = (("w_ih", 3), ("b", 3))  # sharding's model axis
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
+  input_size = base.INPUT_SIZE
 
   @property
   def hidden_size(self) -> int:

@@ -40,13 +40,8 @@ class PeepholeLSTMParams(NamedTuple):
     ("w_co", 1),
   )  # split by sharding's model axis
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_hh.shape[-2]
+  input_size = base.INPUT_SIZE
+  hidden_size = base.HIDDEN_ROWS
 
 
 def block_gates(z: jax.Array, blocks: int, tanh_block: int) -> jax.Array:

@@ -49,9 +49,7 @@ class SLSTMParams(NamedTuple):
   # gate-column rule of `jaxrnn.sharding` cannot express, so the params stay replicated.
   gate_columns = ()
 
-  @property
-  def input_size(self) -> int:
-    return self.w_ih.shape[-2]
+  input_size = base.INPUT_SIZE
 
   @property
   def num_heads(self) -> int:
