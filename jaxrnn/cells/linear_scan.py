@@ -28,6 +28,7 @@ the incoming carry enters through the first element processed (t = 0, or T - 1 w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,34 @@ def log_g(x: jax.Array) -> jax.Array:
 def initial_carry(params: Any, batch: tuple[int, ...]) -> HiddenCarry:
   """Zeros ``(*batch, H)`` in the params' dtype, ``H`` the params' ``hidden_size``."""
   return HiddenCarry(jnp.zeros(batch + (params.hidden_size,), params.w_ih.dtype))
+
+
+def library_cell(name, params_type, blocks, update, coefficients, config) -> base.Cell:
+  """A minGRU-style cell: params ``(w_ih (I, blocks * H), b)``, the step and this sequence.
+
+  ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
+  ``torch.nn.Linear``'s default; ``config`` holds every factory argument (``hidden_size``,
+  ``use_bias``, ``log_space``, ``dtype``...).
+  """
+  H, dtype, log_space = config["hidden_size"], config["dtype"], config["log_space"]
+
+  def init(key, input_size):
+    base.check_input_size(input_size)
+    k_w, k_b = jax.random.split(key)
+    scale = base.hidden_scale(input_size)
+    b = base.uniform(k_b, (blocks * H,), scale, dtype) if config["use_bias"] else None
+    return params_type(base.uniform(k_w, (input_size, blocks * H), scale, dtype), b)
+
+  return base.library_cell(
+    name,
+    init=init,
+    initial_carry=initial_carry,
+    update=update,
+    check=functools.partial(check_step, name),
+    params_type=params_type,
+    sequence=sequence(functools.partial(coefficients, log_space=log_space), log_space),
+    config=config,  # every argument of the factory, as called
+  )
 
 
 def check_flags(**flags: Any) -> None:

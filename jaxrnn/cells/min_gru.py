@@ -98,24 +98,8 @@ def min_gru(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  H = hidden_size
-
-  def init(key, input_size):
-    base.check_input_size(input_size)
-    k_w, k_b = jax.random.split(key)
-    scale = base.hidden_scale(input_size)
-    b = base.uniform(k_b, (2 * H,), scale, dtype) if use_bias else None
-    return MinGRUParams(base.uniform(k_w, (input_size, 2 * H), scale, dtype), b)
-
-  return base.library_cell(
-    "min_gru",
-    init=init,
-    initial_carry=linear_scan.initial_carry,
-    update=functools.partial(update, log_space=log_space),
-    check=functools.partial(linear_scan.check_step, "min_gru"),
-    params_type=MinGRUParams,
-    sequence=linear_scan.sequence(functools.partial(coefficients, log_space=log_space), log_space),
-    config=config,  # every argument of the factory, as called
+  return linear_scan.library_cell(
+    "min_gru", MinGRUParams, 2, functools.partial(update, log_space=log_space), coefficients, config
   )
 
 

@@ -103,24 +103,13 @@ def min_lstm(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  H = hidden_size
-
-  def init(key, input_size):
-    base.check_input_size(input_size)
-    k_w, k_b = jax.random.split(key)
-    scale = base.hidden_scale(input_size)
-    b = base.uniform(k_b, (3 * H,), scale, dtype) if use_bias else None
-    return MinLSTMParams(base.uniform(k_w, (input_size, 3 * H), scale, dtype), b)
-
-  return base.library_cell(
+  return linear_scan.library_cell(
     "min_lstm",
-    init=init,
-    initial_carry=linear_scan.initial_carry,
-    update=functools.partial(update, log_space=log_space),
-    check=functools.partial(linear_scan.check_step, "min_lstm"),
-    params_type=MinLSTMParams,
-    sequence=linear_scan.sequence(functools.partial(coefficients, log_space=log_space), log_space),
-    config=config,  # every argument of the factory, as called
+    MinLSTMParams,
+    3,
+    functools.partial(update, log_space=log_space),
+    coefficients,
+    config,
   )
 
 
