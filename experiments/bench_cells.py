@@ -112,10 +112,12 @@ def cell_variants() -> dict[str, Build]:
   return out | {"lstm_step_loop": jaxrnn_variant(CELLS["lstm"], "step"), "flax_mgu": flax_mgu}
 
 
-def min_variants(log_spaces=(False,), methods=linear_scan.METHOD_NAMES) -> dict[str, Build]:
+def min_variants(
+  log_spaces=(False,), methods=linear_scan.METHOD_NAMES, kinds=("min_gru", "min_lstm")
+) -> dict[str, Build]:
   """The ``min_cells`` variants: each min cell by ``methods`` and its step loop; the LSTM."""
   out = {}
-  for kind in ("min_gru", "min_lstm"):
+  for kind in kinds:
     for log in log_spaces:
       name = kind + ("_log" if log else "")
       factory = lambda h, k=kind, log=log: getattr(jaxrnn, k)(h, log_space=log)  # noqa: E731
