@@ -52,6 +52,7 @@ CELLS: dict[str, Callable[[int], jaxrnn.Cell]] = {
   "min_gru": lambda h: jaxrnn.min_gru(h),
   "min_lstm": lambda h: jaxrnn.min_lstm(h),
 }
+PEERS = {"mgu": "flax_mgu"}  # a cell's nearest JAX peer among the variants
 LSTM_FAMILY = ("layer_norm_lstm", "peephole_lstm", "cifg_lstm", "slstm", "min_lstm")
 LSTM_TARGET = 1.3  # at most this x the LSTM's forward+backward
 MIN_GRU_TARGET = 5.0  # at least this x faster than the LSTM, forward+backward at T=4096
@@ -126,8 +127,10 @@ def min_variants(
   return out | {"lstm": jaxrnn_variant(CELLS["lstm"])}
 
 
-def compile_variants(variants: dict[str, Build], cfg: dict, modes=MODES, seed=0):
-  """``({(variant, mode): run}, {variant: kernel})``, every run compiled, one input ``xs``."""
+def compile_variants(variants: dict[str, Build], cfg: dict, modes=None, seed=0):
+  """``({(variant, mode): run}, {variant: kernel})``, every run compiled, one input ``xs``;
+  ``modes`` default: `MODES`."""
+  modes = MODES if modes is None else modes
   k_p, k_x = jax.random.split(jax.random.key(seed))
   xs = jax.random.normal(k_x, (cfg["B"], cfg["T"], cfg["I"]))
   runs, kernels = {}, {}
@@ -154,9 +157,11 @@ def cells_rows(cname: str, cfg: dict, timings: Timings, kernels: dict[str, str])
   rows = []
   for name, mode in timings.seconds:
     row = dict(config=cname, variant=name, mode=mode, kernel=kernels[name], **cfg)
-    row |= dict(ms=timings.median((name, mode)) * 1e3)
+    row |= dict(ms=timings.median((name, mode)) * 1e3, round_s=list(timings.seconds[(name, mode)]))
     row |= versus(timings, (name, mode), ("lstm", mode), "vs_lstm")
     row |= versus(timings, (name, mode), ("gru", mode), "vs_gru")
+    if (PEERS.get(name), mode) in timings.seconds:
+      row |= versus(timings, (name, mode), (PEERS[name], mode), "vs_peer")
     wanted = name in LSTM_FAMILY and mode == "fwd+bwd"
     row["target_met"] = row["vs_lstm"] <= LSTM_TARGET if wanted else None
     rows.append(row)
@@ -172,7 +177,7 @@ def min_rows(T: int, cfg: dict, timings: Timings, kernels: dict[str, str]) -> li
   rows, default = [], f"min_gru {linear_scan.method()}"
   for name, mode in timings.seconds:
     row = dict(variant=name, mode=mode, kernel=kernels[name], **cfg)
-    row |= dict(ms=timings.median((name, mode)) * 1e3)
+    row |= dict(ms=timings.median((name, mode)) * 1e3, round_s=list(timings.seconds[(name, mode)]))
     row |= versus(timings, (name, mode), ("lstm", mode), "vs_lstm")
     step = name.rsplit(" ", 1)[0] + " step"
     row |= versus(timings, (name, mode), (step, mode), "vs_step") if step in kernels else {}
@@ -237,7 +242,7 @@ def _by_variant(rows: list[dict], *key: str) -> dict[tuple, dict[str, dict]]:
 def cells_markdown(rows: list[dict]) -> str:
   """The ``cells`` table: one line per variant, both modes, ratios with their range."""
   head = ["config", "cell", "kernel", "fwd ms", "fwd+bwd ms", "fwd / LSTM", "fwd+bwd / LSTM"]
-  head += ["fwd+bwd / GRU", f"target (LSTM family <= {LSTM_TARGET}x)"]
+  head += ["fwd+bwd / GRU", "fwd+bwd / peer", f"target (LSTM family <= {LSTM_TARGET}x)"]
   body = []
   for (cname, name), d in _by_variant(rows, "config", "variant").items():
     f, b = d.get("fwd"), d.get("fwd+bwd")
@@ -245,10 +250,14 @@ def cells_markdown(rows: list[dict]) -> str:
     body.append(
       [cname, name, any_row["kernel"], f"{f['ms']:.1f}" if f else "-"]
       + [f"{b['ms']:.1f}" if b else "-", _ratio(f, "vs_lstm"), _ratio(b, "vs_lstm")]
-      + [_ratio(b, "vs_gru"), _target(b) if b else ""]
+      + [_ratio(b, "vs_gru"), _peer(b), _target(b) if b else ""]
     )
   note = "Ratios: median over rounds of that round's ratio (in brackets: the per-round range).\n\n"
-  return note + markdown_table(head, body, "lll" + "r" * 6)
+  return note + markdown_table(head, body, "lll" + "r" * 7)
+
+
+def _peer(r: dict | None) -> str:
+  return f"{_ratio(r, 'vs_peer')} ({PEERS[r['variant']]})" if r and "vs_peer" in r else "-"
 
 
 def min_markdown(rows: list[dict]) -> str:

@@ -73,9 +73,14 @@ def train_cell(name: str, args) -> tuple[dict, tuple]:
   k_init, k_data, k_test = jax.random.split(jax.random.key(args.seed), 3)
   params = {"rnn": cell.init(k_init, 2), "w": jnp.zeros(args.hidden), "b": jnp.ones(())}
   loss, predict = loss_and_predict(cell, args)
-  state = training.minimize(
-    loss, params, k_data, cell, args, NAME, name, lr=args.lr, steps=args.steps,
-    batch=args.batch, length=args.length,
+  opt = optax.adam(args.lr)
+  step = training.make_step(loss, opt)  # one compiled step, trained with and then timed
+  config = dict(cell=cell.name, cell_config=cell.config, steps=args.steps, lr=args.lr)
+  config |= dict(batch=args.batch, length=args.length)
+  batch_fn = lambda i: jax.random.fold_in(k_data, i)  # noqa: E731
+  state = training.fit(
+    step, training.TrainState.create(params, opt), batch_fn, args, NAME, name, config,
+    steps=args.steps, model=cell, batch_size=args.batch,
   )  # fmt: skip
   xs, ys = adding.make_batch(k_test, args.test_size, args.length)
   mse = float(jax.jit(lambda p: jnp.mean((predict(p, xs) - ys) ** 2))(state.params))
@@ -83,8 +88,7 @@ def train_cell(name: str, args) -> tuple[dict, tuple]:
   size = sum(int(np.size(a)) for a in jax.tree.leaves(state.params["rnn"]))
   row = dict(cell=name, test_mse=mse, ratio=mse * 6.0, params=size, kernel=kernel)
   print(f"  {name:16} test MSE / baseline {row['ratio']:.4f}  ({size:,} params)", flush=True)
-  step = training.make_step(loss, optax.adam(args.lr))
-  return row, (step, state, jax.random.fold_in(k_data, args.steps))
+  return row, (step, state, batch_fn(args.steps))
 
 
 def time_steps(timed: dict[str, tuple], rounds: int) -> timing.Timings:

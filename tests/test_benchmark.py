@@ -192,6 +192,7 @@ def test_quick_run_end_to_end(tmp_path):
 def test_cells_rows_from_known_rounds():
   modes = ("fwd", "fwd+bwd")
   sec = {"lstm": [2.0, 4.0, 2.0], "gru": [1.0, 2.0, 4.0], "peephole_lstm": [2.0, 6.0, 3.0]}
+  sec |= {"mgu": [1.0, 1.0, 1.0], "flax_mgu": [2.0, 4.0, 1.0]}
   t = Timings({(n, m): s for n, s in sec.items() for m in modes})
   kernels = dict.fromkeys(sec, "k")
   rows = {(r["variant"], r["mode"]): r for r in bench_cells.cells_rows("M", {}, t, kernels)}
@@ -201,9 +202,10 @@ def test_cells_rows_from_known_rounds():
   assert p["target_met"] is False  # 1.5 > 1.3
   assert rows[("peephole_lstm", "fwd")]["target_met"] is None  # the target is fwd+bwd
   assert rows[("gru", "fwd+bwd")]["target_met"] is None  # not an LSTM variant
+  assert rows[("mgu", "fwd")]["vs_peer"] == 0.5 and "vs_peer" not in p  # rounds: 1/2, 1/4, 1
   md = bench_cells.cells_markdown(list(rows.values()))
   assert "| M | peephole_lstm | k | 3000.0 | 3000.0 | 1.50x (1.00-1.50) | 1.50x (1.00-1.50) |" in md
-  assert md.rstrip().endswith("MISSED |")
+  assert "| 0.50x (0.25-1.00) (flax_mgu) |" in md and "| - | MISSED |" in md
 
 
 def test_min_rows_from_known_rounds():
@@ -224,10 +226,12 @@ def test_cell_sections_quick_end_to_end(tmp_path, monkeypatch):
   few = bench_cells.min_variants(methods=("associative",), kinds=("min_gru",))
   monkeypatch.setattr(bench_cells, "min_variants", lambda: few)
   monkeypatch.setattr(bench_cells, "QUICK_LENGTHS", (16,))
+  monkeypatch.setattr(bench_cells, "MODES", ("fwd+bwd",))
   skip = "speed,breakdown,unroll,remat,streaming"
   result = benchmark.main(["--quick", "--rounds", "1", "--skip", skip, "--out", str(tmp_path)])
   assert {(r["variant"], r["mode"]) for r in result["cells"]} == {
-    (v, m) for v in ("lstm", "gru") for m in ("fwd", "fwd+bwd")
+    ("lstm", "fwd+bwd"),
+    ("gru", "fwd+bwd"),
   }
   assert {r["variant"] for r in result["min_cells"]} == {
     "min_gru associative",
