@@ -109,6 +109,17 @@ def table(rows: list[dict]) -> list[str]:
   return harness.md_table(head, body, "llrrrr")
 
 
+def write_table(args, lines: list[str]) -> str:
+  """Writes the table as ``NAME.md`` in the experiment's folder (where the harness puts its
+  JSON and its metrics, `harness.metrics_path`); returns the path."""
+  folder = os.path.dirname(os.path.dirname(harness.metrics_path(args, NAME, "table")))
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"{NAME}.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
 def run(args) -> dict:
   print(
     f"Adding problem (modern), T={args.length}: {args.steps} Adam steps (lr {args.lr}), batch "
@@ -125,6 +136,7 @@ def run(args) -> dict:
     row["vs_lstm_range"] = [min(ratios), max(ratios)]
   lines = table(list(rows.values()))
   print("\n".join(lines))
+  write_table(args, lines)
   return dict(rows=list(rows.values()), table=lines, rounds=args.rounds, length=args.length)
 
 
@@ -161,14 +173,7 @@ QUICK = dict(cells=["tanh", "lstm"], length=12, steps=20, hidden=8, batch=8, rou
 SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
 
 
-def main(argv=None) -> dict:
-  """`harness.execute` of `SPEC`, then the table as ``OUT/cells/cells.md`` beside the JSON."""
-  record = SPEC.main(argv)
-  if "flags" in record:  # process 0 of a multi-host run writes
-    path = os.path.join(record["flags"]["out"], NAME, f"{NAME}.md")
-    with open(path, "w", encoding="utf-8") as f:
-      f.write("\n".join(record["results"]["table"]) + "\n")
-  return record
+main = SPEC.main
 
 
 if __name__ == "__main__":
