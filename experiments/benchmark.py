@@ -14,6 +14,9 @@ the median over rounds, a ratio the median over rounds of that round's ratio):
 - ``unroll``: the LSTM on M for several ``unroll`` factors (evidence for the default);
 - ``remat``: peak memory and time of the LSTM gradient with and without ``remat``;
 - ``streaming``: one `jaxrnn.stream` step at B=1 (see `experiments.bench_streaming`).
+- ``cells``: every cell at M beside the LSTM, the GRU and flax's MGU; ``min_cells``: minGRU
+  and minLSTM at T=1024 and 4096, associative scan, sequential loop and step loop, beside
+  the LSTM (see `experiments.bench_cells`).
 
 Writes OUT/benchmark.json, OUT/benchmark.md and OUT/benchmark.png (OUT is ``results/``
 by default). Every row carries its own ``provenance`` (CPU model, CPU count, backend,
@@ -45,8 +48,15 @@ import numpy as np
 from jax import lax
 
 import jaxrnn
-from experiments import bench_streaming
-from experiments.timing import Timings, interleaved, markdown_table, provenance
+from experiments import bench_cells, bench_streaming
+from experiments.timing import (
+  Timings,
+  compile_run,
+  compiled_call,
+  interleaved,
+  markdown_table,
+  provenance,
+)
 from jaxrnn.scan import default_unroll, remat_chunk
 
 CONFIGS = {
@@ -136,14 +146,7 @@ def build_jax(name, kind, mode, cfg, seed=0):
   B, T, I, H = cfg["B"], cfg["T"], cfg["I"], cfg["H"]
   k_p, k_x = jax.random.split(jax.random.key(seed))
   fwd, params = JAX_IMPLS[name](kind, B, T, I, H, k_p)
-  xs = jax.random.normal(k_x, (B, T, I), jnp.float32)
-  if mode == "fwd":
-    f = jax.jit(fwd)
-  else:
-    f = jax.jit(jax.grad(lambda p, x: jnp.sum(fwd(p, x)), argnums=(0, 1)))
-  run = lambda: jax.block_until_ready(f(params, xs))  # noqa: E731
-  run()  # compile
-  return run
+  return compile_run(fwd, params, jax.random.normal(k_x, (B, T, I), jnp.float32), mode)
 
 
 def build_torch(kind, mode, cfg, seed=0):
@@ -213,13 +216,6 @@ def rate_fields(timings: Timings, name: Hashable, fl: float) -> dict[str, float]
     ceiling_gflops=CEILING_FLOPS / timings.median("_ceiling") / 1e9,
     ceiling_fraction=fl / CEILING_FLOPS * timings.ratio("_ceiling", name),
   )
-
-
-def _time_one(f, *args) -> Callable[[], Any]:
-  """A zero-argument call of ``f(*args)`` that blocks on its result, called once (compiled)."""
-  run = lambda: jax.block_until_ready(f(*args))  # noqa: E731
-  run()
-  return run
 
 
 # ----------------------------------------------------------------------------- speed
@@ -361,12 +357,12 @@ def _breakdown_runs(B, T, I, H) -> dict[str, Callable[[], Any]]:
   z0 = jax.random.normal(jax.random.key(2), (B, 4 * H))
   h0 = jax.random.normal(jax.random.key(3), (B, H))
   return dict(
-    fwd=_time_one(fwd, params, xs),
-    fwd_save=_time_one(fwd_save, params, xs),
-    bwd=_time_one(bwd, residuals, cts),
-    bwd_matmuls=_time_one(bwd_matmuls, params, xs, h_prev, dz),
-    recurrent_matmul=_time_one(recurrent_matmul, params, h0),
-    gate_math=_time_one(gate_math, z0, carry),
+    fwd=compiled_call(fwd, params, xs),
+    fwd_save=compiled_call(fwd_save, params, xs),
+    bwd=compiled_call(bwd, residuals, cts),
+    bwd_matmuls=compiled_call(bwd_matmuls, params, xs, h_prev, dz),
+    recurrent_matmul=compiled_call(recurrent_matmul, params, h0),
+    gate_math=compiled_call(gate_math, z0, carry),
   )
 
 
@@ -422,8 +418,8 @@ def unroll_table(rounds: int, quick: bool):
   for u in (1, 4) if quick else (1, 2, 4, 8):
     loss = lambda p, x, u=u: jnp.sum(jaxrnn.scan(cell, p, x, unroll=u)[1])  # noqa: E731
     fwd = jax.jit(lambda p, x, u=u: jaxrnn.scan(cell, p, x, unroll=u)[1])
-    runs[(u, "fwd")] = _time_one(fwd, params, xs)
-    runs[(u, "fwd+bwd")] = _time_one(jax.jit(jax.grad(loss, argnums=(0, 1))), params, xs)
+    runs[(u, "fwd")] = compiled_call(fwd, params, xs)
+    runs[(u, "fwd+bwd")] = compiled_call(jax.jit(jax.grad(loss, argnums=(0, 1))), params, xs)
   rows = unroll_rows(cname, interleaved(runs, rounds))
   for r in rows:
     print(f"unroll={r['unroll']} {r['mode']:7} {r['ms']:8.2f} ms  {r['vs_unroll_1']:.2f}x")
@@ -455,7 +451,7 @@ def remat_table(lengths, B, H, I, reps):
       compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
       m = compiled.memory_analysis()
       mem[remat] = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-      runs[remat] = _time_one(compiled, params, xs)
+      runs[remat] = compiled_call(compiled, params, xs)
     row = remat_row(T, B, H, I, mem, interleaved(runs, reps))
     rows.append(row)
     print(
@@ -527,6 +523,15 @@ def _streaming(a):
   return bench_streaming.streaming_latency((8,) if a.quick else (128, 512), repeats), repeats
 
 
+def _cells(a):
+  return bench_cells.cells_table(a.rounds, a.quick), a.rounds
+
+
+def _min_cells(a):
+  rounds = 2 if a.quick else a.long_rounds
+  return bench_cells.min_table(rounds, a.quick), rounds
+
+
 SECTIONS = {
   "speed": Section(_speed, lambda r: (r["kind"], r["config"], r["mode"]), speed_markdown),
   "breakdown": Section(_breakdown, lambda r: r["config"], breakdown_markdown),
@@ -535,6 +540,12 @@ SECTIONS = {
   ),
   "remat": Section(_remat, lambda r: (r["T"], r["B"], r["H"], r["I"]), remat_markdown),
   "streaming": Section(_streaming, lambda r: r["hidden_size"], bench_streaming.table),
+  "cells": Section(
+    _cells, lambda r: (r["config"], r["variant"], r["mode"]), bench_cells.cells_markdown
+  ),
+  "min_cells": Section(
+    _min_cells, lambda r: (r["T"], r["variant"], r["mode"]), bench_cells.min_markdown
+  ),
 }
 
 
@@ -687,6 +698,7 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
   p.add_argument("--out", help=f"default: {DEFAULT_OUT}/ (a temporary folder with --quick)")
   p.add_argument("--fresh", action="store_true", help="drop OUT's earlier rows instead of merging")
   p.add_argument("--remat-lengths", default="1024,4096,8192")
+  p.add_argument("--long-rounds", type=int, default=3, help="rounds of the min_cells section")
   p.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SECTIONS)}")
   return p, p.parse_args(argv)
 

@@ -1,52 +1,28 @@
-"""A one-off measurement (not a test): minGRU/minLSTM associative scan vs their step loop.
+"""A one-off measurement (not a test): minGRU/minLSTM by method and form vs their step loop.
 
-B=32, H=256, T=1024 on this backend, forward and forward+backward, interleaved rounds.
+B=32, I=H=256, T=1024 on this backend, forward and forward+backward, interleaved rounds:
+the evidence behind `jaxrnn.cells.linear_scan.METHODS`. The variants and rows are
+`experiments.bench_cells`' (whose ``min_cells`` section of ``make bench`` runs the plain
+form at T=1024 and 4096 beside the LSTM).
 Run: python -m experiments.min_cells_timing
 """
 
-import jax
-import jax.numpy as jnp
-
-import jaxrnn
+from experiments import bench_cells
 from experiments.timing import interleaved
-from jaxrnn.cells import linear_scan
 
-B, H, T, ROUNDS = 32, 256, 1024, 5
-METHODS = ("associative", "sequential")
+T, ROUNDS = 1024, 5
 
 
-def run(cell, params, xs, impl):
-  """The whole-sequence path with the given method, or the step loop (``impl="step"``)."""
-  if impl == "step":
-    return jaxrnn.scan(cell, params, xs, impl="step")[1]
-  linear_scan.METHODS[jax.default_backend()] = impl  # read when traced
-  return jaxrnn.scan(cell, params, xs, impl="auto")[1]
-
-
-def main():
-  xs = jax.random.normal(jax.random.key(0), (B, T, H))
-  runs = {}
-  for kind in ("min_gru", "min_lstm"):
-    for log_space in (False, True):
-      cell = getattr(jaxrnn, kind)(H, log_space=log_space)
-      params = cell.init(jax.random.key(1), H)
-      for impl in METHODS + ("step",):
-        fwd = jax.jit(lambda p, x, c=cell, i=impl: run(c, p, x, i))
-
-        def loss(p, x, c=cell, i=impl):
-          return jnp.sum(run(c, p, x, i) ** 2)
-
-        both = jax.jit(jax.value_and_grad(loss))
-        name = f"{kind}{'-log' if log_space else ''} {impl}"
-        runs[name + " fwd"] = lambda f=fwd, p=params: jax.block_until_ready(f(p, xs))
-        runs[name + " fwd+bwd"] = lambda f=both, p=params: jax.block_until_ready(f(p, xs))
-  t = interleaved(runs, ROUNDS, warmup=1)
-  for name in runs:
-    print(f"{name:36s} {1e3 * t.median(name):9.1f} ms")
-  for name in runs:
-    if " step " not in name:
-      ref = name.replace(" associative ", " step ").replace(" sequential ", " step ")
-      print(f"{name:36s} its time / the step loop's {t.ratio(name, ref):.2f}")
+def main() -> list[dict]:
+  """Times every variant at T=1024 and prints each one's ms and ratio to its step loop."""
+  cfg = dict(bench_cells.LONG, T=T)
+  variants = bench_cells.min_variants(log_spaces=(False, True))
+  runs, kernels = bench_cells.compile_variants(variants, cfg)
+  rows = bench_cells.min_rows(T, cfg, interleaved(runs, ROUNDS, warmup=1), kernels)
+  for r in rows:
+    step = f"  its time / the step loop's {r['vs_step']:.2f}" if "vs_step" in r else ""
+    print(f"{r['variant']:26s} {r['mode']:7s} {r['ms']:9.1f} ms{step}")
+  return rows
 
 
 if __name__ == "__main__":

@@ -34,8 +34,12 @@ class Timings(NamedTuple):
 
   def ratio(self, name: Hashable, reference: Hashable) -> float:
     """Median over rounds of ``name``'s seconds divided by ``reference``'s in that round."""
+    return statistics.median(self.ratios(name, reference))
+
+  def ratios(self, name: Hashable, reference: Hashable) -> list[float]:
+    """``name``'s seconds divided by ``reference``'s, one per round (the spread is the noise)."""
     pairs = zip(self.seconds[name], self.seconds[reference], strict=True)
-    return statistics.median(a / b for a, b in pairs)
+    return [a / b for a, b in pairs]
 
 
 def interleaved(
@@ -75,6 +79,27 @@ def interleaved(
       runs[keys[i]]()
       times[keys[i]].append(clock() - t0)
   return Timings(times)
+
+
+def compiled_call(f: Callable, *args: Any) -> Callable[[], Any]:
+  """A zero-argument call of ``f(*args)`` that blocks on its result, called once (compiled)."""
+  import jax
+
+  run = lambda: jax.block_until_ready(f(*args))  # noqa: E731
+  run()
+  return run
+
+
+def compile_run(fwd: Callable, params: Any, xs: Any, mode: str) -> Callable[[], Any]:
+  """`compiled_call` of ``jit(fwd)(params, xs)`` (``mode="fwd"``) or, for ``"fwd+bwd"``, of
+  the jitted gradient of its summed outputs with respect to the params and the inputs."""
+  import jax
+  import jax.numpy as jnp
+
+  if mode == "fwd":
+    return compiled_call(jax.jit(fwd), params, xs)
+  grad = jax.grad(lambda p, x: jnp.sum(fwd(p, x)), argnums=(0, 1))
+  return compiled_call(jax.jit(grad), params, xs)
 
 
 def provenance(rounds: int, *, quick: bool = False) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from experiments import benchmark
+from experiments import bench_cells, benchmark
 from experiments.timing import Timings, interleaved, markdown_table
 
 CEILING_FLOPS = 2 * 2048**3  # 2**34
@@ -113,7 +113,7 @@ def _fake_sections(monkeypatch):
   monkeypatch.setattr(benchmark, "breakdown_table", breakdown_table)
 
 
-FLAGS = ["--kinds", "lstm", "--modes", "fwd", "--skip", "unroll,remat,streaming"]
+FLAGS = ["--kinds", "lstm", "--modes", "fwd", "--skip", "unroll,remat,streaming,cells,min_cells"]
 
 
 def test_a_partial_rerun_keeps_earlier_rows_and_their_provenance(tmp_path, monkeypatch):
@@ -177,9 +177,71 @@ def test_a_full_run_drops_quick_rows(tmp_path, monkeypatch):
 
 def test_quick_run_end_to_end(tmp_path):
   flags = ["--quick", "--kinds", "lstm", "--modes", "fwd", "--rounds", "1", "--peers", "equinox"]
-  result = benchmark.main([*flags, "--skip", "unroll,remat,streaming", "--out", str(tmp_path)])
+  skip = "unroll,remat,streaming,cells,min_cells"
+  result = benchmark.main([*flags, "--skip", skip, "--out", str(tmp_path)])
   assert (tmp_path / "benchmark.png").stat().st_size > 1000
   assert "| lstm | quick | fwd |" in (tmp_path / "benchmark.md").read_text()
   assert {r["impl"] for r in result["speed"]} == {"jaxrnn", "torch", "equinox"}
   assert all(r["provenance"]["quick"] for r in result["speed"])
   assert len(result["breakdown"]) == 6  # runs the private kernel pieces it times
+
+
+# ----------------------------------------------------------------------------- cell sections
+
+
+def test_cells_rows_from_known_rounds():
+  modes = ("fwd", "fwd+bwd")
+  sec = {"lstm": [2.0, 4.0, 2.0], "gru": [1.0, 2.0, 4.0], "peephole_lstm": [2.0, 6.0, 3.0]}
+  sec |= {"mgu": [1.0, 1.0, 1.0], "flax_mgu": [2.0, 4.0, 1.0]}
+  t = Timings({(n, m): s for n, s in sec.items() for m in modes})
+  kernels = dict.fromkeys(sec, "k")
+  rows = {(r["variant"], r["mode"]): r for r in bench_cells.cells_rows("M", {}, t, kernels)}
+  p = rows[("peephole_lstm", "fwd+bwd")]
+  assert p["vs_lstm"] == 1.5 and p["vs_lstm_range"] == [1.0, 1.5]  # rounds: 1, 1.5, 1.5
+  assert p["vs_gru"] == 2.0 and p["ms"] == 3000.0  # rounds: 2, 3, 0.75
+  assert p["target_met"] is False  # 1.5 > 1.3
+  assert rows[("peephole_lstm", "fwd")]["target_met"] is None  # the target is fwd+bwd
+  assert rows[("gru", "fwd+bwd")]["target_met"] is None  # not an LSTM variant
+  assert rows[("mgu", "fwd")]["vs_peer"] == 0.5 and "vs_peer" not in p  # rounds: 1/2, 1/4, 1
+  md = bench_cells.cells_markdown(list(rows.values()))
+  assert "| M | peephole_lstm | k | 3000.0 | 3000.0 | 1.50x (1.00-1.50) | 1.50x (1.00-1.50) |" in md
+  assert "| 0.50x (0.25-1.00) (flax_mgu) |" in md and "| - | MISSED |" in md
+
+
+def test_min_rows_from_known_rounds():
+  default = f"min_gru {bench_cells.linear_scan.method()}"
+  sec = {default: [1.0, 1.0, 2.0], "min_gru step": [4.0, 2.0, 4.0], "lstm": [6.0, 5.0, 8.0]}
+  t = Timings({(n, "fwd+bwd"): s for n, s in sec.items()})
+  rows = {r["variant"]: r for r in bench_cells.min_rows(4096, {}, t, dict.fromkeys(sec, "k"))}
+  d = rows[default]
+  assert d["vs_step"] == 0.5 and d["vs_step_range"] == [0.25, 0.5]  # 1/4, 1/2, 2/4
+  assert d["vs_lstm"] == pytest.approx(1 / 5) and d["target_met"] is True  # 6x, 5x, 4x faster
+  assert "vs_step" not in rows["lstm"] and rows["min_gru step"]["target_met"] is None
+  assert bench_cells.min_rows(1024, {}, t, dict.fromkeys(sec, "k"))[0]["target_met"] is None
+
+
+def test_cell_sections_quick_end_to_end(tmp_path, monkeypatch):
+  cells = bench_cells.cell_variants()
+  monkeypatch.setattr(bench_cells, "cell_variants", lambda: {k: cells[k] for k in ("lstm", "gru")})
+  few = bench_cells.min_variants(methods=("associative",), kinds=("min_gru",))
+  monkeypatch.setattr(bench_cells, "min_variants", lambda: few)
+  monkeypatch.setattr(bench_cells, "QUICK_LENGTHS", (16,))
+  monkeypatch.setattr(bench_cells, "MODES", ("fwd+bwd",))
+  skip = "speed,breakdown,unroll,remat,streaming"
+  result = benchmark.main(["--quick", "--rounds", "1", "--skip", skip, "--out", str(tmp_path)])
+  assert {(r["variant"], r["mode"]) for r in result["cells"]} == {
+    ("lstm", "fwd+bwd"),
+    ("gru", "fwd+bwd"),
+  }
+  assert {r["variant"] for r in result["min_cells"]} == {
+    "min_gru associative",
+    "min_gru step",
+    "lstm",
+  }
+  assert {r["kernel"] for r in result["min_cells"]} == {
+    "linear scan, associative",
+    "step loop (autodiff)",
+    "fused, hand-written VJP",
+  }
+  md = (tmp_path / "benchmark.md").read_text()
+  assert "| quick | gru | fused, hand-written VJP |" in md and "| 16 | min_gru step |" in md
