@@ -1,7 +1,7 @@
 """`make experiments`: every experiment at full size, then ``OUT/summary.json`` and ``.md``.
 
 Runs, in order, ``vanishing``, ``adding``, ``copy``, ``sunspots``, ``digits``,
-``charlm`` and ``ucr`` (each also ``python -m experiments.NAME``), each writing
+``charlm``, ``ucr`` and ``packing`` (each also ``python -m experiments.NAME``), each writing
 ``OUT/NAME/NAME.json`` and ``.png``, and collects their checks into one table:
 our number, the reference, its source, PASS or FAIL. OUT is ``runs/`` (git-ignored)
 unless ``--out`` names another; ``--out results`` (``make results``) regenerates
@@ -22,7 +22,7 @@ import traceback
 from experiments import harness
 
 NAME = "all"
-EXPERIMENTS = ("vanishing", "adding", "copy", "sunspots", "digits", "charlm", "ucr")
+EXPERIMENTS = ("vanishing", "adding", "copy", "sunspots", "digits", "charlm", "ucr", "packing")
 
 
 FLAGS = {

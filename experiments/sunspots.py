@@ -169,7 +169,8 @@ def report(results, args) -> None:
   if lstm["train_rmse"] < ar["train_rmse"] and lstm["rmse"] > ar["rmse"]:
     print(
       "  note: the LSTM fits the training years better than the AR(9) but forecasts worse:"
-      " it overfits 209 examples (no early stopping or regularisation here)."
+      " it overfits 209 examples without a regularizer (lstm_reg has the one chosen on"
+      " validation years)."
     )
 
 
