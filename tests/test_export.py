@@ -107,14 +107,11 @@ def test_weights_stored_alongside_and_manifest(saved):
   assert manifest["model"]["name"] == "rnn_layers"
   assert manifest["model"]["config"]["hidden_size"] == 6
   assert manifest["model"]["config"]["num_layers"] == 2
-  assert manifest["input"] == {
-    "size": 3,
-    "dtype": "float32",
-    "time_major": False,
-    "layout": "(batch, time, features)",
-  }
-  assert manifest["output_size"] == 3
+  assert manifest["input"] == {"shape": ["batch", "time", 3], "dtype": "float32"}
+  assert manifest["output"] == {"shape": ["batch", "time", 3], "dtype": "float32"}
   assert manifest["streaming"] == {"available": True, "reason": None}
+  assert manifest["resets"] == {"available": True, "reason": None}
+  assert {s["stored_as"] for s in manifest["params"]} == {"float32"}
   assert [s["name"] for s in manifest["state"]] == ["0.h", "0.c", "1.h", "1.c"]
   with np.load(path / "params.npz", allow_pickle=False) as npz:
     for (k, v), leaf in zip(_named_state(params).items(), jax.tree.leaves(params), strict=True):
@@ -227,7 +224,7 @@ def test_cli_errors(saved, tmp_path, capsys):
     main([str(path), "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "o.npy")])
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
-  assert "error: xs has shape (2, 5, 4); expected (batch, time, features) with features=3" in err
+  assert "error: xs has shape (2, 5, 4); expected (batch, time, 3)." in err
   with pytest.raises(SystemExit):
     main([str(tmp_path), "--input", str(tmp_path / "bad.npy"), "--output", "o.npy"])
   assert "no manifest.json; expected a directory written by jaxrnn.export.save" in (
@@ -282,17 +279,21 @@ def _rehash(name, data):
     (_rehash("step.jaxexport", b"\0" * 64), r"step.jaxexport: not a jax.export serialization"),
     (_rehash("params.npz", b"PK garbage"), r"params.npz: not a readable .npz"),
     (
-      lambda p: _edit_manifest(p, _set(["format_version"], 2)),
-      r"field 'format_version' is 2; expected 1",
+      lambda p: _edit_manifest(p, _set(["format_version"], 1)),
+      r"field 'format_version' is 1; expected 2",
     ),
-    (lambda p: _edit_manifest(p, lambda m: m.pop("output_size")), r"'output_size' is missing"),
+    (lambda p: _edit_manifest(p, lambda m: m.pop("output")), r"'output.dtype' is missing"),
     (
-      lambda p: _edit_manifest(p, _set(["input", "size"], "3")),
-      r"field 'input.size' is '3' \(str\); expected int",
+      lambda p: _edit_manifest(p, _set(["input", "shape"], ["batch", "3"])),
+      r"field 'input.shape' is \['batch', '3'\]; expected \['batch', 'time', \*sizes\]",
     ),
     (
-      lambda p: _edit_manifest(p, _set(["input", "size"], 4)),
-      r"field 'input' says float32\[..., 4\], but apply.jaxexport takes float32\[..., 3\]",
+      lambda p: _edit_manifest(p, _set(["input", "shape"], ["batch", "time", 4])),
+      r"'input' says float32\(batch, time, 4\), but apply.jaxexport takes float32\(b, t, 3\)",
+    ),
+    (
+      lambda p: _edit_manifest(p, _set(["params", 0, "stored_as"], "uint32")),
+      r"params\[0\] \(0.w_ih\) is stored as uint32; expected float32 for float32",
     ),
     (
       lambda p: _edit_manifest(p, _set(["params", 0, "shape"], [4, 24])),
@@ -314,7 +315,7 @@ def test_expected_config_and_version(saved):
   with pytest.raises(ValueError, match=r"model config field 'num_layers' is 2; expected 3"):
     jaxrnn.export.load(path, expected_config=other.config)
   other = jaxrnn.rnn_layers("lstm", 6, num_layers=2, proj_size=2)
-  with pytest.raises(ValueError, match=r"field 'cell_config\[4\]\[1\]' is 3; expected 2"):
+  with pytest.raises(ValueError, match=r"field 'cell_config.proj_size' is 3; expected 2"):
     jaxrnn.export.load(path, expected_config=other)
   with pytest.raises(ValueError, match=r"field 'jaxrnn_version' is '0.1.0'; expected '9.9.9'"):
     jaxrnn.export.load(path, expected_version="9.9.9")
@@ -343,7 +344,7 @@ def test_bad_call_inputs(saved):
   _, _, path = saved["lstm_proj_2_layers"]
   art = jaxrnn.export.load(path)
   xs = np.ones((2, 5, I), np.float32)
-  with pytest.raises(ValueError, match=r"xs has shape \(2, 5, 4\); expected .* features=3"):
+  with pytest.raises(ValueError, match=r"xs has shape \(2, 5, 4\); expected \(batch, time, 3\)"):
     art.apply(np.ones((2, 5, 4), np.float32))
   with pytest.raises(ValueError, match=r"xs has shape \(5, 3\); expected \(batch, time"):
     art.apply(xs[0])
@@ -353,7 +354,7 @@ def test_bad_call_inputs(saved):
     art.apply(xs, seq_lengths=np.array([6, 1]))
   with pytest.raises(ValueError, match=r"seq_lengths is float32\[2\]; expected integers"):
     art.apply(xs, seq_lengths=np.array([5, 1], np.float32))
-  with pytest.raises(ValueError, match=r"x has shape \(2, 4\); expected \(batch, features\)"):
+  with pytest.raises(ValueError, match=r"x has shape \(2, 4\); expected \(batch, 3\)"):
     art.step(art.init_state(2), np.ones((2, 4), np.float32))
   with pytest.raises(ValueError, match=r"state\['0.h'\] has shape \(3, 3\); expected \(2, 3\)"):
     art.step(art.init_state(3), xs[:, 0])
