@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import jax
@@ -48,15 +49,16 @@ def _npy_safe(a: np.ndarray, what: str) -> np.ndarray:
 
 
 def _run(args: argparse.Namespace) -> tuple[dict, np.ndarray]:
-  """Loads the artifact (with ``jax_enable_x64`` for 64-bit arrays) and runs ``apply``."""
-  if x64_arrays(read_manifest(args.path)):
-    jax.config.update("jax_enable_x64", True)
-  artifact = load(args.path)
-  xs = np.load(args.input, allow_pickle=False)
-  lengths, resets = (
-    None if f is None else np.load(f, allow_pickle=False) for f in (args.seq_lengths, args.resets)
-  )
-  return artifact.apply(xs, seq_lengths=lengths, resets=resets)
+  """Loads the artifact and runs ``apply`` (with ``jax_enable_x64`` for 64-bit arrays)."""
+  x64 = x64_arrays(read_manifest(args.path))
+  with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+    artifact = load(args.path)
+    xs = np.load(args.input, allow_pickle=False)
+    lengths, resets = (
+      None if f is None else np.load(f, allow_pickle=False) for f in (args.seq_lengths, args.resets)
+    )
+    state, ys = artifact.apply(xs, seq_lengths=lengths, resets=resets)
+    return {k: np.asarray(v) for k, v in state.items()}, np.asarray(ys)
 
 
 def main(argv: list[str] | None = None) -> int:
