@@ -41,7 +41,7 @@ import io
 import json
 import pathlib
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -119,7 +119,7 @@ def to_json(value: Any, where: str | None = None) -> Any:
   sub = (lambda k: None) if where is None else (lambda k: f"{where}{k}")
   if value is None or isinstance(value, bool | int | float | str):
     return value
-  if isinstance(value, dict):
+  if isinstance(value, Mapping):
     return {str(k): to_json(v, sub(f".{k}")) for k, v in value.items()}
   if isinstance(value, tuple | list):
     if _pairs(value):
@@ -340,7 +340,7 @@ def _check_expected(manifest: dict, expected_config: Any, expected_version: Any)
         f"{MANIFEST}: the model is a {manifest['model']['name']!r}; expected a {name!r}."
       )
     expected_config = expected_config.config
-  partial = isinstance(expected_config, dict)  # a dict checks only the fields it gives
+  partial = isinstance(expected_config, Mapping)  # a dict checks only the fields it gives
   try:
     expected = to_json(dict(expected_config))
   except (TypeError, ValueError):
