@@ -3,8 +3,11 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
+# Where run, experiments and bench write: runs/ is git-ignored. The committed results/ change
+# only on purpose: `make results` (and `make bench OUT=results` for the benchmark's tables).
+OUT    ?= runs
 
-.PHONY: run test lint bench experiments clean
+.PHONY: run test lint bench experiments results clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +24,18 @@ $(VENV)/.experiments: $(VENV)/.core
 	touch $@
 
 run: $(VENV)/.experiments
-	$(PY) -m experiments.default
+	$(PY) -m experiments.default --out $(OUT)
 
 bench: $(VENV)/.dev
-	$(PY) -m experiments.benchmark
+	$(PY) -m experiments.benchmark --out $(OUT)
 
 experiments: $(VENV)/.experiments
-	$(PY) -m experiments.all
+	$(PY) -m experiments.all --out $(OUT)
+
+# Regenerates the committed results: the default run, then every experiment at full size.
+results: $(VENV)/.experiments
+	$(PY) -m experiments.default --out results
+	$(PY) -m experiments.all --out results
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -n 2

@@ -1,13 +1,14 @@
-"""`make experiments`: every experiment at full size, then ``results/summary.json`` and ``.md``.
+"""`make experiments`: every experiment at full size, then ``OUT/summary.json`` and ``.md``.
 
 Runs, in order, ``vanishing``, ``adding``, ``copy``, ``sunspots``, ``digits``,
 ``charlm`` and ``ucr`` (each also ``python -m experiments.NAME``), each writing
 ``OUT/NAME/NAME.json`` and ``.png``, and collects their checks into one table:
-our number, the reference, its source, PASS or FAIL. An experiment that raises
-is recorded as an error and the others still run. Training runs checkpoint
-under ``OUT/NAME/checkpoints/`` (git-ignored), so an interrupted
-``make experiments`` started again resumes where it stopped; a finished run is
-restored, not retrained.
+our number, the reference, its source, PASS or FAIL. OUT is ``runs/`` (git-ignored)
+unless ``--out`` names another; ``--out results`` (``make results``) regenerates
+the committed results. An experiment that raises is recorded as an error and
+the others still run. Training runs checkpoint under ``OUT/NAME/checkpoints/``
+(git-ignored), so an interrupted ``make experiments`` started again resumes
+where it stopped; a finished run is restored, not retrained.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def summarize(records: dict, out: str) -> tuple[dict, str]:
 
 
 def main(argv=None) -> dict:
-  args = harness.parser(NAME, __doc__, FLAGS).parse_args(argv)
+  args = harness.check_out(harness.parser(NAME, __doc__, FLAGS).parse_args(argv))
   flags = harness.shared_argv(args)
   records = {}
   for name in args.only:

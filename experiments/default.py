@@ -11,7 +11,9 @@ gradients while LSTMs keep it. Two experiments show both halves:
 
 Needs only the core install (jax, optax): plots, progress bars and checkpoints
 are used when matplotlib, tqdm and orbax-checkpoint are installed. Results go
-to ``OUT/default/``; the full experiments are `python -m experiments.all`.
+to ``OUT/default/``, OUT being ``runs/`` (git-ignored, so the checkout stays
+clean) unless ``--out`` names another (``--out results`` regenerates the
+committed ones); the full experiments are `python -m experiments.all`.
 """
 
 from __future__ import annotations

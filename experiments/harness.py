@@ -2,9 +2,13 @@
 
 Each experiment is ``python -m experiments.NAME [--quick] [--seed S] [--out DIR]``
 and writes ``DIR/NAME/NAME.json`` (flags, numbers, checks) and, when matplotlib
-is installed, ``DIR/NAME/NAME.png``. ``--quick`` runs the spec's small sizes for
-the tests: its numbers are smoke tests, not results, and are flagged
-``"quick": true``. Training goes through `experiments.training`.
+is installed, ``DIR/NAME/NAME.png``. DIR is ``runs/`` unless given: git ignores
+it, so running an experiment leaves the checkout clean. The committed results
+under ``results/`` change only when a run is pointed there on purpose
+(``--out results``, or ``make results``). ``--quick`` runs the spec's small sizes
+for the tests: its numbers are smoke tests, not results, and are flagged
+``"quick": true``; a quick run into ``results/`` is refused. Training goes
+through `experiments.training`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 
 import jaxrnn
 
-RESULTS = "results"
+RESULTS = "results"  # the committed results: written only with --out results
+RUNS = "runs"  # the default --out, ignored by git
 Results = dict[str, Any]
 Check = dict[str, Any]
 
@@ -84,8 +89,15 @@ def parser(
   )
   p.add_argument("--quick", action="store_true", help="small sizes (seconds); for the tests")
   p.add_argument("--seed", type=int, default=0, help="every random number derives from it")
-  p.add_argument("--out", default=RESULTS, help="results root; files go to OUT/NAME/")
-  p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+  p.add_argument(
+    "--out",
+    default=RUNS,
+    help=f"results root, files go to OUT/NAME/; {RUNS}/ is git-ignored, --out {RESULTS} "
+    "regenerates the committed results",
+  )
+  p.add_argument(
+    "--no-progress", action="store_true", help="no tqdm progress bars (none off a terminal)"
+  )
   p.add_argument(
     "--no-checkpoints", action="store_true", help="do not checkpoint (nor resume) training runs"
   )
@@ -103,11 +115,30 @@ def shared_argv(args: argparse.Namespace, out: str | None = None) -> list[str]:
 
 
 def parse(spec: Spec, argv: Sequence[str] | None = None) -> argparse.Namespace:
-  """The spec's flags from ``argv``; under ``--quick`` its quick sizes replace them."""
-  args = parser(spec.name, spec.doc, spec.flags).parse_args(argv)
+  """The spec's flags from ``argv``; under ``--quick`` its quick sizes replace them.
+
+  Raises:
+    ValueError: for ``--quick`` into the committed results (see `check_out`).
+  """
+  args = check_out(parser(spec.name, spec.doc, spec.flags).parse_args(argv))
   if args.quick:
     for dest, value in spec.quick.items():
       setattr(args, dest, value)
+  return args
+
+
+def check_out(args: argparse.Namespace) -> argparse.Namespace:
+  """``args``, unless it is a quick run into ``results/`` (smoke-test numbers over results).
+
+  Raises:
+    ValueError: for ``--quick`` with ``--out`` naming ``results/`` (or a folder inside it).
+  """
+  out, committed = os.path.realpath(args.out), os.path.realpath(RESULTS)
+  if args.quick and (out == committed or out.startswith(committed + os.sep)):
+    raise ValueError(
+      f"--quick --out {args.out}: quick runs write smoke-test numbers, not into the committed "
+      f"{RESULTS}/; drop --out (default {RUNS}/) or name another folder"
+    )
   return args
 
 
@@ -298,9 +329,13 @@ def run_paths(
 
 
 def progress(total: int, desc: str, disable: bool) -> Iterable[int]:
-  """``range(total)``, behind a tqdm bar unless ``disable`` or tqdm is not installed."""
+  """``range(total)``, behind a tqdm bar unless ``disable`` or tqdm is not installed.
+
+  Without ``disable`` the bar still stays quiet when its stream (stderr) is not a
+  terminal (tqdm's ``disable=None``), so that logs are not flooded with redraws.
+  """
   try:
     from tqdm.auto import tqdm
   except ImportError:
     return range(total)
-  return tqdm(range(total), desc=desc, leave=False, disable=disable)
+  return tqdm(range(total), desc=desc, leave=False, disable=True if disable else None)

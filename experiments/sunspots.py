@@ -65,14 +65,14 @@ def ar9_train_rmse(years, series, params):
   return float(np.sqrt(np.mean((pred - series[idx]) ** 2)))
 
 
-def rnn_forecasts(name, factory, args, data) -> tuple[dict, list]:
+def rnn_forecasts(name, factory, args, data, regularize=None) -> tuple[dict, list]:
   """Mean test RMSE, ARV and train RMSE over ``--seeds`` runs; the first seed's forecasts."""
   x_tr, y_tr, x_te, mean, std, target, train_target, sigma2 = data
   per_seed, first = [], None
   for s in range(args.seeds):
     run = f"{name}-seed{args.seed + s}"
     predict = training.train_readout(
-      factory(args.hidden), x_tr, y_tr, args, NAME, run, seed=args.seed + s
+      factory(args.hidden), x_tr, y_tr, args, NAME, run, seed=args.seed + s, regularize=regularize
     )
     pred = predict(x_te) * std + mean
     fit_err = predict(x_tr) * std + mean - train_target
@@ -88,6 +88,26 @@ def rnn_forecasts(name, factory, args, data) -> tuple[dict, list]:
     "per_seed": per_seed,
   }
   return summary, first
+
+
+VALIDATION_FROM = 1877  # the last 44 training years (20%) validate; 1700-1876 train
+
+
+def choose_regularizer(z, years, args) -> tuple[str, dict]:
+  """The candidate with the lowest validation RMSE, trained on 1700-1876 (one seed each).
+
+  Only training years are read: the test years 1921-1955 play no part in the choice.
+  """
+  x_fit, y_fit = windows(z, years, 1700, VALIDATION_FROM - 1)
+  x_val, y_val = windows(z, years, VALIDATION_FROM, 1920)
+
+  def score(name, rates):
+    run = f"lstm-select-{name}"
+    cell = jaxrnn.lstm(args.hidden)
+    predict = training.train_readout(cell, x_fit, y_fit, args, NAME, run, regularize=rates)
+    return float(np.sqrt(np.mean((predict(x_val) - y_val) ** 2)))
+
+  return training.select_regularizer(score)
 
 
 def run(args) -> dict:
@@ -115,6 +135,11 @@ def run(args) -> dict:
   data = (x_tr, y_tr, x_te, mean, std, target, train_target, sigma2)
   for name, factory in {"lstm": jaxrnn.lstm, "gru": jaxrnn.gru}.items():
     results[name], curves[name] = rnn_forecasts(name, factory, args, data)
+  chosen, scores = choose_regularizer(z, years, args)
+  reg, curves["lstm_reg"] = rnn_forecasts(
+    f"lstm-{chosen}", jaxrnn.lstm, args, data, training.REGULARIZERS[chosen]
+  )
+  results["lstm_reg"] = dict(reg, chosen=chosen, validation_rmse_std_units=scores)
   results.update(
     train_years=[1700, 1920],
     test_years=[1921, 1955],
@@ -134,9 +159,12 @@ def report(results, args) -> None:
     f"{args.steps} full-batch Adam steps (lr {args.lr}), mean of {args.seeds} seeds."
   )
   print(f"  {'model':<10}{'test RMSE':>12}{'test ARV':>12}{'train RMSE':>12}")
-  for name in ("ar9", "lstm", "gru"):
+  for name in ("ar9", "lstm", "gru", "lstm_reg"):
     r = results[name]
     print(f"  {name:<10}{r['rmse']:>12.2f}{r['arv']:>12.3f}{r['train_rmse']:>12.2f}")
+  reg = results["lstm_reg"]
+  scores = ", ".join(f"{k} {v:.3f}" for k, v in reg["validation_rmse_std_units"].items())
+  print(f"  lstm_reg: {reg['chosen']}, chosen on 1877-1920 validation RMSE ({scores})")
   lstm, ar = results["lstm"], results["ar9"]
   if lstm["train_rmse"] < ar["train_rmse"] and lstm["rmse"] > ar["rmse"]:
     print(
@@ -146,8 +174,8 @@ def report(results, args) -> None:
 
 
 def checks(results, args) -> list[dict]:
-  """The LSTM's test RMSE within 10% of the AR(9)'s."""
-  lstm, gru, ar = results["lstm"], results["gru"], results["ar9"]
+  """The LSTM's test RMSE within 10% of the AR(9)'s, plain and with the chosen regularizer."""
+  lstm, gru, ar, reg = results["lstm"], results["gru"], results["ar9"], results["lstm_reg"]
   return [
     harness.check(
       "sunspots 1921-1955: test RMSE, LSTM (ours) vs AR(9) (reference)",
@@ -159,7 +187,17 @@ def checks(results, args) -> list[dict]:
       f"GRU {gru['rmse']:.2f}; train RMSE LSTM {lstm['train_rmse']:.2f}, "
       f"GRU {gru['train_rmse']:.2f}, AR(9) {ar['train_rmse']:.2f}; "
       f"test ARV LSTM {lstm['arv']:.3f}, AR(9) {ar['arv']:.3f}",
-    )
+    ),
+    harness.check(
+      f"sunspots 1921-1955: test RMSE, regularized LSTM ({reg['chosen']}, chosen on "
+      "validation years) vs AR(9)",
+      reg["rmse"],
+      ar["rmse"],
+      "statsmodels AutoReg(9) fitted on 1700-1920 in the same run",
+      reg["rmse"] <= 1.1 * ar["rmse"],
+      "LSTM RMSE <= 1.1 x AR(9) RMSE",
+      f"plain LSTM {lstm['rmse']:.2f}; train RMSE {reg['train_rmse']:.2f}",
+    ),
   ]
 
 
@@ -169,7 +207,7 @@ def figure(plt, results, args):
     plt, (7, 3.8), "year", "sunspot number", "One-step forecasts, test years 1921-1955 (first seed)"
   )
   ax.plot(curves["years"], curves["actual"], "k.-", label="actual")
-  for name in ("ar9", "lstm", "gru"):
+  for name in ("ar9", "lstm", "gru", "lstm_reg"):
     label = f"{name} (RMSE {results[name]['rmse']:.1f})"
     ax.plot(curves["years"], curves[name], label=label)
   ax.legend(fontsize=8)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from experiments import harness
-from jaxrnn import loop, scan, train
+from jaxrnn import loop, recurrent, scan, train
 
 TrainState = train.TrainState
 make_tbptt_step = train.make_tbptt_step
@@ -135,6 +135,7 @@ def train_readout(
   classes: int | None = None,
   batch: int | None = None,
   seed: int | None = None,
+  regularize: dict[str, Any] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
   """Trains ``cell`` + a linear readout of its final state on a small in-memory data set.
 
@@ -152,6 +153,9 @@ def train_readout(
     batch: examples per step, sampled without replacement from
       ``fold_in(key, step)``; None: all.
     seed: of the init and the batches (default ``args.seed``).
+    regularize: `jaxrnn.recurrent`'s regularizer rates (``input_dropout``,
+      ``recurrent_dropout``, ``weight_drop``, ``zoneout``), drawn from each step's
+      key in training; predictions are deterministic. None: the plain cell.
 
   Returns:
     ``predict(xs) -> (N,)`` predictions or ``(N, classes)`` logits (numpy).
@@ -164,17 +168,25 @@ def train_readout(
   k_init, k_out, k_data = jax.random.split(jax.random.key(seed), 3)
   params = readout_params(cell, k_init, k_out, xs.shape[-1], num_outputs)
 
-  def forward(params, x):
-    carry, _ = scan(cell, params["rnn"], x)
+  model = None if not regularize else recurrent(cell, **regularize)
+
+  def forward(params, x, key=None):
+    if model is None:
+      carry, _ = scan(cell, params["rnn"], x)
+    else:
+      carry, _ = model.apply(params["rnn"], x, key=key, deterministic=key is None)
     return carry.h @ params["w"] + params["b"][None, :]
 
   def loss_fn(params, key):
+    k_drop = None
+    if model is not None:  # the unregularized runs keep their keys (and numbers) as before
+      key, k_drop = jax.random.split(key)
     if batch is None or batch >= n:
       x, y = xs, ys
     else:
       idx = jax.random.choice(key, n, (batch,), replace=False)
       x, y = xs[idx], ys[idx]
-    out = forward(params, x)
+    out = forward(params, x, k_drop)
     if classify:
       return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
     return jnp.mean((out[:, 0] - y) ** 2)
@@ -194,6 +206,7 @@ def train_readout(
     batch_size=min(batch or n, n),
     checkpoints=2,
     data=data,
+    **({"regularize": sorted(regularize.items())} if regularize else {}),
   )
   forward_jit = jax.jit(forward)
 
@@ -202,3 +215,24 @@ def train_readout(
     return out if classify else out[:, 0]
 
   return predict
+
+
+# The regularizers the experiments that overfit try on their LSTM, one at a time
+# (`jaxrnn.recurrent`'s options; see `jaxrnn.regularizers`).
+REGULARIZERS = {
+  "none": None,
+  "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
+  "weight_drop=0.25": {"weight_drop": 0.25},
+  "zoneout=0.15": {"zoneout": 0.15},
+  "input_dropout=0.1": {"input_dropout": 0.1},
+}
+
+
+def select_regularizer(score: Callable[[str, dict | None], float]) -> tuple[str, dict]:
+  """The entry of `REGULARIZERS` with the lowest ``score(name, rates)``, and every score.
+
+  ``score`` trains on part of the training split and scores on the rest (validation):
+  the test split plays no part in the choice.
+  """
+  scores = {name: float(score(name, rates)) for name, rates in REGULARIZERS.items()}
+  return min(scores, key=scores.get), scores

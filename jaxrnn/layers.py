@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn import cells
+from jaxrnn import cells, regularizers
 from jaxrnn.cells.base import PyTree
 from jaxrnn.model import SequenceModel, pairs
 from jaxrnn.scan import IMPLS, scan
@@ -40,6 +40,10 @@ def recurrent(
   unroll: int | bool | None = None,
   remat: int | bool | None = None,
   impl: str = "auto",
+  input_dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  weight_drop: float = 0.0,
+  zoneout: float | dict[str, float] = 0.0,
 ) -> SequenceModel:
   """A cell over time as a sequence model; ``apply`` is `jaxrnn.scan`, ``step`` the cell's.
 
@@ -50,16 +54,26 @@ def recurrent(
     unroll: passed to `jaxrnn.scan` (None: the backend's measured default).
     remat: passed to `jaxrnn.scan` (gradient checkpointing every ``remat`` steps).
     impl: passed to `jaxrnn.scan`: ``"auto"``, ``"step"`` or ``"fused"``.
+    input_dropout: variational dropout on the inputs, one mask per row.
+    recurrent_dropout: variational dropout on ``h`` entering the recurrent product.
+    weight_drop: DropConnect on the recurrent weights, one mask per forward pass.
+    zoneout: a rate for ``h`` and ``c``, or ``{"h": rate, "c": rate}``. Rates lie in
+      ``[0, 1)``; ``apply`` then needs a ``key`` unless ``deterministic`` (see
+      `jaxrnn.regularizers` for the exact semantics).
 
   Returns:
     A `SequenceModel` whose params and carry are the cell's; its ``step`` is the
-    cell's step, or None if ``reverse``.
+    cell's step (with zoneout's expected mask), or None if ``reverse``.
+
+  Raises:
+    ValueError: a bad ``impl`` or rate, or recurrent dropout or weight drop on a
+      cell without recurrent weights (minGRU, minLSTM).
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
-    >>> model = jaxrnn.recurrent(jaxrnn.gru(8))
+    >>> model = jaxrnn.recurrent(jaxrnn.gru(8), recurrent_dropout=0.25, zoneout=0.1)
     >>> params = model.init(jax.random.key(0), input_size=3)
-    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)))
+    >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)), key=jax.random.key(1))
     >>> ys.shape
     (2, 5, 8)
   """
@@ -67,23 +81,39 @@ def recurrent(
     raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
+  kind = cells.KINDS.get(cell.name)
+  rates = regularizers.check(
+    cell.name,
+    None if kind is None else kind.params,
+    zoneout,
+    input_dropout=input_dropout,
+    recurrent_dropout=recurrent_dropout,
+    weight_drop=weight_drop,
+  )
   settings = pairs(unroll=unroll, remat=remat, impl=impl)
 
   def apply(
     params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
   ):
-    del key, deterministic  # no randomness in a single recurrent layer
     kw = dict(reverse=reverse, time_major=time_major, **dict(settings))
+    if rates:
+      xs = jnp.asarray(xs) if not isinstance(xs, jax.Array | jax.core.Tracer) else xs
+      params, xs, kw["noise"] = regularizers.draw(
+        cell, rates, params, xs, key, deterministic, time_major
+      )
     return scan(cell, params, xs, carry, seq_lengths=seq_lengths, resets=resets, **kw)
 
   config = pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
+  config = tuple(sorted(config + rates))  # only the rates set: plain layers keep their config
+  zoned = dict(rates).get("zoneout")
+  step = cell.step if not zoned else regularizers.zoned_step(cell.step, zoned)
   return SequenceModel.library(
     cell.init,
     apply,
     cell.initial_carry,
     "recurrent",
     config,
-    step=None if reverse else cell.step,
+    step=None if reverse else step,
     settings=settings,
     no_step=REVERSE_REASON if reverse else "",
     parts=(cell,),
@@ -348,6 +378,10 @@ def rnn_layers(
   unroll: int | bool | None = None,
   remat: int | bool | None = None,
   impl: str = "auto",
+  input_dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  weight_drop: float = 0.0,
+  zoneout: float | dict[str, float] = 0.0,
   **cell_kwargs: Any,
 ) -> SequenceModel:
   """The torch-like convenience: ``torch.nn.LSTM(...)`` as a jaxrnn `stack`.
@@ -363,6 +397,9 @@ def rnn_layers(
     unroll: passed to `jaxrnn.scan` (None: the backend's measured default).
     remat: passed to `jaxrnn.scan` (gradient checkpointing for long sequences).
     impl: passed to `jaxrnn.scan`: ``"auto"``, ``"step"`` or ``"fused"``.
+    input_dropout, recurrent_dropout, weight_drop, zoneout: every layer's regularizers
+      (see `recurrent` and `jaxrnn.regularizers`); each layer and direction draws its own
+      masks from its share of ``apply``'s key.
     **cell_kwargs: passed to the cell factory (``activation``, ``proj_size``,
       ``use_bias``, ``forget_bias``, ``recurrent_init``, ``dtype``...).
 
@@ -390,9 +427,20 @@ def rnn_layers(
     raise ValueError(f"kind={kind!r} is not one of {tuple(cells.KINDS)}.")
   cells.base.check_positive("num_layers", num_layers)
   cell = cells.KINDS[kind].factory(hidden_size, **cell_kwargs)
+  rates = dict(
+    input_dropout=input_dropout,
+    recurrent_dropout=recurrent_dropout,
+    weight_drop=weight_drop,
+    zoneout=zoneout,
+  )
+  for name, rate in rates.items():
+    if not rate:
+      del args[name]  # only the regularizers set, so that plain models keep their config
+  if isinstance(zoneout, dict):
+    args["zoneout"] = tuple(sorted(zoneout.items()))
   models = []
   for _ in range(num_layers):
-    kw = dict(time_major=time_major, unroll=unroll, remat=remat, impl=impl)
+    kw = dict(time_major=time_major, unroll=unroll, remat=remat, impl=impl, **rates)
     fwd = recurrent(cell, **kw)
     if bidirectional:
       bwd = recurrent(cell, reverse=True, **kw)

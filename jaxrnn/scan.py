@@ -122,7 +122,9 @@ def scan(
   remat: int | bool | None = None,
   impl: str = "auto",
   resets: jax.Array | None = None,
-) -> tuple[PyTree, jax.Array]:
+  noise: kernel.Noise | None = None,
+  return_carries: bool = False,
+) -> tuple[PyTree, jax.Array] | tuple[PyTree, jax.Array, PyTree]:
   """Runs ``cell.step`` over the time axis of ``xs`` with `jax.lax.scan`.
 
   Variable lengths: at time ``t`` row ``b`` is updated only if
@@ -167,10 +169,19 @@ def scan(
       makes the gradient faster; ``"step"`` always runs `jax.lax.scan` over
       ``cell.step`` (needed for forward-mode autodiff, `jax.jvp` / `jax.jacfwd`);
       ``"fused"`` insists on the kernel. All three compute the same values.
+    noise: a `jaxrnn.cells.kernel.Noise` of recurrent-dropout and zoneout masks, or
+      None. `jaxrnn.recurrent`'s regularizer options draw it (`jaxrnn.regularizers`);
+      pass your own for other schedules: ``h_mask`` ``(*batch, H)``, ``keep`` leaves
+      ``(T, *batch, F)`` (time first in both layouts). With ``impl="auto"`` a cell
+      whose kernel does not take noise runs its step loop; ``"fused"`` then raises.
+    return_carries: also return the carry after every step (for replay buffers that
+      store recurrent states): leaves ``(*batch, T, F)`` (``(T, *batch, F)`` if
+      ``time_major``); past a row's length, its frozen carry. Runs the step loop.
 
   Returns:
     ``(carry, ys)``: the final carry and the outputs, ``(*batch, T, output_size)``
-    (or ``(T, *batch, output_size)`` if ``time_major``).
+    (or ``(T, *batch, output_size)`` if ``time_major``); with ``return_carries``,
+    ``(carry, ys, carries)``.
 
   Raises:
     ValueError: wrong rank of ``xs``; input size not matching ``params``;
@@ -189,7 +200,7 @@ def scan(
     >>> bool((ys[1, 2:] == 0).all())                  # padding gives zeros
     True
   """
-  run = _runner(cell, impl)
+  run = _runner(cell, impl, noise, return_carries)
   unroll = _check_unroll(unroll)
   xs = jnp.asarray(xs) if not isinstance(xs, jax.Array | jax.core.Tracer) else xs
   batch_shape, length = _batch_and_time(xs, time_major)
@@ -208,15 +219,17 @@ def scan(
   xs_t, mask = _time_mask(xs_t, seq_lengths, length, chunk, batch_shape)
   resets = _time_resets(resets, mask, batch_shape, length, xs_t.shape[0], time_major, reverse)
   reset_carry = None if resets is None else cell.initial_carry(params, batch_shape)
-  inputs = (xs_t, mask, resets)
-  carry, ys = run(cell, params, carry, inputs, reset_carry, reverse, unroll, chunk)
+  h_mask, keep = _check_noise(noise, carry, length, xs_t.shape[0])
+  inputs = (xs_t, mask, resets, keep)
+  args = (cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk)
+  carry, ys = run(*args) if not return_carries else _run_steps(*args, return_carries=True)
   ys = jax.tree.map(lambda y: y[:length], ys)
   if not time_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
-  return carry, ys
+  return (carry, *ys) if return_carries else (carry, ys)
 
 
-def _runner(cell: Cell, impl: str):
+def _runner(cell: Cell, impl: str, noise: Any, return_carries: bool):
   """The loop `scan` runs: the cell's kernel on one flat batch axis, or its step."""
   if not isinstance(cell, Cell):
     raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
@@ -224,9 +237,43 @@ def _runner(cell: Cell, impl: str):
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
   if impl == "fused" and cell.sequence is None:
     raise ValueError(f"impl='fused', but the {cell.name!r} cell has no whole-sequence kernel.")
-  if impl == "step" or cell.sequence is None:
+  noisy = noise is not None and not getattr(cell.sequence, "takes_noise", False)
+  if impl == "fused" and (noisy or return_carries):
+    what = "return_carries=True" if return_carries else "recurrent dropout or zoneout"
+    raise ValueError(f"impl='fused', but the {cell.name!r} cell's kernel cannot take {what}.")
+  if impl == "step" or cell.sequence is None or noisy:
     return _run_steps
   return _run_kernel
+
+
+def _check_noise(noise: Any, carry: PyTree, length: int, padded: int):
+  """``(h_mask, keep)`` of ``noise`` checked against the carry; ``keep`` padded like ``xs``."""
+  if noise is None:
+    return None, None
+  if not isinstance(noise, kernel.Noise):
+    raise ValueError(f"noise is a {type(noise).__name__}; expected a jaxrnn.cells.kernel.Noise.")
+  if noise.h_mask is not None:
+    h = kernel.hidden(carry)
+    if tuple(noise.h_mask.shape) != tuple(h.shape):
+      raise ValueError(
+        f"noise.h_mask has shape {tuple(noise.h_mask.shape)}; expected the hidden state's "
+        f"{tuple(h.shape)}."
+      )
+  keep = noise.keep
+  if keep is not None:
+
+    def pad(k, c):
+      if k is None:
+        return None
+      if tuple(k.shape) != (length,) + tuple(c.shape):
+        raise ValueError(
+          f"a noise.keep leaf has shape {tuple(k.shape)}; expected (T, *batch, F) = "
+          f"{(length,) + tuple(c.shape)}."
+        )
+      return jnp.concatenate([k, jnp.zeros((padded - length,) + k.shape[1:], k.dtype)])
+
+    keep = jax.tree.map(pad, keep, carry, is_leaf=lambda a: a is None)
+  return noise.h_mask, keep
 
 
 def _check_unroll(unroll: Any) -> int | bool:
@@ -303,27 +350,34 @@ def _chunked(loop, carry, inputs, reverse, chunk):
   return carry, jax.tree.map(lambda y: y.reshape((length,) + y.shape[2:]), ys)
 
 
-def _run_steps(cell, params, carry, inputs, reset_carry, reverse, unroll, chunk):
+def _run_steps(
+  cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk, return_carries=False
+):
   def loop(c, chunk_inputs):
-    xs, mask, resets = chunk_inputs
-    return kernel.step_loop(cell.step, params, c, xs, mask, reverse, unroll, resets, reset_carry)
+    xs, mask, resets, keep = chunk_inputs
+    noise = kernel.Noise(h_mask, keep)
+    args = (params, c, xs, mask, reverse, unroll, resets, reset_carry, noise, cell.masked_step)
+    return kernel.step_loop(cell.step, *args, return_carries=return_carries)
 
   return _chunked(loop, carry, inputs, reverse, chunk)
 
 
-def _run_kernel(cell, params, carry, inputs, reset_carry, reverse, unroll, chunk):
+def _run_kernel(cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk):
   xs_t = inputs[0]
   # The kernel works on one flat batch axis; check shapes with the cell's own step first.
   jax.eval_shape(cell.step, params, carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
   padded, batch_shape = xs_t.shape[0], xs_t.shape[1:-1]
   n = math.prod(batch_shape)
   flat = lambda a: a.reshape(a.shape[: -len(batch_shape) - 1] + (n, a.shape[-1]))  # noqa: E731
-  carry, reset_carry = jax.tree.map(flat, (carry, reset_carry))
+  carry, reset_carry, h_mask = jax.tree.map(flat, (carry, reset_carry, h_mask))
   inputs = jax.tree.map(lambda a: a.reshape((padded, n) + a.shape[1 + len(batch_shape) :]), inputs)
 
   def loop(c, chunk_inputs):
-    xs, mask, resets = chunk_inputs
-    return cell.sequence(params, c, xs, mask, reverse, unroll, resets, reset_carry)
+    xs, mask, resets, keep = chunk_inputs
+    args = (params, c, xs, mask, reverse, unroll, resets, reset_carry)
+    if h_mask is None and keep is None:
+      return cell.sequence(*args)
+    return cell.sequence(*args, kernel.Noise(h_mask, keep))
 
   carry, ys = _chunked(loop, carry, inputs, reverse, chunk)
   carry = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)

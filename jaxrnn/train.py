@@ -263,6 +263,11 @@ def make_tbptt_step(
   carry. This is TBPTT(k, k) of Williams and Peng (1990) with k = ``window``.
   The returned carry continues the stream in the next call.
 
+  Episode boundaries: every leaf of ``stream`` is cut into windows, so a boolean
+  ``resets`` leaf ``(*batch, T)`` arrives with each window and ``loss_fn`` passes it
+  to `jaxrnn.scan` (or a model's ``apply``); a reset at a window's first step
+  replaces the carry handed over from the previous window.
+
   Args:
     loss_fn: ``loss_fn(params, carry, batch) -> (loss, carry)`` on one window.
     optimizer: an ``optax.GradientTransformation``.

@@ -8,6 +8,11 @@ same run that match the literature, ranges, shapes and determinism.
 
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,6 +22,7 @@ from experiments import adding, charlm, copy, default, digits, harness, sunspots
 from experiments import all as run_all
 
 EXPERIMENTS = (vanishing, adding, copy, sunspots, digits, charlm, ucr, default)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -173,11 +179,46 @@ def test_ucr_quick(tmp_path):
     assert 0.0 <= r["lstm_error"] <= 1.0
 
 
-def test_default_quick(tmp_path):
-  rec = _run(default, tmp_path, "--no-checkpoints")
+def test_default_quick_leaves_a_fresh_checkout_clean(tmp_path, monkeypatch):
+  # `make run` in a checkout: a git repo with the project's .gitignore, the default --out
+  subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+  shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+  monkeypatch.chdir(tmp_path)
+  rec = default.main(["--quick", "--no-progress", "--no-checkpoints"])
+  assert json.loads(Path(harness.RUNS, "default", "default.json").read_text()) == rec
+  status = subprocess.run(
+    ["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
+  )
+  assert status.stdout == "?? .gitignore\n"  # everything the run wrote is ignored
   assert [c["name"][:12] for c in rec["checks"]] == ["tanh RNN: ma", "LSTM per-ste", "adding (b), "]
   assert rec["checks"][0]["pass"] and rec["checks"][1]["pass"]
   assert 0.0 < rec["results"]["adding"]["lstm"] < 3.0
+
+
+def test_quick_runs_refuse_the_committed_results():
+  for out in (harness.RESULTS, os.path.join(harness.RESULTS, "x")):
+    with pytest.raises(ValueError, match="not into the committed results/"):
+      harness.parse(vanishing.SPEC, ["--quick", "--out", out])
+    with pytest.raises(ValueError, match="not into the committed results/"):
+      run_all.main(["--quick", "--out", out])
+  assert harness.parse(vanishing.SPEC, ["--out", harness.RESULTS]).out == harness.RESULTS
+  assert harness.parse(vanishing.SPEC, []).out == harness.RUNS
+
+
+def test_progress_bars_are_quiet_off_a_terminal():
+  # pytest captures stderr, so it is not a terminal: tqdm's disable=None turns the bar off
+  assert harness.progress(3, "x", disable=False).disable is True
+  assert list(harness.progress(3, "x", disable=True)) == [0, 1, 2]
+
+
+def test_readme_links_are_committed_files():
+  readme = (ROOT / "README.md").read_text()
+  links = re.findall(r"\]\(([^)#:]+)\)", readme)
+  assert "results/vanishing/vanishing.png" in links
+  tracked = subprocess.run(
+    ["git", "ls-files", "--error-unmatch", *links], cwd=ROOT, capture_output=True, text=True
+  )
+  assert tracked.returncode == 0, tracked.stderr
 
 
 def test_all_writes_the_summary(tmp_path, monkeypatch):

@@ -120,3 +120,30 @@ def test_bad_resets_raise():
     jaxrnn.scan(cell, params, xs, resets=np.zeros((2, T), np.int32))
   with pytest.raises(ValueError, match=r"resets has shape \(7, 2\); expected \(\*batch, T\)"):
     jaxrnn.scan(cell, params, xs, resets=np.zeros((T, 2), bool))
+
+
+def test_resets_reach_truncated_bptt_windows():
+  """With a zero learning rate, each window's loss is that window of one scan of the stream."""
+  import optax
+
+  from jaxrnn.train import TrainState, make_tbptt_step
+
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  xs = jax.random.normal(jax.random.key(1), (2, 12, 2))
+  resets = np.zeros((2, 12), bool)
+  resets[0, [4, 7]] = True  # one reset at a window's first step, one inside a window
+  resets[1, 0] = True
+
+  def loss_fn(p, carry, batch):
+    carry, ys = jaxrnn.scan(cell, p, batch["x"], carry, resets=batch["resets"])
+    return jnp.mean(ys**2), carry
+
+  step = make_tbptt_step(loss_fn, optax.sgd(0.0), window=4, max_grad_norm=None)
+  carry0 = jax.tree.map(jnp.ones_like, cell.initial_carry(params, (2,)))
+  state = TrainState.create(params, optax.sgd(0.0))
+  _, carry, metrics = step(state, carry0, {"x": xs, "resets": jnp.asarray(resets)})
+  want_carry, ys = jaxrnn.scan(cell, params, xs, carry0, resets=resets)
+  want = jnp.mean(ys.reshape(2, 3, 4, 4) ** 2, axis=(0, 2, 3))
+  np.testing.assert_allclose(metrics["loss"], want, rtol=1e-6)
+  np.testing.assert_allclose(carry.h, want_carry.h, atol=1e-6)

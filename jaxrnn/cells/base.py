@@ -144,7 +144,14 @@ class Cell(Static):
       hand-written VJP: ``sequence(params, carry, xs, mask, reverse, unroll) ->
       (carry, ys)`` on ``xs`` ``(T, N, I)`` and ``mask`` ``(T, N)`` or None (see
       `jaxrnn.cells.kernel`); `jaxrnn.scan` uses it when present. A custom cell
-      may leave it None: `scan` then loops over ``step``.
+      may leave it None: `scan` then loops over ``step``. A kernel with the attribute
+      ``takes_noise = True`` also takes ``noise=`` (`jaxrnn.cells.kernel.Noise`, the
+      recurrent-dropout and zoneout masks); others get the step loop when masks are on.
+    masked_step: optional, ``masked_step(params, carry, x, h_mask) -> (carry, y)``, the
+      step with ``h_mask`` multiplying ``h`` where it enters the recurrent product
+      (recurrent dropout). None (the default) multiplies ``carry.h`` before ``step``,
+      which is the same for every cell whose ``h`` enters only its recurrent product;
+      a cell that also reads ``h`` elsewhere (the GRU's ``z * h``) brings its own.
 
   What the rest of the library needs to know about a cell it reads from the
   cell's params type: ``input_size`` (a property, checked by `scan`) and
@@ -168,8 +175,8 @@ class Cell(Static):
     ((4, 5, 3), True, [])
   """
 
-  FIELDS = ("init", "initial_carry", "step", "name", "config", "sequence")
-  DEFAULTS = {"name": "custom", "config": (), "sequence": None}
+  FIELDS = ("init", "initial_carry", "step", "name", "config", "sequence", "masked_step")
+  DEFAULTS = {"name": "custom", "config": (), "sequence": None, "masked_step": None}
   __slots__ = ()
 
 
@@ -357,6 +364,7 @@ def library_cell(
   params_type: type,
   sequence: Callable[..., Any] | None,
   config: dict[str, Any],
+  masks_product: bool = False,
 ) -> Cell:
   """A built-in cell from its parts: the step is ``update`` behind the shared checks and policy.
 
@@ -364,26 +372,31 @@ def library_cell(
   shape checks), casts to the compute dtype (`cast_to_compute`), calls ``update``
   (the same function the cell's ``sequence`` kernel loops over) and returns the
   carry in its own dtype. ``config`` must hold every factory argument; ``dtype``
-  and ``compute_dtype`` are stored by name.
+  and ``compute_dtype`` are stored by name. With ``masks_product``, ``update`` takes
+  ``h_mask`` as a fourth argument and the cell gets the ``masked_step`` built on it.
   """
   compute_dtype = config.get("compute_dtype")
 
-  def step(params, carry, x):
+  def masked_step(params, carry, x, *h_mask):
     check_params(name, params, params_type)
     x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
     check(params, carry, x)
     p, c, x = cast_to_compute(name, params, carry, x, compute_dtype)
-    new, y, _ = update(p, c, x)
+    h_mask = tuple(m.astype(x.dtype) for m in h_mask)
+    new, y, _ = update(p, c, x, *h_mask)
     return like(new, carry), y
+
+  def step(params, carry, x):
+    return masked_step(params, carry, x)
 
   def checked_initial_carry(params, batch_shape=()):
     check_params(name, params, params_type, "initial_carry")
     return initial_carry(params, as_batch_shape(batch_shape))
 
+  masked = masked_step if masks_product else None
   if sequence is not None:
-    sequence = kernel.with_policy(sequence, compute_dtype, step)
+    sequence = kernel.with_policy(sequence, compute_dtype, step, masked)
   config = dict(config, dtype=dtype_name(config["dtype"]))
   config["compute_dtype"] = dtype_name(compute_dtype)
-  return Cell.library(
-    init, checked_initial_carry, step, name, tuple(sorted(config.items())), sequence
-  )
+  config = tuple(sorted(config.items()))
+  return Cell.library(init, checked_initial_carry, step, name, config, sequence, masked)

@@ -85,9 +85,10 @@ class ElmanParams(NamedTuple):
     return jnp.concatenate([self.w_hh, self.w_ih], axis=-2)
 
 
-def update(params: ElmanParams, carry: HiddenCarry, x: jax.Array, *, activation: str):
+def update(params: ElmanParams, carry: HiddenCarry, x: jax.Array, h_mask=None, *, activation):
   """One Elman step before the readout, the cell's math in one place: ``(carry, h, h)``."""
-  h = ACTIVATIONS[activation](base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b))
+  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  h = ACTIVATIONS[activation](base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b))
   return HiddenCarry(h), h, h
 
 
@@ -96,28 +97,30 @@ def readout(params: ElmanParams, h: jax.Array) -> jax.Array:
   return h if params.w_out is None else base.add_bias(h @ params.w_out, params.b_out)
 
 
-def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, *, activation):
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise, *, activation):
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
   prev, h_new = saved
+  h_mask = noise.h_mask
   ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(params.w_hh)
 
   def body(ct, inputs):
-    dy, h, m, restart = inputs
+    dy, h, m, restart, keep = inputs
     dh = ct.h + kernel.zeros_where_invalid(m, dy)
+    (dh,), straight = kernel.zone_split(keep, HiddenCarry(dh))
     slope = 1.0 - h * h if activation == "tanh" else (h > 0).astype(h.dtype)
     da = kernel.zeros_where_invalid(m, dh * slope)
-    new, to_reset = kernel.reset_split(
-      restart, HiddenCarry(kernel.where_valid(m, da @ w_hh_t, ct.h))
-    )
+    d_h_in = da @ w_hh_t
+    d_prev = kernel.add_zoned(HiddenCarry(d_h_in if h_mask is None else d_h_in * h_mask), straight)
+    new, to_reset = kernel.reset_split(restart, HiddenCarry(kernel.where_valid(m, d_prev.h, ct.h)))
     return new, (da, to_reset)
 
-  inputs = (ct_ys, h_new, mask, resets)
+  inputs = (ct_ys, h_new, mask, resets, noise.keep)
   ct0, (da, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
   da_rows = kernel.rows(da)
   grads = params._replace(
     w_ih=kernel.rows(xs).T @ da_rows,
-    w_hh=kernel.rows(prev.h).T @ da_rows,
+    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ da_rows,
     b=None if params.b is None else jnp.sum(da_rows, axis=0),
   )
   d_xs = (da_rows @ params.w_ih.T).reshape(xs.shape)
@@ -133,14 +136,20 @@ _CORES = {
 
 
 def sequence(
-  params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None, *, activation
+  params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None, noise=None, *, activation
 ):
   """The Elman RNN over ``xs`` ``(T, N, I)``; the optional readout runs after the loop."""
   core = params._replace(w_out=None, b_out=None)
-  carry, hs = _CORES[activation](core, carry, xs, mask, reverse, unroll, resets, reset_carry)
+  args = (core, carry, xs, mask, reverse, unroll, resets, reset_carry)
+  carry, hs = _CORES[activation](*args, noise)
   if params.w_out is None:
     return carry, hs
   return carry, kernel.zeros_where_invalid(mask, readout(params, hs))
+
+
+def _marked(fn):
+  fn.takes_noise = True  # the regularizer masks reach the kernel (see `kernel.Noise`)
+  return fn
 
 
 def elman(
@@ -223,7 +232,7 @@ def elman(
     update=cell_update,
     check=_check_step,
     params_type=ElmanParams,
-    sequence=functools.partial(sequence, activation=activation),
+    sequence=_marked(functools.partial(sequence, activation=activation)),
     config=config,  # every argument of the factory, as called
   )
 

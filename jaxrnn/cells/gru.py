@@ -34,10 +34,14 @@ class GRUParams(NamedTuple):
   hidden_size = base.HIDDEN_ROWS
 
 
-def update(params: GRUParams, carry: HiddenCarry, x: jax.Array):
-  """One GRU step, the cell's math in one place: ``(carry, y, [r, z, n, hn])``."""
+def update(params: GRUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
+  """One GRU step, the cell's math in one place: ``(carry, y, [r, z, n, hn])``.
+
+  ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only, as
+  Keras's ``recurrent_dropout``; the interpolation ``z * h`` reads ``h`` itself.
+  """
   gi = base.add_bias(x @ params.w_ih, params.b)
-  gh = carry.h @ params.w_hh
+  gh = (carry.h if h_mask is None else carry.h * h_mask) @ params.w_hh
   i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
   h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
   r = jax.nn.sigmoid(i_r + h_r)
@@ -48,33 +52,36 @@ def update(params: GRUParams, carry: HiddenCarry, x: jax.Array):
   return HiddenCarry(h), h, jnp.concatenate([r, z, n, hn], axis=-1)
 
 
-def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll):
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
   prev, acts = saved
+  h_mask = noise.h_mask
   ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(params.w_hh)
 
   def body(ct, inputs):
-    dy, hp, a, m, restart = inputs
+    dy, hp, a, m, restart, keep = inputs
     r, z, n, hn = jnp.split(a, 4, axis=-1)
     dh = ct.h + kernel.zeros_where_invalid(m, dy)
+    (dh,), straight = kernel.zone_split(keep, HiddenCarry(dh))
     dn = dh * (1.0 - z) * (1.0 - n * n)
     dr = dn * hn * r * (1.0 - r)
     dzg = dh * (hp - n) * z * (1.0 - z)
     d_gi = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn], axis=-1))
     d_gh = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn * r], axis=-1))
-    d_prev = d_gh @ w_hh_t + dh * z
+    d_h_in = d_gh @ w_hh_t
+    d_prev = (d_h_in if h_mask is None else d_h_in * h_mask) + dh * z
+    d_prev = kernel.add_zoned(HiddenCarry(d_prev), straight).h
     new, to_reset = kernel.reset_split(restart, HiddenCarry(kernel.where_valid(m, d_prev, ct.h)))
     return new, (d_gi, d_gh, to_reset)
 
-  ct0, (d_gi, d_gh, to_reset) = lax.scan(
-    body, ct_carry, (ct_ys, prev.h, acts, mask, resets), reverse=not reverse, unroll=unroll
-  )
+  inputs = (ct_ys, prev.h, acts, mask, resets, noise.keep)
+  ct0, (d_gi, d_gh, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
   gi_rows, gh_rows = kernel.rows(d_gi), kernel.rows(d_gh)
   hidden = params.w_hh.shape[0]
   grads = type(params)(
     w_ih=kernel.rows(xs).T @ gi_rows,
-    w_hh=kernel.rows(prev.h).T @ gh_rows,
+    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ gh_rows,
     b=None if params.b is None else jnp.sum(gi_rows, axis=0),
     b_hn=None if params.b_hn is None else jnp.sum(gh_rows[:, 2 * hidden :], axis=0),
   )
@@ -151,6 +158,7 @@ def gru(
     check=_check_step,
     params_type=GRUParams,
     sequence=sequence,
+    masks_product=True,  # h also enters z * h
     config=config,  # every argument of the factory, as called
   )
 

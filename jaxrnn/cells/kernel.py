@@ -13,12 +13,13 @@ matmul peak. The forward pass is the cell's own update function (the one its
 computed, so nothing is recomputed and nothing is written twice.
 
 Contract (what `jaxrnn.scan` calls): ``sequence(params, carry, xs, mask, reverse,
-unroll, resets=None, reset_carry=None) -> (carry, ys)`` with ``xs`` ``(T, N, I)``,
+unroll, resets=None, reset_carry=None, noise=None) -> (carry, ys)`` with ``xs`` ``(T, N, I)``,
 carry leaves ``(N, F)``, ``mask`` a boolean ``(T, N)`` or None (where False the
 carry is frozen and the output is zero) and ``resets`` a boolean ``(T, N)`` or None
 (where True the carry is replaced by ``reset_carry``, leaves ``(N, F)``, before the
 step reads its input, in the order the loop runs: `jaxrnn.scan` has already shifted
-it for ``reverse`` and masked it); the same values as `step_loop` over the cell's
+it for ``reverse`` and masked it) and ``noise`` a `Noise` of regularizer masks or None
+(only passed to kernels marked ``takes_noise``); the same values as `step_loop` over the cell's
 ``step`` (tested against it and, through it, against PyTorch). Being
 `jax.custom_vjp` functions, kernels support reverse-mode autodiff (any order),
 `jit` and `vmap`, but not forward mode (`jax.jvp`, `jax.jacfwd`): for that, call
@@ -29,17 +30,101 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-# update(params, carry, x) -> (carry, y, saved): one step; `saved` is what the backward needs.
-Update = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array, Any]]
-# backward(params, xs, mask, resets, saved, cotangents, reverse, unroll)
+# update(params, carry, x[, h_mask]) -> (carry, y, saved): one step; `saved` is what the
+# backward needs; `h_mask` (given only with recurrent dropout) multiplies the h that enters
+# the recurrent product.
+Update = Callable[..., tuple[Any, jax.Array, Any]]
+# backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise)
 #   -> (grads, d_carry, d_xs, d_reset_carry).
 Backward = Callable[..., tuple[Any, Any, jax.Array]]
+
+
+class Noise(NamedTuple):
+  """The regularizer masks that act inside the recurrence (`jaxrnn.regularizers` draws them).
+
+  Attributes:
+    h_mask: ``(*batch, H)`` or None: recurrent dropout's mask, already scaled by
+      ``1 / (1 - rate)``, multiplying the hidden state ``h`` where it enters the
+      recurrent product, the same at every step.
+    keep: None, or a tree like the carry whose leaves are ``(T, *batch, F)``
+      zoneout weights or None (a leaf that is not zoned): the carry after step ``t``
+      is ``keep_t * old + (1 - keep_t) * new`` (0 or 1 in training, the rate at
+      evaluation), and the step's output is the zoned ``h``.
+  """
+
+  h_mask: jax.Array | None = None
+  keep: Any = None
+
+
+def hidden(carry: Any) -> jax.Array:
+  """The hidden state ``h`` of a carry: ``carry.h``, or the carry itself if it is an array."""
+  if hasattr(carry, "h"):
+    return carry.h
+  if isinstance(carry, jax.Array | jax.core.Tracer):
+    return carry
+  raise ValueError(
+    f"the carry is a {type(carry).__name__} with no field 'h'; recurrent dropout and zoneout "
+    "need the hidden state as carry.h (or the carry itself as an array)."
+  )
+
+
+def with_hidden(carry: Any, h: jax.Array) -> Any:
+  """``carry`` with its hidden state (see `hidden`) replaced by ``h``."""
+  return carry._replace(h=h) if hasattr(carry, "h") else h
+
+
+def _is_none(a: Any) -> bool:
+  return a is None
+
+
+def zone(keep: Any, old: Any, new: Any) -> Any:
+  """Zoneout: ``keep * old + (1 - keep) * new`` leaf by leaf; a None weight keeps ``new``."""
+  if keep is None:
+    return new
+  blend = lambda k, o, n: n if k is None else k * o + (1.0 - k) * n  # noqa: E731
+  return jax.tree.map(blend, keep, old, new, is_leaf=_is_none)
+
+
+def zone_split(keep: Any, ct: Any) -> tuple[Any, Any]:
+  """The cotangent of a zoned carry as ``(to the cell's own new carry, straight to the old)``."""
+  if keep is None:
+    return ct, None
+  to_new = jax.tree.map(lambda k, a: a if k is None else (1.0 - k) * a, keep, ct, is_leaf=_is_none)
+  to_old = jax.tree.map(lambda k, a: None if k is None else k * a, keep, ct, is_leaf=_is_none)
+  return to_new, to_old
+
+
+def add_zoned(carry_ct: Any, to_old: Any) -> Any:
+  """``carry_ct`` plus `zone_split`'s straight-through part (None leaves add nothing)."""
+  if to_old is None:
+    return carry_ct
+  return jax.tree.map(lambda k, a: a if k is None else a + k, to_old, carry_ct, is_leaf=_is_none)
+
+
+def noisy_step(step, masked_step, params, carry, x, h_mask, keep):
+  """One step of ``step`` with recurrent dropout and zoneout (see `Noise`).
+
+  The recurrent mask goes through ``masked_step(params, carry, x, h_mask)`` when the
+  cell has one (a cell whose ``h`` also enters outside its recurrent product, as
+  the GRU's), else it multiplies ``carry.h`` before ``step``, which is the same
+  wherever ``h`` enters only the recurrent product.
+  """
+  if h_mask is None:
+    new, y = step(params, carry, x)
+  elif masked_step is not None:
+    new, y = masked_step(params, carry, x, h_mask)
+  else:
+    new, y = step(params, with_hidden(carry, hidden(carry) * h_mask), x)
+  if keep is not None:
+    new = zone(keep, carry, new)
+    y = hidden(new)
+  return new, y
 
 
 def where_valid(m: jax.Array | None, new: jax.Array, old: jax.Array) -> jax.Array:
@@ -105,8 +190,21 @@ def rows(a: jax.Array) -> jax.Array:
   return a.reshape(-1, a.shape[-1])
 
 
-def step_loop(step, params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
-  """`jax.lax.scan` of a cell's ``step`` with `jaxrnn.scan`'s masking and resets.
+def step_loop(
+  step,
+  params,
+  carry,
+  xs,
+  mask,
+  reverse,
+  unroll,
+  resets=None,
+  reset_carry=None,
+  noise=None,
+  masked_step=None,
+  return_carries=False,
+):
+  """`jax.lax.scan` of a cell's ``step`` with `jaxrnn.scan`'s masking, resets and noise.
 
   Args:
     step: ``step(params, carry, x) -> (carry, y)``.
@@ -119,37 +217,53 @@ def step_loop(step, params, carry, xs, mask, reverse, unroll, resets=None, reset
     resets: boolean ``(T, *batch)`` or None: where True, the carry is
       ``reset_carry`` before the step (see the module docstring).
     reset_carry: leaves ``(*batch, F)``, or None without resets.
+    noise: a `Noise` or None.
+    masked_step: the cell's ``masked_step`` or None (see `noisy_step`).
+    return_carries: also output the carry after every step.
 
   Returns:
-    ``(carry, ys)`` with ``ys`` ``(T, *batch, O)``.
+    ``(carry, ys)`` with ``ys`` ``(T, *batch, O)``; with ``return_carries``, ``ys`` is
+    ``(ys, carries)``, the carries' leaves ``(T, *batch, F)``.
   """
+  noise = Noise() if noise is None else noise
 
   def body(c, inputs):
-    x, m, r = inputs
+    x, m, r, k = inputs
     c = reset(r, c, reset_carry)
-    new_c, y = step(params, c, x)
+    new_c, y = noisy_step(step, masked_step, params, c, x, noise.h_mask, k)
     new_c = jax.tree.map(functools.partial(where_valid, m), new_c, c)
-    return new_c, jax.tree.map(functools.partial(zeros_where_invalid, m), y)
+    y = jax.tree.map(functools.partial(zeros_where_invalid, m), y)
+    return new_c, ((y, new_c) if return_carries else y)
 
-  return lax.scan(body, carry, (xs, mask, resets), reverse=reverse, unroll=unroll)
+  inputs = (xs, mask, resets, noise.keep)
+  return lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
 
 
-def forward(update: Update, params, carry, xs, mask, reverse, unroll, resets, reset_carry, save):
+def forward(
+  update: Update, params, carry, xs, mask, reverse, unroll, resets, reset_carry, noise, save
+):
   """The kernel's forward loop: `step_loop`'s values from ``update``, and what it saved.
 
   Returns:
     ``(carry, ys, saved)``; with ``save``, ``saved`` is ``(incoming carries (after
-    any reset), update's saved values)`` stacked over time, else None.
+    any reset, before any mask), update's saved values)`` stacked over time, else None.
   """
+  noise = Noise() if noise is None else noise
 
   def body(c, inputs):
-    x, m, r = inputs
+    x, m, r, k = inputs
     c = reset(r, c, reset_carry)
-    new, y, extra = update(params, c, x)
+    if noise.h_mask is None:
+      new, y, extra = update(params, c, x)
+    else:
+      new, y, extra = update(params, c, x, noise.h_mask)
+    if k is not None:
+      new = zone(k, c, new)
+      y = hidden(new)
     new = jax.tree.map(functools.partial(where_valid, m), new, c)
     return new, (zeros_where_invalid(m, y), (c, extra) if save else None)
 
-  inputs = (xs, mask, resets)
+  inputs = (xs, mask, resets, noise.keep)
   carry, (ys, saved) = lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
   return carry, ys, saved
 
@@ -160,50 +274,57 @@ def sequence_kernel(update: Update, backward: Backward) -> Callable[..., tuple[A
   Args:
     update: ``update(params, carry, x) -> (carry, y, saved)``, the cell's one step.
     backward: ``backward(params, xs, mask, resets, saved, (d_carry, d_ys), reverse,
-      unroll) -> (d_params, d_carry0, d_xs, d_reset_carry)``, the hand-written VJP of
-      the whole loop (`reset_split` and `reset_total` handle the resets).
+      unroll, noise) -> (d_params, d_carry0, d_xs, d_reset_carry)``, the hand-written VJP
+      of the whole loop (`reset_split` and `reset_total` handle the resets, `zone_split`
+      and `add_zoned` zoneout).
 
   Returns:
-    ``sequence(params, carry, xs, mask, reverse, unroll) -> (carry, ys)``, a
-    `jax.custom_vjp` function (see the module docstring).
+    ``sequence(params, carry, xs, mask, reverse, unroll, resets=None,
+    reset_carry=None, noise=None) -> (carry, ys)``, a `jax.custom_vjp` function
+    (see the module docstring), marked ``takes_noise``.
   """
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-  def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
-    args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry)
+  def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None, noise=None):
+    args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry, noise)
     carry, ys, _ = forward(update, *args, save=False)
     return carry, ys
 
-  def fwd(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
-    args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry)
+  def fwd(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None, noise=None):
+    args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry, noise)
     carry, ys, saved = forward(update, *args, save=True)
-    return (carry, ys), (params, xs, mask, resets, saved)
+    return (carry, ys), (params, xs, mask, resets, saved, noise)
 
   def bwd(reverse, unroll, residuals, cotangents):
-    params, xs, mask, resets, saved = residuals
-    grads = backward(params, xs, mask, resets, saved, cotangents, reverse, unroll)
+    params, xs, mask, resets, saved, noise = residuals
+    noise = Noise() if noise is None else noise
+    grads = backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise)
     d_params, d_carry, d_xs, d_reset_carry = grads
-    return d_params, d_carry, d_xs, None, None, d_reset_carry
+    return d_params, d_carry, d_xs, None, None, d_reset_carry, None
 
   sequence.defvjp(fwd, bwd)
   sequence.fwd, sequence.bwd = fwd, bwd  # for timing the parts (`make bench`'s breakdown)
+  sequence.takes_noise = True
   return sequence
 
 
-def with_policy(kernel, compute_dtype: Any, step):
+def with_policy(kernel, compute_dtype: Any, step, masked_step=None):
   """``kernel`` where the params' dtype is the compute dtype, else `step_loop` over ``step``.
 
   The kernels compute in one dtype throughout; a cell whose ``compute_dtype``
   differs from its params' dtype (mixed precision: the carry stays in the params'
   dtype between steps) runs its step loop instead, which gives the same values.
   """
+  takes_noise = getattr(kernel, "takes_noise", False)
 
-  def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
+  def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None, noise=None):
     dt = params_dtype(params)
+    args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry)
     if compute_dtype is not None and jnp.dtype(compute_dtype) != dt:
-      return step_loop(step, params, carry, xs, mask, reverse, unroll, resets, reset_carry)
+      return step_loop(step, *args, noise, masked_step)
     if xs.dtype != dt and jnp.issubdtype(xs.dtype, jnp.floating):
-      xs = xs.astype(dt)
-    return kernel(params, carry, xs, mask, reverse, unroll, resets, reset_carry)
+      args = (params, carry, xs.astype(dt)) + args[3:]
+    return kernel(*args, noise) if noise is not None else kernel(*args)
 
+  sequence.takes_noise = takes_noise
   return sequence

@@ -48,15 +48,20 @@ def update(
   params: LayerNormGRUParams,
   carry: HiddenCarry,
   x: jax.Array,
+  h_mask: jax.Array | None = None,
   *,
   per_gate: bool = False,
   epsilon: float = 1e-5,
 ):
-  """One layer-normalized GRU step: ``(carry, y, [r, z, n])``."""
+  """One layer-normalized GRU step: ``(carry, y, [r, z, n])``.
+
+  ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only.
+  """
   groups = 3 if per_gate else 1
   p = params
   gi = layer_norm(x @ p.w_ih, p.ln_ih_gain, p.ln_ih_bias, groups, epsilon)
-  gh = layer_norm(carry.h @ p.w_hh, p.ln_hh_gain, p.ln_hh_bias, groups, epsilon)
+  h_in = carry.h if h_mask is None else carry.h * h_mask
+  gh = layer_norm(h_in @ p.w_hh, p.ln_hh_gain, p.ln_hh_bias, groups, epsilon)
   i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
   h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
   r = jax.nn.sigmoid(i_r + h_r)
@@ -148,6 +153,7 @@ def layer_norm_gru(
     check=_check_step,
     params_type=LayerNormGRUParams,
     sequence=None,
+    masks_product=True,  # h also enters z * h
     config=config,  # every argument of the factory, as called
   )
 

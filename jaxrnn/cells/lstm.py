@@ -70,9 +70,10 @@ def gates_slope(acts: jax.Array) -> jax.Array:
   return jnp.where(is_g, 1.0 - acts * acts, acts * (1.0 - acts))
 
 
-def update(params: LSTMParams, carry: LSTMCarry, x: jax.Array):
+def update(params: LSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
   """One LSTM step, the cell's math in one place: ``(carry, y, gate activations)``."""
-  acts = gates(base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b))
+  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  acts = gates(base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b))
   i, f, g, o = jnp.split(acts, 4, axis=-1)
   c = f * carry.c + i * g
   h = o * jnp.tanh(c)
@@ -81,30 +82,34 @@ def update(params: LSTMParams, carry: LSTMCarry, x: jax.Array):
   return LSTMCarry(h, c), h, acts
 
 
-def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll):
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
   prev, acts = saved
+  h_mask = noise.h_mask
   ct_carry, ct_ys = cotangents
   proj = params.w_proj
   w_hh_t = kernel.transposed(params.w_hh)
   proj_t = None if proj is None else kernel.transposed(proj)
 
   def body(ct, inputs):
-    dy, cp, a, m, restart = inputs
+    dy, cp, a, m, restart, keep = inputs
     i, f, g, o = jnp.split(a, 4, axis=-1)
     tc = jnp.tanh(f * cp + i * g)
     dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
+    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
     dh_cell = dh if proj is None else dh @ proj_t
-    dc = ct.c + dh_cell * o * (1.0 - tc * tc)
+    dc = dc_out + dh_cell * o * (1.0 - tc * tc)
     d_acts = jnp.concatenate([dc * g, dc * cp, dc * i, dh_cell * tc], axis=-1)
     dz = kernel.zeros_where_invalid(m, d_acts * gates_slope(a))
-    new = LSTMCarry(kernel.where_valid(m, dz @ w_hh_t, ct.h), kernel.where_valid(m, dc * f, ct.c))
+    d_h_in = dz @ w_hh_t
+    d_prev = LSTMCarry(d_h_in if h_mask is None else d_h_in * h_mask, dc * f)
+    d_prev = kernel.add_zoned(d_prev, straight)
+    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
     new, to_reset = kernel.reset_split(restart, new)
     return new, (dz, None if proj is None else kernel.zeros_where_invalid(m, dh), to_reset)
 
-  ct0, (dz, dh_out, to_reset) = lax.scan(
-    body, ct_carry, (ct_ys, prev.c, acts, mask, resets), reverse=not reverse, unroll=unroll
-  )
+  inputs = (ct_ys, prev.c, acts, mask, resets, noise.keep)
+  ct0, (dz, dh_out, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
   dz_rows = kernel.rows(dz)
   d_w_proj = None
   if proj is not None:
@@ -113,7 +118,7 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll):
     d_w_proj = kernel.rows(h_cell).T @ kernel.rows(dh_out)
   grads = type(params)(
     w_ih=kernel.rows(xs).T @ dz_rows,
-    w_hh=kernel.rows(prev.h).T @ dz_rows,
+    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ dz_rows,
     b=None if params.b is None else jnp.sum(dz_rows, axis=0),
     w_proj=d_w_proj,
   )

@@ -37,10 +37,13 @@ class MGUParams(NamedTuple):
   hidden_size = base.HIDDEN_ROWS
 
 
-def update(params: MGUParams, carry: HiddenCarry, x: jax.Array):
-  """One MGU step, the cell's math in one place: ``(carry, y, [f, n, hn])``."""
+def update(params: MGUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
+  """One MGU step, the cell's math in one place: ``(carry, y, [f, n, hn])``.
+
+  ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only.
+  """
   gi = base.add_bias(x @ params.w_ih, params.b)
-  gh = carry.h @ params.w_hh
+  gh = (carry.h if h_mask is None else carry.h * h_mask) @ params.w_hh
   i_f, i_n = jnp.split(gi, 2, axis=-1)
   h_f, h_n = jnp.split(gh, 2, axis=-1)
   f = jax.nn.sigmoid(i_f + h_f)
@@ -124,6 +127,7 @@ def mgu(
     check=_check_step,
     params_type=MGUParams,
     sequence=None,
+    masks_product=True,  # h also enters f * h
     config=config,  # every argument of the factory, as called
   )
 
