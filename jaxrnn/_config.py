@@ -13,35 +13,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from jaxrnn.export.loading import MISSING, first_difference
+from jaxrnn.export.loading import KIND_FIELDS, MISSING, first_difference, to_json
 
 CHECKED = ("name", "config")  # what defines the math; "settings" is recorded only
 
 
 def jsonable(value: Any, where: str) -> Any:
-  """A config value as JSON: tuples of ``(name, value)`` pairs become objects."""
-  if value is None or isinstance(value, bool | int | str):
-    return value
-  if isinstance(value, float):
-    return value
-  if isinstance(value, Mapping):
-    return {str(k): jsonable(v, f"{where}.{k}") for k, v in value.items()}
-  if isinstance(value, tuple | list):
-    pairs = all(
-      isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str) for p in value
-    )
-    keys = [p[0] for p in value] if pairs else []
-    if value and pairs and len(set(keys)) == len(keys):
-      return {k: jsonable(v, f"{where}.{k}") for k, v in value}
-    return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-  if isinstance(value, np.generic):
-    return value.item()
-  raise ValueError(
-    f"model config field {where} = {value!r} ({type(value).__name__}) is not JSON-serialisable; "
-    "expected None, bool, int, float, str, or tuples/dicts of them."
-  )
+  """A config value as JSON: tuples of ``(name, value)`` pairs become objects.
+
+  Raises:
+    ValueError: naming ``where`` for a value that is not JSON data.
+  """
+  return to_json(value, where)
 
 
 def _settings(settings: Any) -> dict[str, Any]:
@@ -103,11 +86,36 @@ def model_spec(model: Any) -> dict[str, Any] | None:
   return json.loads(json.dumps(spec))  # exactly what reading it back gives
 
 
+def _kinds(record: Any) -> Any:
+  """Only what says which kind a record is: the `KIND_FIELDS` at every depth."""
+  if isinstance(record, dict):
+    return {
+      k: _kinds(v) for k, v in record.items() if k in KIND_FIELDS or isinstance(v, dict | list)
+    }
+  if isinstance(record, list):
+    return [_kinds(v) for v in record]
+  return record
+
+
 def model_difference(saved: Any, expected: dict[str, Any]) -> str | None:
-  """The first difference in name or config between two records, as a sentence; or None."""
+  """The first difference in name or config between two records, as a sentence; or None.
+
+  A different kind (a ``name``, ``kind`` or ``cell`` field, at any depth) is
+  reported before any other field; numbers compare by value (``0 == 0.0``).
+
+  Example:
+    >>> import jaxrnn
+    >>> model_difference(model_spec(jaxrnn.rnn_layers("lstm", 4)),
+    ...                  model_spec(jaxrnn.rnn_layers("gru", 4)))
+    "another kind, config.kind: checkpoint has 'lstm', model has 'gru'"
+  """
   if isinstance(saved, dict):
     saved = {k: saved[k] for k in CHECKED if k in saved}
-  diff = first_difference(saved, {k: expected[k] for k in CHECKED}, "", first=("name",))
+  expected = {k: expected[k] for k in CHECKED}
+  diff = first_difference(_kinds(saved), _kinds(expected), first=KIND_FIELDS)
+  kind = diff is not None and diff[0].rsplit(".", 1)[-1] in KIND_FIELDS
+  if not kind:
+    diff = first_difference(saved, expected, first=KIND_FIELDS)
   if diff is None:
     return None
   field, got, want = diff
@@ -115,4 +123,4 @@ def model_difference(saved: Any, expected: dict[str, Any]) -> str | None:
     return f"{field} is missing from the checkpoint (model has {want!r})"
   if want is MISSING:
     return f"{field} is in the checkpoint ({got!r}) but not in the model"
-  return f"{field}: checkpoint has {got!r}, model has {want!r}"
+  return f"{'another kind, ' if kind else ''}{field}: checkpoint has {got!r}, model has {want!r}"

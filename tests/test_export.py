@@ -107,14 +107,11 @@ def test_weights_stored_alongside_and_manifest(saved):
   assert manifest["model"]["name"] == "rnn_layers"
   assert manifest["model"]["config"]["hidden_size"] == 6
   assert manifest["model"]["config"]["num_layers"] == 2
-  assert manifest["input"] == {
-    "size": 3,
-    "dtype": "float32",
-    "time_major": False,
-    "layout": "(batch, time, features)",
-  }
-  assert manifest["output_size"] == 3
+  assert manifest["input"] == {"shape": ["batch", "time", 3], "dtype": "float32"}
+  assert manifest["output"] == {"shape": ["batch", "time", 3], "dtype": "float32"}
   assert manifest["streaming"] == {"available": True, "reason": None}
+  assert manifest["resets"] == {"available": True, "reason": None}
+  assert {s["stored_as"] for s in manifest["params"]} == {"float32"}
   assert [s["name"] for s in manifest["state"]] == ["0.h", "0.c", "1.h", "1.c"]
   with np.load(path / "params.npz", allow_pickle=False) as npz:
     for (k, v), leaf in zip(_named_state(params).items(), jax.tree.leaves(params), strict=True):
@@ -227,7 +224,7 @@ def test_cli_errors(saved, tmp_path, capsys):
     main([str(path), "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "o.npy")])
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
-  assert "error: xs has shape (2, 5, 4); expected (batch, time, features) with features=3" in err
+  assert "error: xs has shape (2, 5, 4); expected (batch, time, 3)." in err
   with pytest.raises(SystemExit):
     main([str(tmp_path), "--input", str(tmp_path / "bad.npy"), "--output", "o.npy"])
   assert "no manifest.json; expected a directory written by jaxrnn.export.save" in (
@@ -282,17 +279,21 @@ def _rehash(name, data):
     (_rehash("step.jaxexport", b"\0" * 64), r"step.jaxexport: not a jax.export serialization"),
     (_rehash("params.npz", b"PK garbage"), r"params.npz: not a readable .npz"),
     (
-      lambda p: _edit_manifest(p, _set(["format_version"], 2)),
-      r"field 'format_version' is 2; expected 1",
+      lambda p: _edit_manifest(p, _set(["format_version"], 1)),
+      r"field 'format_version' is 1; expected 2",
     ),
-    (lambda p: _edit_manifest(p, lambda m: m.pop("output_size")), r"'output_size' is missing"),
+    (lambda p: _edit_manifest(p, lambda m: m.pop("output")), r"'output.dtype' is missing"),
     (
-      lambda p: _edit_manifest(p, _set(["input", "size"], "3")),
-      r"field 'input.size' is '3' \(str\); expected int",
+      lambda p: _edit_manifest(p, _set(["input", "shape"], ["batch", "3"])),
+      r"field 'input.shape' is \['batch', '3'\]; expected \['batch', 'time', \*sizes\]",
     ),
     (
-      lambda p: _edit_manifest(p, _set(["input", "size"], 4)),
-      r"field 'input' says float32\[..., 4\], but apply.jaxexport takes float32\[..., 3\]",
+      lambda p: _edit_manifest(p, _set(["input", "shape"], ["batch", "time", 4])),
+      r"'input' says float32\(batch, time, 4\), but apply.jaxexport takes float32\(b, t, 3\)",
+    ),
+    (
+      lambda p: _edit_manifest(p, _set(["params", 0, "stored_as"], "uint32")),
+      r"params\[0\] \(0.w_ih\) is stored as uint32; expected float32 for float32",
     ),
     (
       lambda p: _edit_manifest(p, _set(["params", 0, "shape"], [4, 24])),
@@ -314,7 +315,7 @@ def test_expected_config_and_version(saved):
   with pytest.raises(ValueError, match=r"model config field 'num_layers' is 2; expected 3"):
     jaxrnn.export.load(path, expected_config=other.config)
   other = jaxrnn.rnn_layers("lstm", 6, num_layers=2, proj_size=2)
-  with pytest.raises(ValueError, match=r"field 'cell_config\[4\]\[1\]' is 3; expected 2"):
+  with pytest.raises(ValueError, match=r"field 'cell_config.proj_size' is 3; expected 2"):
     jaxrnn.export.load(path, expected_config=other)
   with pytest.raises(ValueError, match=r"field 'jaxrnn_version' is '0.1.0'; expected '9.9.9'"):
     jaxrnn.export.load(path, expected_version="9.9.9")
@@ -343,7 +344,7 @@ def test_bad_call_inputs(saved):
   _, _, path = saved["lstm_proj_2_layers"]
   art = jaxrnn.export.load(path)
   xs = np.ones((2, 5, I), np.float32)
-  with pytest.raises(ValueError, match=r"xs has shape \(2, 5, 4\); expected .* features=3"):
+  with pytest.raises(ValueError, match=r"xs has shape \(2, 5, 4\); expected \(batch, time, 3\)"):
     art.apply(np.ones((2, 5, 4), np.float32))
   with pytest.raises(ValueError, match=r"xs has shape \(5, 3\); expected \(batch, time"):
     art.apply(xs[0])
@@ -353,7 +354,7 @@ def test_bad_call_inputs(saved):
     art.apply(xs, seq_lengths=np.array([6, 1]))
   with pytest.raises(ValueError, match=r"seq_lengths is float32\[2\]; expected integers"):
     art.apply(xs, seq_lengths=np.array([5, 1], np.float32))
-  with pytest.raises(ValueError, match=r"x has shape \(2, 4\); expected \(batch, features\)"):
+  with pytest.raises(ValueError, match=r"x has shape \(2, 4\); expected \(batch, 3\)"):
     art.step(art.init_state(2), np.ones((2, 4), np.float32))
   with pytest.raises(ValueError, match=r"state\['0.h'\] has shape \(3, 3\); expected \(2, 3\)"):
     art.step(art.init_state(3), xs[:, 0])
@@ -377,3 +378,168 @@ def test_bad_save_arguments(saved, tmp_path):
     jaxrnn.export.save(path, model, params)
   with pytest.raises(ValueError, match=r"expected a jaxrnn.SequenceModel, got Cell"):
     jaxrnn.export.save(tmp_path, jaxrnn.lstm(3), params)
+
+
+# ------------------------------------------------------------------ dtypes, inputs, resets
+
+
+def _resets(batch, length, time_major=False):
+  r = np.zeros((batch, length), bool)
+  r[0, [0, 2]] = True
+  r[-1, length - 2] = True
+  return r.T if time_major else r
+
+
+def test_resets_reach_the_exported_apply(saved, rng):
+  model, params, path = saved["gru_time_major"]  # resets (T, B), like its xs
+  art = jaxrnn.export.load(path)
+  xs, resets = _xs(rng, 3, 6, time_major=True), _resets(3, 6, time_major=True)
+  for lengths in [None, np.array([6, 4, 5])]:  # apply_masked, with and without lengths
+    state, ys = art.apply(xs, resets=resets, seq_lengths=lengths)
+    carry, ref = model.apply(params, xs, resets=resets, seq_lengths=lengths, deterministic=True)
+    _assert_close(ys, ref)
+    _assert_close(state["0.h"], carry[0].h)
+  with pytest.raises(ValueError, match=r"resets has dtype int64; expected bool \(True at t"):
+    art.apply(xs, resets=resets.astype(np.int64))
+  with pytest.raises(ValueError, match=r"resets has shape \(2, 6\); expected \(time, batch\) ="):
+    art.apply(xs, resets=np.zeros((2, 6), bool))
+
+
+def _cli(path, xs, tmp_path, capsys):
+  """`python -m jaxrnn.export` in this process on ``xs``: the outputs and what it printed."""
+  from jaxrnn.export.__main__ import main
+
+  np.save(tmp_path / "xs.npy", xs)
+  out = tmp_path / "ys.npy"
+  assert main([str(path), "--input", str(tmp_path / "xs.npy"), "--output", str(out)]) == 0
+  return np.load(out), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_artifacts_keep_their_dtype(dtype, tmp_path, rng, capsys):
+  model = jaxrnn.rnn_layers("lstm", 5, dtype=dtype)
+  params = model.init(jax.random.key(0), I)
+  path = tmp_path / "art"
+  manifest = jaxrnn.export.save(path, model, params, streaming=False)
+  stored = "uint16" if dtype == "bfloat16" else dtype  # .npy cannot hold bfloat16: its bits
+  assert [(s["dtype"], s["stored_as"]) for s in manifest["params"]] == [(dtype, stored)] * 3
+  assert {s["dtype"] for s in manifest["state"]} == {dtype}
+  assert manifest["input"]["dtype"] == manifest["output"]["dtype"] == dtype
+  art = jaxrnn.export.load(path)
+  for mine, theirs in zip(jax.tree.leaves(params), art_params(art), strict=True):
+    assert mine.dtype == theirs.dtype  # the same bits back
+    np.testing.assert_array_equal(np.asarray(mine, np.float32), np.asarray(theirs, np.float32))
+  xs = _xs(rng, 2, 4)  # float32, cast to the artifact's dtype
+  _, ref = model.apply(params, xs.astype(dtype))
+  written, err = _cli(path, xs, tmp_path, capsys)  # load and apply, through the CLI
+  if dtype == "bfloat16":
+    assert "outputs: bfloat16 upcast to float32 (.npy cannot hold bfloat16)" in err
+  assert f"wrote outputs {written.dtype}[2, 4, 5]" in err
+  assert written.dtype == (np.float32 if dtype == "bfloat16" else np.float16)
+  np.testing.assert_array_equal(written, np.asarray(ref).astype(written.dtype))
+
+
+def art_params(art):
+  """The weights an artifact's callables hold, in the manifest's order."""
+  apply = art.apply.args[0]  # functools.partial(_apply, model)
+  return [apply.params[s["name"]] for s in art.manifest["params"]]
+
+
+def test_float64_artifact_round_trips_with_x64(tmp_path, rng, capsys):
+  xs = rng.standard_normal((2, 5, I))  # float64
+  path = tmp_path / "art"
+  with jax.enable_x64(True):
+    model = jaxrnn.rnn_layers("gru", 4, dtype="float64")
+    params = model.init(jax.random.key(0), I)
+    manifest = jaxrnn.export.save(path, model, params, streaming=False)
+    assert manifest["input"]["dtype"] == manifest["params"][0]["stored_as"] == "float64"
+    _, ref = model.apply(params, xs)
+    _, ys = jaxrnn.export.load(path).apply(xs)
+    assert ys.dtype == np.float64
+    np.testing.assert_allclose(ys, ref, atol=1e-12)
+  with pytest.raises(ValueError, match=r"64-bit arrays \(input, param:0.w_ih, .*jax_enable_x64"):
+    jaxrnn.export.load(path)
+  written, err = _cli(path, xs, tmp_path, capsys)  # the CLI turns x64 on for it, and off again
+  assert "wrote outputs float64[2, 5, 4]" in err
+  np.testing.assert_allclose(written, ref, atol=1e-12)
+  assert jnp.asarray(xs).dtype == np.float32
+
+
+VOCAB, EMBED = 11, 4
+
+
+def _token_model(hidden=5):
+  """A user's model on integer token ids ``(batch, time)``: embedding lookup + LSTM; its
+  ``apply`` takes no ``resets`` (the contract lets a user's omit it)."""
+  rnn = jaxrnn.rnn_layers("lstm", hidden)
+
+  def init(key, input_size):
+    del input_size  # the vocabulary is fixed
+    k1, k2 = jax.random.split(key)
+    return {"embed": jax.random.normal(k1, (VOCAB, EMBED)), "rnn": rnn.init(k2, EMBED)}
+
+  def apply(params, tokens, carry=None, *, seq_lengths=None, key=None, deterministic=False):
+    xs = params["embed"][tokens]
+    return rnn.apply(params["rnn"], xs, carry, seq_lengths=seq_lengths)
+
+  def step(params, carry, token):
+    return rnn.step(params["rnn"], carry, params["embed"][token])
+
+  def initial_carry(params, batch_shape=()):
+    return rnn.initial_carry(params["rnn"], batch_shape)
+
+  return jaxrnn.SequenceModel(init, apply, initial_carry, step=step, name="token_lstm")
+
+
+def test_token_id_model_exports_and_runs(tmp_path, rng):
+  model = _token_model()
+  params = model.init(jax.random.key(0), None)
+  spec = jax.ShapeDtypeStruct((), jnp.int32)
+  manifest = jaxrnn.export.save(tmp_path, model, params, input_spec=spec)
+  assert manifest["input"] == {"shape": ["batch", "time"], "dtype": "int32"}
+  assert manifest["output"] == {"shape": ["batch", "time", 5], "dtype": "float32"}
+  assert manifest["resets"] == {
+    "available": False,
+    "reason": "the model's apply ('token_lstm') has no resets argument.",
+  }
+  art = jaxrnn.export.load(tmp_path, expected_config={})
+  tokens = rng.integers(0, VOCAB, (3, 6))  # int64, cast to int32
+  lengths = np.array([6, 2, 5])
+  state, ys = art.apply(tokens, seq_lengths=lengths)
+  carry, ref = model.apply(params, jnp.asarray(tokens, jnp.int32), seq_lengths=lengths)
+  _assert_close(ys, ref)
+  _assert_close(state["0.c"], carry[0].c)
+  state = art.init_state(3)
+  for t in range(6):  # row 0 is never padded
+    state, y = art.step(state, tokens[:, t])
+    _assert_close(y[0], ref[0, t])
+  with pytest.raises(ValueError, match=r"apply takes no resets: the model's apply \('token_lstm"):
+    art.apply(tokens, resets=np.zeros((3, 6), bool))
+  with pytest.raises(ValueError, match=r"xs has dtype float32; expected an integer dtype \(int32"):
+    art.apply(tokens.astype(np.float32))
+  with pytest.raises(ValueError, match=r"xs has shape \(3, 6, 1\); expected \(batch, time\)"):
+    art.apply(tokens[..., None])
+  with pytest.raises(ValueError, match=r"input_size=3 and input_spec=.*expected one of them"):
+    jaxrnn.export.save(tmp_path, model, params, input_spec=spec, input_size=3, overwrite=True)
+  with pytest.raises(ValueError, match=r"input_spec=\(\); expected a jax.ShapeDtypeStruct"):
+    jaxrnn.export.save(tmp_path, model, params, input_spec=(), overwrite=True)
+
+
+def test_partial_expected_config_checks_only_the_fields_given(saved):
+  model, _, path = saved["lstm_proj_2_layers"]
+  partial = {"kind": "lstm", "dropout_rate": 0, "cell_config": {"proj_size": 3}}  # 0 == 0.0
+  jaxrnn.export.load(path, expected_config=partial)
+  with pytest.raises(ValueError, match=r"model config field 'kind' is 'lstm'; expected 'gru'"):
+    jaxrnn.export.load(path, expected_config={"kind": "gru"})
+  with pytest.raises(ValueError, match=r"field 'cell_config.forget_bias' is 1.0; expected 0"):
+    jaxrnn.export.load(path, expected_config={"cell_config": {"forget_bias": 0}})
+  with pytest.raises(ValueError, match=r"field 'cell_config.hidden_sizes' is '<missing>'; exp"):
+    jaxrnn.export.load(path, expected_config={"cell_config": {"hidden_sizes": 6}})
+  # A whole model: its kind before any field, then its whole config.
+  other = jaxrnn.rnn_layers("gru", 6, num_layers=3)
+  with pytest.raises(ValueError, match=r"model config field 'kind' is 'lstm'; expected 'gru'"):
+    jaxrnn.export.load(path, expected_config=other)
+  with pytest.raises(ValueError, match=r"the model is a 'rnn_layers'; expected a 'recurrent'"):
+    jaxrnn.export.load(path, expected_config=jaxrnn.recurrent(jaxrnn.lstm(6)))
+  with pytest.raises(ValueError, match=r"expected_config=3: expected a model, its config or a"):
+    jaxrnn.export.load(path, expected_config=3)

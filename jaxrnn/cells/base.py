@@ -305,8 +305,8 @@ def check_step_input(
 def as_batch_shape(batch_shape: Any) -> tuple[int, ...]:
   if isinstance(batch_shape, int):
     batch_shape = (batch_shape,)
-  try:
-    shape = tuple(int(d) for d in batch_shape)
+  try:  # a symbolic dimension (jax.export's batch size) stays one
+    shape = tuple(d if jax.export.is_symbolic_dim(d) else int(d) for d in batch_shape)
   except TypeError:
     raise ValueError(f"batch_shape={batch_shape!r}: expected a tuple of ints.") from None
   if any(d < 0 for d in shape):

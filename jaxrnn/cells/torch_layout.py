@@ -1,4 +1,5 @@
-"""PyTorch's ``torch.nn.RNNBase`` layout, as each cell declares it (torch is never imported here).
+"""PyTorch's ``torch.nn.RNNBase`` layout, as each cell declares it (torch is imported only
+inside `to_tensor`).
 
 PyTorch stores ``weight_ih_l{k}`` as ``(gates * H, I)`` and computes ``x @ W.T``;
 jaxrnn stores ``w_ih = W.T``. PyTorch's two biases are summed into one ``b`` where
@@ -43,9 +44,39 @@ class Weights(NamedTuple):
   b_hh: np.ndarray | None
 
 
+def numpy_dtype(t: Any) -> np.dtype:
+  """The NumPy dtype of a torch tensor (or array): ``torch.bfloat16`` -> ``jnp.bfloat16``."""
+  if hasattr(t, "detach"):
+    return jnp.dtype(str(t.dtype).removeprefix("torch."))
+  return np.asarray(t).dtype
+
+
 def to_numpy(t: Any) -> np.ndarray:
-  """A torch tensor (or array) as NumPy, detached from autograd."""
-  return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+  """A torch tensor (or array) as NumPy in its own dtype, detached from autograd.
+
+  NumPy has no bfloat16, so a bfloat16 tensor goes through float32 (exactly) to
+  ``jnp.bfloat16``.
+
+  Example:
+    >>> import torch
+    >>> to_numpy(torch.ones(2, 3, dtype=torch.bfloat16)).dtype
+    dtype(bfloat16)
+  """
+  if not hasattr(t, "detach"):
+    return np.asarray(t)
+  t = t.detach().cpu()
+  dtype = numpy_dtype(t)
+  return t.float().numpy().astype(dtype) if dtype == jnp.bfloat16 else t.numpy()
+
+
+def to_tensor(a: Any) -> Any:
+  """A NumPy or jax array as a torch tensor of the same dtype (bfloat16 via float32, exactly)."""
+  import torch
+
+  a = np.asarray(a)
+  if a.dtype == jnp.bfloat16:
+    return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+  return torch.from_numpy(np.array(a, copy=True))
 
 
 def weights(sd: Mapping[str, Any], suffix: str) -> Weights:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import pathlib
@@ -13,14 +14,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn.cells import kernel
 from jaxrnn.cells.base import PyTree
 from jaxrnn.export.loading import (
+  BATCH,
   FORMAT,
   FORMAT_VERSION,
   FUNCTION_FILES,
   MANIFEST,
   PARAMS_FILE,
+  TIME,
   sha256,
+  stored_dtype,
   to_json,
 )
 from jaxrnn.model import SequenceModel
@@ -44,8 +49,30 @@ def _input_size(params: PyTree) -> int:
     return _input_size(params[0])  # a stack's first layer, a bidirectional's forward
   raise ValueError(
     "save: cannot tell the input size from params of type "
-    f"{type(params).__name__}; pass input_size=..."
+    f"{type(params).__name__}; pass input_size=... or input_spec=..."
   )
+
+
+def _input_spec(params: PyTree, input_spec: Any, input_size: int | None) -> jax.ShapeDtypeStruct:
+  """One time step of one sequence: ``input_spec``, else ``(input_size,)`` in the params' dtype."""
+  if input_spec is None:
+    size = _input_size(params) if input_size is None else input_size
+    return jax.ShapeDtypeStruct((size,), kernel.params_dtype(params))
+  if input_size is not None:
+    raise ValueError(
+      f"save: input_size={input_size!r} and input_spec={input_spec!r}; expected one of them."
+    )
+  shape, dtype = getattr(input_spec, "shape", None), getattr(input_spec, "dtype", None)
+  if (
+    not isinstance(shape, tuple)
+    or not all(isinstance(d, int) and d >= 0 for d in shape)
+    or dtype is None
+  ):
+    raise ValueError(
+      f"save: input_spec={input_spec!r}; expected a jax.ShapeDtypeStruct of one time step of "
+      "one sequence, e.g. ShapeDtypeStruct((), jnp.int32) for token ids."
+    )
+  return jax.ShapeDtypeStruct(shape, dtype)
 
 
 def _check_platforms(platforms: Any) -> tuple[str, ...]:
@@ -77,6 +104,7 @@ def save(
   platforms: Sequence[str] = ("cpu",),
   streaming: bool | None = None,
   input_size: int | None = None,
+  input_spec: Any = None,
   overwrite: bool = False,
 ) -> dict[str, Any]:
   """Exports ``model`` with ``params`` as a directory that runs without jaxrnn.
@@ -84,13 +112,20 @@ def save(
   Three functions are exported with `jax.export`, jit-compiled and
   deterministic (no dropout), each with a symbolic batch size ``b`` and, where
   there is one, length ``t``, so one artifact serves any batch and length:
-  ``apply`` ``(b, t, I) -> (b, t, F)`` (``(t, b, ...)`` if the model is time-
-  major), ``apply_lengths`` (the same with ``seq_lengths`` ``(b,)`` int32),
-  and the `jaxrnn.stream` ``step`` ``(b, I) -> (b, F)`` with a ``reset`` mask.
-  The weights are not baked in: they are stored once beside the functions, in
-  ``params.npz``, with the unbatched initial state. ``manifest.json`` records
-  the jaxrnn and jax versions, the model's config and execution settings
-  (``unroll``, ``remat``, ``impl``; `load` checks only the config) and a sha256 of every file.
+  ``apply`` ``(b, t, *features) -> (b, t, F)`` (``(t, b, ...)`` if the model
+  is time-major), ``apply_masked`` (the same with ``seq_lengths`` ``(b,)``
+  int32 and ``resets`` ``(b, t)`` bool, as `jaxrnn.scan` reads them), and the
+  `jaxrnn.stream` ``step`` ``(b, *features) -> (b, F)`` with a ``reset``
+  mask. ``features`` and the input dtype are ``input_spec``: by default
+  ``(input_size,)`` in the params' dtype; a model of token ids declares
+  ``jax.ShapeDtypeStruct((), jnp.int32)``. The weights are not baked in: they
+  are stored once beside the functions, in ``params.npz``, in their own dtype
+  (bfloat16 as its bits, a uint16 view; the manifest says which), with the
+  unbatched initial state. ``manifest.json`` records the jaxrnn and jax
+  versions, the model's config and execution settings (``unroll``, ``remat``,
+  ``impl``; `load` checks only the config), the input and output specs (shape
+  patterns such as ``["batch", "time", 3]`` and dtypes) and a sha256 of every
+  file. A float64 model is saved and run with ``jax_enable_x64`` set.
   Load it with `jaxrnn.export.load`, or ``python -m jaxrnn.export``.
 
   Args:
@@ -102,15 +137,18 @@ def save(
     streaming: export ``step`` too: None (default) when the model can stream
       (not bidirectional nor reverse), True to require it, False never.
     input_size: the input feature size, if params do not tell it.
+    input_spec: instead of ``input_size``, one time step of one sequence as a
+      `jax.ShapeDtypeStruct` (or anything with ``shape`` and ``dtype``):
+      ``xs`` is then ``(batch, time, *input_spec.shape)`` of its dtype.
     overwrite: replace an existing artifact in ``path``.
 
   Returns:
     The manifest, as written to ``manifest.json``.
 
   Raises:
-    ValueError: a bad ``platforms``; ``streaming=True`` for a model that
-      cannot stream; ``path`` holding an artifact already (without
-      ``overwrite``), or a file; a model that `jax.export` cannot lower.
+    ValueError: a bad ``platforms`` or ``input_spec``; ``streaming=True`` for
+      a model that cannot stream; ``path`` holding an artifact already
+      (without ``overwrite``), or a file; a model that `jax.export` cannot lower.
     ImportError: without the ``flatbuffers`` package.
 
   Example:
@@ -122,22 +160,22 @@ def save(
     >>> artifact = jaxrnn.export.load(path)
     >>> state, ys = artifact.apply(jnp.ones((2, 5, 3)))
     >>> state, y = artifact.step(artifact.init_state(4), jnp.ones((4, 3)))
-    >>> ys.shape, y.shape, sorted(state)
-    ((2, 5, 8), (4, 8), ['0.h', '1.h'])
+    >>> ys.shape, y.shape, sorted(state), manifest["input"]
+    ((2, 5, 8), (4, 8), ['0.h', '1.h'], {'shape': ['batch', 'time', 3], 'dtype': 'float32'})
   """
   platforms, root = _check_save(model, platforms, streaming, path, overwrite)
   params_flat = _Flat.of(params)
   if not params_flat.leaves:
     raise ValueError("save: params has no arrays.")
-  dtype = params_flat.leaves[0].dtype
-  if input_size is None:
-    input_size = _input_size(params)
+  x_spec = _input_spec(params, input_spec, input_size)
   state_flat = _Flat.of(model.initial_carry(params, ()))
   time_major = bool(dict(model.config).get("time_major", False))
   step_fn, reason = _streaming_step(model, streaming)
-  functions = _functions(model, step_fn, params_flat, state_flat, input_size, dtype, time_major)
-  blobs, out_size = _export(functions, platforms)
+  no_resets = _no_resets(model)
+  functions = _functions(model, step_fn, params_flat, state_flat, x_spec, time_major, no_resets)
+  blobs, outputs = _export(functions, platforms)
   _write_arrays(root, blobs, params_flat, state_flat)
+  head = [TIME, BATCH] if time_major else [BATCH, TIME]
   manifest = {
     "format": FORMAT,
     "format_version": FORMAT_VERSION,
@@ -149,16 +187,12 @@ def save(
       "settings": to_json(dict(getattr(model, "settings", ()))),
     },
     "platforms": list(platforms),
-    "input": {
-      "size": input_size,
-      "dtype": str(dtype),
-      "time_major": time_major,
-      "layout": "(time, batch, features)" if time_major else "(batch, time, features)",
-    },
-    "output_size": out_size,
+    "input": {"shape": head + list(x_spec.shape), "dtype": str(np.dtype(x_spec.dtype))},
+    "output": outputs,
     "params": params_flat.specs(),
     "state": state_flat.specs(),
     "streaming": {"available": step_fn is not None, "reason": reason},
+    "resets": {"available": no_resets is None, "reason": no_resets},
     "functions": {k: FUNCTION_FILES[k] for k in functions},
     "files": {name: sha256(root / name) for name in [*blobs, PARAMS_FILE]},
   }
@@ -212,9 +246,14 @@ class _Flat(NamedTuple):
 
   def specs(self) -> list[dict[str, Any]]:
     return [
-      {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+      {"name": n, "shape": list(a.shape), "dtype": str(a.dtype), "stored_as": str(_stored(a).dtype)}
       for n, a in zip(self.names, self.leaves, strict=True)
     ]
+
+
+def _stored(a: np.ndarray) -> np.ndarray:
+  """``a`` as ``params.npz`` holds it: itself, or its bits (`loading.stored_dtype`)."""
+  return a.view(stored_dtype(a.dtype))
 
 
 def _streaming_step(model: SequenceModel, streaming: bool | None) -> tuple[Any, str | None]:
@@ -229,50 +268,74 @@ def _streaming_step(model: SequenceModel, streaming: bool | None) -> tuple[Any, 
     return None, str(e)
 
 
-def _functions(model, step_fn, p: _Flat, s: _Flat, input_size, dtype, time_major) -> dict:
+def _no_resets(model: SequenceModel) -> str | None:
+  """Why the model's ``apply`` takes no ``resets`` (a user's may omit it), or None."""
+  try:
+    parameters = inspect.signature(model.apply).parameters.values()
+  except (TypeError, ValueError):  # no signature to read: assume the contract's
+    return None
+  if any(p.name == "resets" or p.kind is p.VAR_KEYWORD for p in parameters):
+    return None
+  return f"the model's apply ({model.name!r}) has no resets argument."
+
+
+def _functions(model, step_fn, p: _Flat, s: _Flat, x_spec, time_major, no_resets) -> dict:
   """The functions to export, by key, each with the abstract arguments to lower it for."""
 
   def apply(params, xs, state):
     carry, ys = model.apply(p.unflatten(params), xs, s.unflatten(state), deterministic=True)
     return s.flat(carry), ys
 
-  def apply_lengths(params, xs, state, seq_lengths):
+  def apply_masked(params, xs, state, seq_lengths, resets):
+    kw = {} if no_resets else dict(resets=resets)
     carry, ys = model.apply(
-      p.unflatten(params), xs, s.unflatten(state), seq_lengths=seq_lengths, deterministic=True
+      p.unflatten(params), xs, s.unflatten(state), seq_lengths=seq_lengths, deterministic=True, **kw
     )
     return s.flat(carry), ys
 
   def step(params, state, x, reset):
-    state, y = step_fn(p.unflatten(params), s.unflatten(state), x, reset)
+    # Restarts here, not in stream's step, whose reset check reads the batch off x[..., :-1].
+    state0 = s.flat(model.initial_carry(p.unflatten(params), ()))
+    state0 = {k: jnp.broadcast_to(v, state[k].shape) for k, v in state0.items()}
+    state = kernel.reset(reset, state, state0)
+    state, y = step_fn(p.unflatten(params), s.unflatten(state), x)
     return s.flat(state), y
 
   b, t = jax.export.symbolic_shape("b, t")
   sds = jax.ShapeDtypeStruct
   p_spec, s_spec = p.spec(), s.spec((b,))
-  xs_spec = sds((t, b, input_size) if time_major else (b, t, input_size), dtype)
+  head = (t, b) if time_major else (b, t)
+  xs_spec = sds(head + x_spec.shape, x_spec.dtype)
   functions = {
     "apply": (apply, (p_spec, xs_spec, s_spec)),
-    "apply_lengths": (apply_lengths, (p_spec, xs_spec, s_spec, sds((b,), jnp.int32))),
+    "apply_masked": (
+      apply_masked,
+      (p_spec, xs_spec, s_spec, sds((b,), jnp.int32), sds(head, jnp.bool_)),
+    ),
   }
   if step_fn is not None:
-    functions["step"] = (step, (p_spec, s_spec, sds((b, input_size), dtype), sds((b,), jnp.bool_)))
+    step_x = sds((b, *x_spec.shape), x_spec.dtype)
+    functions["step"] = (step, (p_spec, s_spec, step_x, sds((b,), jnp.bool_)))
   return functions
 
 
-def _export(functions: dict, platforms: tuple[str, ...]) -> tuple[dict[str, bytes], int]:
-  """Each function through `jax.export`, serialized by file name; the output feature size."""
-  blobs = {}
+def _export(functions: dict, platforms: tuple[str, ...]) -> tuple[dict[str, bytes], dict]:
+  """Each function through `jax.export`, serialized by file name; the output spec of apply."""
+  blobs, exported = {}, {}
   for key, (fn, specs) in functions.items():
     try:
-      exported = jax.export.export(jax.jit(fn), platforms=platforms)(*specs)
+      exported[key] = jax.export.export(jax.jit(fn), platforms=platforms)(*specs)
     except ValueError:
       raise
     except Exception as e:  # lowering errors come in many types
       raise ValueError(
         f"save: jax.export could not lower {key} for platforms={platforms}: {type(e).__name__}: {e}"
       ) from e
-    blobs[FUNCTION_FILES[key]] = bytes(exported.serialize())
-  return blobs, int(exported.out_avals[-1].shape[-1])
+    blobs[FUNCTION_FILES[key]] = bytes(exported[key].serialize())
+  ys = exported["apply"].out_avals[-1]
+  names = {"b": BATCH, "t": TIME}
+  shape = [d if isinstance(d, int) else names[str(d)] for d in ys.shape]
+  return blobs, {"shape": shape, "dtype": str(np.dtype(ys.dtype))}
 
 
 def _write_arrays(root: pathlib.Path, blobs: dict[str, bytes], p: _Flat, s: _Flat) -> None:
@@ -281,7 +344,7 @@ def _write_arrays(root: pathlib.Path, blobs: dict[str, bytes], p: _Flat, s: _Fla
   (root / MANIFEST).unlink(missing_ok=True)  # an artifact without a manifest never loads
   for name, blob in blobs.items():
     (root / name).write_bytes(blob)
-  arrays = {f"param:{n}": a for n, a in zip(p.names, p.leaves, strict=True)}
-  arrays.update({f"state:{n}": a for n, a in zip(s.names, s.leaves, strict=True)})
+  arrays = {f"param:{n}": _stored(a) for n, a in zip(p.names, p.leaves, strict=True)}
+  arrays.update({f"state:{n}": _stored(a) for n, a in zip(s.names, s.leaves, strict=True)})
   with open(root / PARAMS_FILE, "wb") as f:
     np.savez(f, **arrays)

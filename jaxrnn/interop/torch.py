@@ -1,4 +1,5 @@
-"""`torch.nn.RNN` / `LSTM` / `GRU` to jaxrnn and back. torch is imported inside functions only.
+"""`torch.nn.RNN` / `LSTM` / `GRU` (and their ``*Cell``) to jaxrnn and back. torch is imported
+inside functions only.
 
 Each cell declares its PyTorch layout next to its own code (`jaxrnn.cells.TorchLayout`);
 this module reads those declarations through `jaxrnn.cells.TORCH`. PyTorch stores
@@ -11,32 +12,96 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import cells
-from jaxrnn.cells.torch_layout import to_numpy
+from jaxrnn.cells.torch_layout import numpy_dtype, to_numpy, to_tensor
 from jaxrnn.layers import BidirectionalCarry, BidirectionalParams, SequenceModel, rnn_layers
 
+CELL_MODULES = {f"{name}Cell": kind for name, kind in cells.TORCH.items()}
+"""``torch.nn.LSTMCell``, ``GRUCell``, ``RNNCell``: one step, no layers, no projection."""
 
-def from_torch(module: Any) -> tuple[SequenceModel, tuple]:
-  """Converts a ``torch.nn.RNN``, ``LSTM`` or ``GRU`` into a jaxrnn model and params.
+# Parity with PyTorch's own module in each dtype, outputs and states (absolute, for
+# unit-scale inputs): the arithmetic differs in order and, below float32, in where results
+# are rounded. Measured worst over 2-layer RNN/LSTM/GRU, hidden 5, 6 steps, 5 seeds:
+# float16 1.1e-3, bfloat16 1.2e-2 (2-3 units in the last place); tests/test_interop.py.
+TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "float16": 3e-3, "bfloat16": 3e-2}
 
-  Every option carries over: ``num_layers``, ``bidirectional``, ``bias``,
-  ``batch_first`` (as ``time_major=not batch_first``), ``nonlinearity``,
-  ``proj_size`` and ``dropout`` (applied only when ``apply`` gets a ``key``
-  and ``deterministic=False``; the random masks differ from PyTorch's).
+
+class _CellAsLayer:
+  """A ``torch.nn.*Cell`` read as a one-layer module without projection (its `TorchLayout`)."""
+
+  proj_size = 0
+
+  def __init__(self, module: Any):
+    self._module = module
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._module, name)
+
+
+def _dtype(module: Any, dtype: Any) -> np.dtype:
+  """The params' dtype: ``dtype``, else the module's; 64-bit only with ``jax_enable_x64``."""
+  tensors = list(module.state_dict().values())
+  dtype = jnp.dtype(numpy_dtype(tensors[0]) if dtype is None else dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"dtype={dtype}: expected a floating dtype.")
+  if dtype.itemsize == 8 and jax.dtypes.canonicalize_dtype(dtype) != dtype:
+    raise ValueError(
+      f"the module is {dtype}, which JAX holds only with jax_enable_x64 set: call "
+      "jax.config.update('jax_enable_x64', True) (or convert inside `with "
+      "jax.enable_x64(True):`), or pass dtype=jnp.float32 to convert its weights."
+    )
+  return dtype
+
+
+def _state_dict(module: Any, dtype: np.dtype) -> dict[str, np.ndarray]:
+  """The module's weights as NumPy, in ``dtype`` or, below 32 bits, in float32 (see `_params`)."""
+  work = np.float32 if dtype.itemsize < 4 else dtype
+  return {k: to_numpy(v).astype(work) for k, v in module.state_dict().items()}
+
+
+def _params(kind: Any, sd: dict[str, np.ndarray], dtype: np.dtype, suffix: str) -> Any:
+  """One layer and direction's params in ``dtype``: PyTorch's two biases are summed in the
+  state dict's dtype (float32 for float16 and bfloat16) and rounded once."""
+  params = kind.torch.params_from_torch(sd, suffix)
+  return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+
+
+def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Any]:
+  """Converts a PyTorch recurrent module into a jaxrnn model (or cell) and its params.
+
+  ``torch.nn.RNN``, ``LSTM`` and ``GRU`` become `jaxrnn.rnn_layers` models with
+  every option: ``num_layers``, ``bidirectional``, ``bias``, ``batch_first``
+  (as ``time_major=not batch_first``), ``nonlinearity``, ``proj_size`` and
+  ``dropout`` (applied only when ``apply`` gets a ``key`` and
+  ``deterministic=False``; the random masks differ from PyTorch's).
+  ``torch.nn.RNNCell``, ``LSTMCell`` and ``GRUCell`` become the `jaxrnn.elman`,
+  `jaxrnn.lstm` and `jaxrnn.gru` cells.
+
+  The params keep the module's dtype (float32, float16, bfloat16; float64 with
+  ``jax_enable_x64``), unless ``dtype`` converts them. Without x64 a float64
+  module raises rather than silently losing precision. Outputs and states
+  match PyTorch's to an absolute `TOLERANCES` per dtype: 1e-12 (float64),
+  1e-5 (float32), 3e-3 (float16), 3e-2 (bfloat16; both round every gate
+  there, at different places).
 
   Args:
-    module: a ``torch.nn.RNN``, ``torch.nn.LSTM`` or ``torch.nn.GRU``.
+    module: one of the six modules above.
+    dtype: the params' dtype; None (default) keeps the module's.
 
   Returns:
-    ``(model, params)``: a `jaxrnn.rnn_layers` model and its params, with the
-    module's dtype. ``model.apply(params, xs, seq_lengths=...)`` computes what the
-    module computes on ``xs`` (packed with ``pack_padded_sequence`` when padded).
+    ``(model, params)``: for the layered modules a `SequenceModel` whose
+    ``model.apply(params, xs, seq_lengths=...)`` computes what the module
+    computes on ``xs`` (packed with ``pack_padded_sequence`` when padded), and
+    a tuple over layers; for a cell module, ``(cell, params)``: ``cell.step(params,
+    carry, x)`` is ``module(x, h)`` with ``x`` ``(batch, input_size)``.
 
   Raises:
-    ValueError: if ``module`` is not one of the three.
+    ValueError: a module not among the six; a float64 module without
+      ``jax_enable_x64`` (pass ``dtype=`` to convert); a non-floating ``dtype``.
 
   Example:
     >>> import torch, numpy as np, jaxrnn
@@ -46,17 +111,26 @@ def from_torch(module: Any) -> tuple[SequenceModel, tuple]:
     >>> carry, ys = model.apply(params, x)
     >>> np.abs(np.asarray(ys) - m(torch.from_numpy(x))[0].detach().numpy()).max() < 1e-5
     np.True_
+    >>> cell, p = jaxrnn.from_torch(torch.nn.GRUCell(3, 4).to(torch.bfloat16))
+    >>> carry, y = cell.step(p, cell.initial_carry(p, (2,)), np.ones((2, 3), np.float32))
+    >>> y.shape, y.dtype
+    ((2, 4), dtype(bfloat16))
   """
   import torch
 
   name = type(module).__name__
+  if isinstance(module, torch.nn.RNNCellBase) and name in CELL_MODULES:
+    kind = CELL_MODULES[name]
+    dtype = _dtype(module, dtype)
+    cell = kind.factory(
+      int(module.hidden_size), dtype=dtype, **kind.torch.cell_kwargs(_CellAsLayer(module))
+    )
+    return cell, _params(kind, _state_dict(module, dtype), dtype, "")
   if not isinstance(module, torch.nn.RNNBase) or name not in cells.TORCH:
-    *most, last = [f"torch.nn.{m}" for m in cells.TORCH]
+    *most, last = [f"torch.nn.{m}" for m in [*cells.TORCH, *CELL_MODULES]]
     raise ValueError(f"module is a {name}; expected {', '.join(most)} or {last}.")
   kind = cells.TORCH[name]
-  cell_kwargs = kind.torch.cell_kwargs(module)
-  sd = module.state_dict()
-  cell_kwargs["dtype"] = to_numpy(next(iter(sd.values()))).dtype
+  dtype = _dtype(module, dtype)
   model = rnn_layers(
     kind.name,
     int(module.hidden_size),
@@ -64,34 +138,63 @@ def from_torch(module: Any) -> tuple[SequenceModel, tuple]:
     bidirectional=bool(module.bidirectional),
     dropout_rate=float(module.dropout),
     time_major=not module.batch_first,
-    **cell_kwargs,
+    dtype=dtype,
+    **kind.torch.cell_kwargs(module),
   )
-  from_sd = kind.torch.params_from_torch
-  params = []
+  sd, params = _state_dict(module, dtype), []
   for k in range(module.num_layers):
-    fwd = from_sd(sd, f"_l{k}")
+    fwd = _params(kind, sd, dtype, f"_l{k}")
     if module.bidirectional:
-      params.append(BidirectionalParams(fwd, from_sd(sd, f"_l{k}_reverse")))
-    else:
-      params.append(fwd)
+      fwd = BidirectionalParams(fwd, _params(kind, sd, dtype, f"_l{k}_reverse"))
+    params.append(fwd)
   return model, tuple(params)
 
 
-def to_torch(params: tuple) -> dict:
-  """The PyTorch ``state_dict`` of jaxrnn params (as made by `rnn_layers` or `from_torch`).
+def _check_prefix(prefix: Any) -> str:
+  if not isinstance(prefix, str) or (prefix and not prefix.endswith(".")):
+    raise ValueError(
+      f"prefix={prefix!r}: expected '' or the submodule's path ending in '.', e.g. 'lstm.' "
+      "for a module held as self.lstm."
+    )
+  return prefix
+
+
+def _one_layer(p: Any, where: str, suffix: str) -> tuple[type, dict[str, np.ndarray]]:
+  """The state-dict entries of one layer and direction (or of a cell, ``suffix=""``)."""
+  kind = cells.kind_of_params(p)
+  if kind is None or kind.torch is None:
+    raise ValueError(
+      f"{where} holds {type(p).__name__}; expected the params of a cell PyTorch has "
+      f"({', '.join(k.params.__name__ for k in cells.TORCH.values())})."
+    )
+  if not suffix and getattr(p, "w_proj", None) is not None:
+    raise ValueError(f"{where} has a projection (w_proj); torch.nn.LSTMCell has none.")
+  return type(p), kind.torch.params_to_torch(p, suffix)
+
+
+def to_torch(params: Any, *, prefix: str = "") -> dict:
+  """The PyTorch ``state_dict`` of jaxrnn params (as made by `rnn_layers`, a cell or `from_torch`).
 
   Summed biases are exported as ``bias_ih`` with a zero ``bias_hh`` (the GRU's
-  ``b_hn`` goes to the n slice of ``bias_hh``), which computes the same function.
+  ``b_hn`` goes to the n slice of ``bias_hh``), which computes the same
+  function. Tensors keep the params' dtype, bfloat16 included.
 
   Args:
     params: a tuple over layers of `ElmanParams`, `LSTMParams` or `GRUParams`,
-      or `BidirectionalParams` of them.
+      or `BidirectionalParams` of them, for ``torch.nn.RNN``, ``LSTM`` or
+      ``GRU``; or one cell's params (not in a tuple) for ``torch.nn.RNNCell``,
+      ``LSTMCell`` or ``GRUCell``.
+    prefix: prepended to every key: the submodule's path inside its parent,
+      ending in ``"."`` (``"lstm."`` for ``self.lstm``), so that
+      ``parent.load_state_dict(to_torch(params, prefix="lstm."), strict=False)``
+      fills exactly that submodule.
 
   Returns:
-    A dict of ``torch.Tensor`` for ``module.load_state_dict``.
+    A dict of ``torch.Tensor``, ``weight_ih_l0`` ... (``weight_ih`` ... for a cell).
 
   Raises:
-    ValueError: for params that no PyTorch module holds (mixed kinds, readouts).
+    ValueError: for params that no PyTorch module holds (mixed kinds, readouts,
+      a projection in a cell), or a ``prefix`` that does not end in ``"."``.
 
   Example:
     >>> import torch, jax, jaxrnn
@@ -100,29 +203,30 @@ def to_torch(params: tuple) -> dict:
     >>> m = torch.nn.GRU(3, 8, num_layers=2, batch_first=True)
     >>> m.load_state_dict(jaxrnn.to_torch(params))
     <All keys matched successfully>
+    >>> sorted(jaxrnn.to_torch(params, prefix="encoder.rnn."))[:2]
+    ['encoder.rnn.bias_hh_l0', 'encoder.rnn.bias_hh_l1']
   """
-  import torch
-
+  prefix = _check_prefix(prefix)
+  if cells.kind_of_params(params) is not None:  # one cell: torch.nn.*Cell's keys
+    _, sd = _one_layer(params, "params", "")
+    return {prefix + k: to_tensor(v) for k, v in sd.items()}
   if not isinstance(params, tuple | list) or not params:
-    raise ValueError(f"params must be a non-empty tuple over layers, got {type(params).__name__}.")
-  kinds = set()
-  sd: dict[str, np.ndarray] = {}
+    raise ValueError(
+      f"params must be a non-empty tuple over layers, or one cell's params; got "
+      f"{type(params).__name__}."
+    )
+  kinds, sd = set(), {}
   for k, layer in enumerate(params):
     pairs = [(layer, f"_l{k}")]
     if isinstance(layer, BidirectionalParams):
       pairs = [(layer.forward, f"_l{k}"), (layer.backward, f"_l{k}_reverse")]
     for p, suffix in pairs:
-      kind = cells.kind_of_params(p)
-      if kind is None or kind.torch is None:
-        raise ValueError(
-          f"layer {k} holds {type(p).__name__}; expected the params of a cell PyTorch has "
-          f"({', '.join(k.params.__name__ for k in cells.TORCH.values())})."
-        )
-      kinds.add(type(p))
-      sd.update(kind.torch.params_to_torch(p, suffix))
+      kind, entries = _one_layer(p, f"layer {k}", suffix)
+      kinds.add(kind)
+      sd.update(entries)
   if len(kinds) > 1:
     raise ValueError(f"layers mix cell kinds {sorted(k.__name__ for k in kinds)}.")
-  return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
+  return {prefix + k: to_tensor(v) for k, v in sd.items()}
 
 
 def _layer_directions(model: SequenceModel) -> tuple[int, bool]:
