@@ -248,14 +248,16 @@ def test_truncated_files_raise_value_error(tmp_path):
   with pytest.raises(ValueError, match="record is not valid jaxrnn JSON"):
     checkpoint.restore(tmp_path / "b", params, model=cell)
 
-  # a flipped byte that still decodes is caught by the recorded SHA-256
+  # bytes that still decode but differ from what was written are caught by the written
+  # shard's SHA-256 (here the record's digest is altered instead of the data)
   checkpoint.save(tmp_path / "c", 1, params, model=cell)
   meta = checkpoint.read_metadata(tmp_path / "c")
+  assert meta["leaves"][0]["shards"][0]["index"] == [[0, 8], [0, 128]]
   meta_path = tmp_path / "c" / "1" / "meta" / "metadata"
   text = meta_path.read_text()
-  sha = meta["leaves"][0]["sha256"]
+  sha = meta["leaves"][0]["shards"][0]["sha256"]
   meta_path.write_text(text.replace(sha, sha[::-1]))
-  with pytest.raises(ValueError, match=r"\.w_ih does not match its recorded SHA-256"):
+  with pytest.raises(ValueError, match=r"\.w_ih shard \[0:8, 0:128\] does not match its recorded"):
     checkpoint.restore(tmp_path / "c", params, model=cell)
 
 
