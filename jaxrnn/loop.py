@@ -216,14 +216,26 @@ def _check_finite(metrics: Mapping[str, Any], on_nonfinite: str, skipped_before:
   """
   if "skipped" not in metrics:
     return skipped_before
-  skipped = int(metrics["skipped"])
+  # cumulative counters: scalars, or one per window for a TBPTT step (the last is the largest)
+  skipped = int(np.max(np.asarray(metrics["skipped"])))
   if on_nonfinite == "raise" and skipped > skipped_before:
+    first = int(np.max(np.asarray(metrics["first_nonfinite"])))
     raise FloatingPointError(
-      f"step {int(metrics['first_nonfinite'])}: the loss, a gradient or the update is not finite; "
+      f"step {first}: the loss, a gradient or the update is not finite; "
       f"the train step skipped its update ({skipped} skipped so far) and fit stopped "
       "(on_nonfinite='raise'; 'skip' goes on). No checkpoint was written after it."
     )
   return skipped
+
+
+def _skips(state: PyTree) -> int:
+  """The skip count of the train states in ``state`` (a `TrainState`, or e.g. one with a carry)."""
+
+  def is_train_state(x):
+    return hasattr(x, "skipped") and hasattr(x, "params")
+
+  nodes = jax.tree.leaves(state, is_leaf=is_train_state)
+  return sum(int(np.max(np.asarray(x.skipped))) for x in nodes if is_train_state(x))
 
 
 def _place_batch(batch: PyTree, mesh: Any, data_axis: Any) -> PyTree:
@@ -354,7 +366,7 @@ def fit(
   state, start = _resume(checkpoint_dir, state, model)
   lead = jax.process_index() == 0  # the one process that writes metrics and shows progress
   metrics_path = _trim_metrics(metrics_path, start) if lead else None
-  skipped = int(getattr(state, "skipped", 0))
+  skipped = _skips(state)
 
   def save(step):
     if checkpoint_dir is not None and step not in _checkpoint.all_steps(checkpoint_dir):
