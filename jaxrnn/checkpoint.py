@@ -173,6 +173,23 @@ def _agree(error: str | None) -> None:
       raise ValueError(message + (f" (found by process {k} of {len(found)})" * (len(found) > 1)))
 
 
+def _record_shards(records: list[dict[str, Any]], parts: list[str]) -> None:
+  """Adds every process's written shards to ``records``, once each (same region: same digest)."""
+  seen: dict[tuple[int, Region], str] = {}
+  for i, region, digest in sorted(x for part in parts for x in json.loads(part)):
+    key = (i, tuple(tuple(r) for r in region))
+    if key in seen:  # a process-local array, which every process holds whole
+      if seen[key] != digest:
+        raise ValueError(
+          f"state leaf {records[i]['path']} {_show_region(key[1])} differs between processes; "
+          "expected the same values on every process (build the state from the same seed, or "
+          "place it with jaxrnn.sharding.shard_state)."
+        )
+      continue
+    seen[key] = digest
+    records[i].setdefault("shards", []).append({"index": region, "sha256": digest})
+
+
 def _manager(path, keep: int | None):
   ocp = _ocp()
   options = ocp.CheckpointManagerOptions(
@@ -260,9 +277,7 @@ def save(
     "leaves": records,
     "metadata": jsonable(dict(metadata or {}), "metadata"),
   }
-  written = _allgather_text(json.dumps(_written_shards(arrays)))
-  for i, region, digest in sorted(x for part in written for x in json.loads(part)):
-    records[i].setdefault("shards", []).append({"index": region, "sha256": digest})
+  _record_shards(records, _allgather_text(json.dumps(_written_shards(arrays))))
   path = _epath(directory)
   ocp = _ocp()
   manager = _manager(path, keep)

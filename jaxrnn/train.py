@@ -83,8 +83,9 @@ class TrainState(NamedTuple):
       >>> int(state.step), state.params.w_hh.shape, int(state.first_nonfinite)
       (0, (4, 12), -1)
     """
-    zero = jnp.zeros((), jnp.int32)
-    return cls(zero, params, optimizer.init(params), zero, jnp.full((), -1, jnp.int32))
+    counters = [jnp.zeros((), jnp.int32) for _ in range(2)]  # two buffers: both may be donated
+    step, skipped = counters
+    return cls(step, params, optimizer.init(params), skipped, jnp.full((), -1, jnp.int32))
 
 
 def _check_optimizer(optimizer: Any) -> None:

@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import SingleDeviceSharding  # noqa: E402
+from train_worker import signal_at  # noqa: E402  (tests/ is on the path, as for pytest)
 
 import jaxrnn  # noqa: E402
 from jaxrnn import checkpoint, loop, sharding, train  # noqa: E402
@@ -103,14 +104,6 @@ def max_diff(a, b):
 
 def bit_equal(a, b):
   return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
-def signal_at(step, signum):
-  def hook(i):
-    if i == step and jax.process_index() == 1:
-      os.kill(os.getpid(), signum)
-
-  return hook
 
 
 def targets():
@@ -208,7 +201,7 @@ def phase_a(out):
   report["corrupt_error"] = corrupted_restore(out)
   write_report(out, "a", report)
   multihost_utils.sync_global_devices("report a")
-  run_fit(m42, os.path.join(out, "K"), STEPS, hook=signal_at(5, signal.SIGKILL))
+  run_fit(m42, os.path.join(out, "K"), STEPS, hook=signal_at(5, signal.SIGKILL, process_index=1))
   write_report(out, "a", {**report, "unexpected": "fit returned after process 1 was killed"})
 
 
@@ -216,7 +209,7 @@ def phase_b(out):
   m42, directory = mesh((4, 2)), os.path.join(out, "K")
   report = {"resumed_from": checkpoint.latest_step(directory), "preempted_at": None}
   try:
-    run_fit(m42, directory, STEPS, hook=signal_at(5, signal.SIGTERM))
+    run_fit(m42, directory, STEPS, hook=signal_at(5, signal.SIGTERM, process_index=1))
   except loop.Preempted as e:
     report["preempted_at"] = e.step
   report["steps_after_preemption"] = checkpoint.all_steps(directory)

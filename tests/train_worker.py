@@ -78,11 +78,14 @@ def run(run_dir, num_steps, hook=None):
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
-def signal_at(step, signum):
-  """A hook that sends this process ``signum`` when batch ``step`` is about to be made."""
+def signal_at(step, signum, process_index=None):
+  """A hook that sends this process ``signum`` when batch ``step`` is about to be made.
+
+  With ``process_index``, only in that process of a multi-process run.
+  """
 
   def hook(i):
-    if i == step:
+    if i == step and process_index in (None, jax.process_index()):
       os.kill(os.getpid(), signum)
 
   return hook
