@@ -4,18 +4,18 @@
 PORT PROCESS_ID``, started twice (process ids 0 and 1), runs `jax.distributed` on localhost over
 2 x 4 CPU devices and writes ``OUT/report-PHASE-PROCESS_ID.json`` for the parent test to check.
 
-Phase ``a``: trains a 2-layer LSTM for 10 steps on the (4 data x 2 model) mesh with
+Phase ``a``: trains a 2-layer LSTM for 8 steps on the (4 data x 2 model) mesh with
 `jaxrnn.loop.fit` (the reference run, checkpointed every 4 steps; its gathered final state goes
 to ``OUT/reference.npz``); saves that state again from a (1 x 8) mesh whose gate columns span
 both processes; restores both checkpoints onto (2 x 4), onto this process's 4 devices and onto
 one device, against the gathered reference; trains 4 steps on (4 x 2) and resumes on (2 x 4)
-to 10; corrupts one chunk that only process 1 reads and restores; then starts run K on (4 x 2),
+to 8; corrupts one chunk that only process 1 reads and restores; then starts run K on (4 x 2),
 in which process 1 SIGKILLs itself while loading batch 5, so process 0 must be ended by
 `jax.distributed`'s heartbeat check (it never writes a result after that).
 
-Phase ``b``: resumes run K from step 4; process 1 SIGTERMs itself while loading batch 5, so both
-save at the same step and raise `jaxrnn.loop.Preempted`; resumes again to step 10, to compare
-bit for bit with the reference.
+Phase ``b``: resumes run K from step 4 to 8, to compare bit for bit with the reference; then
+starts run P, in which process 1 SIGTERMs itself while loading batch 1, so both processes save
+at the same step and raise `jaxrnn.loop.Preempted`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
-from jax.sharding import SingleDeviceSharding  # noqa: E402
+from jax.sharding import NamedSharding, SingleDeviceSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 from train_worker import signal_at  # noqa: E402  (tests/ is on the path, as for pytest)
 
 import jaxrnn  # noqa: E402
 from jaxrnn import checkpoint, loop, sharding, train  # noqa: E402
 
-H, I, T, B, STEPS = 8, 3, 4, 8, 10
+H, I, T, B, STEPS = 8, 3, 4, 8, 8
 MODEL = jaxrnn.rnn_layers("lstm", H, num_layers=2)
 OPT = optax.adam(1e-2)
 NAMES = ("data", "model")
@@ -69,7 +70,7 @@ def mesh(shape, devices=None):
 _STEPS = {}
 
 
-def run_fit(m, directory, num_steps, hook=None):
+def run_fit(m, directory, num_steps, hook=None, checkpoint_every=4):
   """`fit` on mesh ``m``; ``batch_fn`` gives this process's rows; ``hook(i)`` before batch i."""
   if m.devices.shape not in _STEPS:
     _STEPS[m.devices.shape] = sharding.make_sharded_train_step(loss_fn, OPT, m, model_axis="model")
@@ -82,19 +83,19 @@ def run_fit(m, directory, num_steps, hook=None):
 
   return loop.fit(
     _STEPS[m.devices.shape], initial_state(), batch_fn, num_steps=num_steps, mesh=m,
-    model_axis="model", checkpoint_dir=directory, checkpoint_every=4, keep=None, model=MODEL,
-    metrics_path=directory + ".jsonl", log_every=1, progress=False,
+    model_axis="model", checkpoint_dir=directory, checkpoint_every=checkpoint_every, keep=None,
+    model=MODEL, metrics_path=directory + ".jsonl", log_every=1, progress=False,
   )  # fmt: skip
 
 
 def gathered(tree):
-  """Every leaf as one host array (process_allgather for arrays spanning processes)."""
-  out = {}
-  for path, x in jax.tree_util.tree_leaves_with_path(tree):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      x = multihost_utils.process_allgather(x, tiled=True)
-    out[jax.tree_util.keystr(path)] = np.asarray(x)
-  return out
+  """Every leaf as one host array; arrays spanning processes are all-gathered by XLA first
+  (one compiled identity onto a replicated layout, independent of jaxrnn.checkpoint)."""
+  if not all(x.is_fully_addressable for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)):
+    everywhere = NamedSharding(jax.make_mesh((jax.device_count(),), ("all",)), P())
+    tree = jax.jit(lambda t: t, out_shardings=everywhere)(tree)
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
 
 
 def max_diff(a, b):
@@ -208,14 +209,18 @@ def phase_a(out):
 def phase_b(out):
   m42, directory = mesh((4, 2)), os.path.join(out, "K")
   report = {"resumed_from": checkpoint.latest_step(directory), "preempted_at": None}
-  try:
-    run_fit(m42, directory, STEPS, hook=signal_at(5, signal.SIGTERM, process_index=1))
-  except loop.Preempted as e:
-    report["preempted_at"] = e.step
-  report["steps_after_preemption"] = checkpoint.all_steps(directory)
   final = gathered(run_fit(m42, directory, STEPS))
   ref = dict(np.load(os.path.join(out, "reference.npz")))
   report["kill_resume_bit_equal"] = bit_equal(final, ref)
+  # run P: a SIGTERM to process 1 alone while it loads batch 1; the preemption sync point is
+  # reached on both processes at the same step, some steps later (it is asynchronous), long
+  # before step 1000; both checkpoint that step and raise Preempted
+  hook = signal_at(1, signal.SIGTERM, process_index=1)
+  try:
+    run_fit(m42, os.path.join(out, "P"), 1000, hook=hook, checkpoint_every=1000)
+  except loop.Preempted as e:
+    report["preempted_at"] = e.step
+  report["steps_after_preemption"] = checkpoint.all_steps(os.path.join(out, "P"))
   write_report(out, "b", report)
 
 
