@@ -148,7 +148,8 @@ def state_shardings(state: PyTree, mesh: Mesh, *, model_axis: str | None = None)
   Args:
     state: a `jaxrnn.train.TrainState` (or any pytree with the ``step``,
       ``params`` and ``opt_state`` attributes, concrete or from
-      `jax.eval_shape`), or a parameter pytree.
+      `jax.eval_shape`; its other fields, ``step`` and the non-finite
+      counters, are replicated), or a parameter pytree.
     mesh: the `jax.sharding.Mesh`.
     model_axis: a mesh axis to split the cells' gate columns over (see the
       module docstring); None: everything replicated.
@@ -177,11 +178,12 @@ def state_shardings(state: PyTree, mesh: Mesh, *, model_axis: str | None = None)
     axis_size(mesh, model_axis, "model_axis")
   if all(hasattr(state, a) for a in ("step", "params", "opt_state")):
     param_sh = _param_shardings(state.params, mesh, model_axis, "state.params")
-    return type(state)(
-      step=NamedSharding(mesh, P()),
-      params=param_sh,
-      opt_state=_opt_state_shardings(state.opt_state, state.params, param_sh, mesh),
-    )
+    replicated = NamedSharding(mesh, P())
+    fields = getattr(type(state), "_fields", ("step", "params", "opt_state"))
+    out = {f: jax.tree.map(lambda _: replicated, getattr(state, f)) for f in fields}
+    out["params"] = param_sh
+    out["opt_state"] = _opt_state_shardings(state.opt_state, state.params, param_sh, mesh)
+    return type(state)(**out)
   return _param_shardings(state, mesh, model_axis, "params")
 
 

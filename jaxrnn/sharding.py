@@ -372,7 +372,8 @@ def _compile(raw_step, state, batch, mesh, data_axis, model_axis, donate) -> tup
   state_sh = state_shardings(state, mesh, model_axis=model_axis)
   batch_sh = batch_shardings(batch, mesh, data_axis)
   # The raw step returns a jaxrnn TrainState whatever type of state came in.
-  out_sh = TrainState(state_sh.step, state_sh.params, state_sh.opt_state)
+  replicated = NamedSharding(mesh, P())
+  out_sh = TrainState(**{f: getattr(state_sh, f, replicated) for f in TrainState._fields})
   fn = jax.jit(
     raw_step,
     in_shardings=(state_sh, batch_sh),

@@ -3,14 +3,25 @@
 The pieces are pure functions of explicit state, so they compose with the rest
 of JAX:
 
-- `TrainState` ``(step, params, opt_state)`` and `make_train_step`, which turns a
-  loss function and any optax optimizer into ``step(state, batch) -> (state,
-  metrics)``, with global-norm gradient clipping applied before the optimizer
-  (so the optimizer's state does not depend on the clipping).
+- `TrainState` ``(step, params, opt_state, skipped, first_nonfinite)`` and
+  `make_train_step`, which turns a loss function and any optax optimizer into
+  ``step(state, batch) -> (state, metrics)``, with global-norm gradient clipping
+  applied before the optimizer (so the optimizer's state does not depend on the
+  clipping).
 - `make_eval_step`: a jit-compiled metric function.
 - `make_tbptt_step`: truncated backpropagation through time over long streams;
   the carry flows from window to window, the gradient stops at window edges,
   and there is one optimizer update per window.
+
+Every step has an in-graph non-finite guard (like `optax.apply_if_finite`): if
+the loss, a gradient, the new parameters or the new optimizer state hold a NaN
+or an infinity, the update is skipped (``params`` and ``opt_state`` stay as
+they were, selected with `jnp.where` inside the compiled program, so it is
+safe with donated buffers), ``skipped`` counts it and ``first_nonfinite``
+records the step of the first one. ``state.step`` advances on a skipped step
+too: it counts the batches consumed (the step of ``batch_fn(step)`` in
+`jaxrnn.loop.fit`), while the optimizer's own counters (Adam's ``count``)
+count the updates applied.
 
 The step functions close over nothing device-specific (no ``pmap``, no axis
 names): the loss is a mean over the batch, so under `jax.jit` with a batch
@@ -27,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrnn.cells.base import PyTree
@@ -44,14 +56,20 @@ class TrainState(NamedTuple):
   """What a train step reads and returns.
 
   Attributes:
-    step: int32 scalar, the number of optimizer updates applied so far.
+    step: int32 scalar, the number of train steps run so far (batches
+      consumed), skipped ones included.
     params: the model's parameter pytree.
     opt_state: the optax optimizer's state for ``params``.
+    skipped: int32 scalar, how many steps were skipped by the non-finite guard.
+    first_nonfinite: int32 scalar, the ``step`` (0-based, the value of
+      ``step`` before it) of the first skipped step; -1 if none.
   """
 
   step: jax.Array
   params: PyTree
   opt_state: PyTree
+  skipped: Any = np.int32(0)
+  first_nonfinite: Any = np.int32(-1)
 
   @classmethod
   def create(cls, params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
@@ -62,10 +80,12 @@ class TrainState(NamedTuple):
       >>> from jaxrnn.train import TrainState
       >>> params = jaxrnn.gru(4).init(jax.random.key(0), input_size=2)
       >>> state = TrainState.create(params, optax.adam(1e-3))
-      >>> int(state.step), state.params.w_hh.shape
-      (0, (4, 12))
+      >>> int(state.step), state.params.w_hh.shape, int(state.first_nonfinite)
+      (0, (4, 12), -1)
     """
-    return cls(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    counters = [jnp.zeros((), jnp.int32) for _ in range(2)]  # two buffers: both may be donated
+    step, skipped = counters
+    return cls(step, params, optimizer.init(params), skipped, jnp.full((), -1, jnp.int32))
 
 
 def _check_optimizer(optimizer: Any) -> None:
@@ -93,14 +113,45 @@ def _as_metrics(value: Any, name: str) -> dict[str, Any]:
   return {name: value}
 
 
-def _clip_and_update(optimizer, max_grad_norm, grads, opt_state, params):
-  """Global-norm clipping (optax.clip_by_global_norm), then the optimizer's update."""
+def _all_finite(*trees: PyTree) -> jax.Array:
+  """True when no floating-point leaf of ``trees`` holds a NaN or an infinity."""
+  checks = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(trees)
+    if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def _guarded_step(optimizer, max_grad_norm, state, loss, grads):
+  """Clipping, the optimizer's update, and the non-finite guard: ``(state, metrics)``."""
   grad_norm = optax.tree.norm(grads)
+  clipped = grads
   if max_grad_norm is not None:
     clip = optax.clip_by_global_norm(float(max_grad_norm))
-    grads, _ = clip.update(grads, clip.init(grads))
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, grad_norm, optax.tree.norm(updates)
+    clipped, _ = clip.update(grads, clip.init(grads))
+  updates, opt_state = optimizer.update(clipped, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = _all_finite(loss, grads, params, opt_state)
+
+  def keep(new, old):  # in-graph: donated inputs are never returned as they are
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+  bad = jnp.logical_not(finite)
+  skipped = state.skipped + bad.astype(jnp.int32)
+  first = jnp.where(bad & (state.first_nonfinite < 0), state.step, state.first_nonfinite)
+  new = TrainState(
+    state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), skipped, first
+  )
+  metrics = {
+    "loss": loss,
+    "grad_norm": grad_norm,
+    "update_norm": optax.tree.norm(updates),
+    "nonfinite": bad,
+    "skipped": skipped,
+    "first_nonfinite": first,
+  }
+  return new, metrics
 
 
 def make_train_step(
@@ -116,7 +167,8 @@ def make_train_step(
 
   The step computes ``loss_fn(params, batch)`` and its gradient, clips the
   gradient to global norm ``max_grad_norm`` (``optax.clip_by_global_norm``),
-  applies ``optimizer``, and increments ``state.step``. Put a PRNG key in the
+  applies ``optimizer``, and increments ``state.step``; a step with a non-finite
+  loss, gradient or result is skipped (see the module docstring). Put a PRNG key in the
   batch if the loss needs randomness (dropout): the step itself has none. For a
   `jax.sharding.Mesh`, `jaxrnn.sharding.make_sharded_train_step` compiles this
   same step with the mesh's shardings.
@@ -133,7 +185,9 @@ def make_train_step(
 
   Returns:
     ``step(state, batch) -> (state, metrics)``; ``metrics`` holds ``loss``,
-    ``grad_norm`` (before clipping), ``update_norm`` and the entries of ``aux``.
+    ``grad_norm`` (before clipping), ``update_norm``, ``nonfinite`` (this step
+    was skipped), ``skipped`` and ``first_nonfinite`` (as in the new state) and
+    the entries of ``aux``.
 
   Raises:
     ValueError: if ``optimizer`` is not an optax transformation or
@@ -152,7 +206,10 @@ def make_train_step(
     >>> batch = {"x": jnp.ones((4, 5, 2)), "y": jnp.zeros(4)}
     >>> state, metrics = step(state, batch)
     >>> int(state.step), sorted(metrics)
-    (1, ['grad_norm', 'loss', 'update_norm'])
+    (1, ['first_nonfinite', 'grad_norm', 'loss', 'nonfinite', 'skipped', 'update_norm'])
+    >>> state, metrics = step(state, {"x": jnp.ones((4, 5, 2)), "y": jnp.full(4, jnp.nan)})
+    >>> int(state.step), bool(metrics["nonfinite"]), int(state.skipped), int(state.first_nonfinite)
+    (2, True, 1, 1)
   """
   _check_optimizer(optimizer)
   _check_max_grad_norm(max_grad_norm)
@@ -160,12 +217,9 @@ def make_train_step(
   def step(state: TrainState, batch: PyTree):
     out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(state.params, batch)
     loss, aux = out if has_aux else (out, None)
-    params, opt_state, grad_norm, update_norm = _clip_and_update(
-      optimizer, max_grad_norm, grads, state.opt_state, state.params
-    )
-    metrics = {"loss": loss, "grad_norm": grad_norm, "update_norm": update_norm}
+    state, metrics = _guarded_step(optimizer, max_grad_norm, state, loss, grads)
     metrics.update(_as_metrics(aux, "aux"))
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return state, metrics
 
   if jit:
     return jax.jit(step, donate_argnums=(0,) if donate else ())
@@ -277,8 +331,9 @@ def make_tbptt_step(
     jit: compile with `jax.jit`.
 
   Returns:
-    ``step(state, carry, stream)``; ``metrics`` holds ``loss``, ``grad_norm``
-    and ``update_norm``, each of shape ``(num_windows,)``.
+    ``step(state, carry, stream)``; ``metrics`` holds `make_train_step`'s
+    entries, each of shape ``(num_windows,)`` (each window's update is guarded
+    against non-finite values on its own).
 
   Raises:
     ValueError: a bad ``window``, ``optimizer`` or ``max_grad_norm``.
@@ -308,11 +363,9 @@ def make_tbptt_step(
     state, carry = state_carry
     carry = jax.lax.stop_gradient(carry)  # the gradient stops at the window's edge
     (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, carry, batch)
-    params, opt_state, grad_norm, update_norm = _clip_and_update(
-      optimizer, max_grad_norm, grads, state.opt_state, state.params
-    )
-    state = TrainState(state.step + 1, params, opt_state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "update_norm": update_norm}
+    state, metrics = _guarded_step(optimizer, max_grad_norm, state, loss, grads)
+    # a skipped window passes its incoming carry on, not a non-finite one
+    new_carry = jax.tree.map(lambda n, o: jnp.where(metrics["nonfinite"], o, n), new_carry, carry)
     return (state, jax.lax.stop_gradient(new_carry)), metrics
 
   def step(state: TrainState, carry: PyTree, stream: PyTree):

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -248,14 +249,16 @@ def test_truncated_files_raise_value_error(tmp_path):
   with pytest.raises(ValueError, match="record is not valid jaxrnn JSON"):
     checkpoint.restore(tmp_path / "b", params, model=cell)
 
-  # a flipped byte that still decodes is caught by the recorded SHA-256
+  # bytes that still decode but differ from what was written are caught by the written
+  # shard's SHA-256 (here the record's digest is altered instead of the data)
   checkpoint.save(tmp_path / "c", 1, params, model=cell)
   meta = checkpoint.read_metadata(tmp_path / "c")
+  assert meta["leaves"][0]["shards"][0]["index"] == [[0, 8], [0, 128]]
   meta_path = tmp_path / "c" / "1" / "meta" / "metadata"
   text = meta_path.read_text()
-  sha = meta["leaves"][0]["sha256"]
+  sha = meta["leaves"][0]["shards"][0]["sha256"]
   meta_path.write_text(text.replace(sha, sha[::-1]))
-  with pytest.raises(ValueError, match=r"\.w_ih does not match its recorded SHA-256"):
+  with pytest.raises(ValueError, match=r"\.w_ih shard \[0:8, 0:128\] does not match its recorded"):
     checkpoint.restore(tmp_path / "c", params, model=cell)
 
 
@@ -309,3 +312,40 @@ def test_kill_during_write_leaves_the_previous_checkpoint_intact(tmp_path):
   restored, info = checkpoint.restore(directory, params, model=cell)
   assert info["step"] == 2
   np.testing.assert_array_equal(restored.w_hh, params.w_hh + 1)
+
+
+def test_format_1_checkpoints_still_restore(tmp_path):
+  """Format 1 recorded one SHA-256 per array (``sha256``) instead of one per written shard."""
+  import json
+
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  checkpoint.save(tmp_path, 0, params, model=cell)
+  meta_path = tmp_path / "0" / "meta" / "metadata"
+  meta = json.loads(meta_path.read_text())
+  for rec in meta["leaves"]:
+    (shard,) = rec.pop("shards")  # one device: one shard, the whole array
+    rec["sha256"] = shard["sha256"]
+  meta["format_version"] = 1
+  meta_path.write_text(json.dumps(meta))
+  restored, info = checkpoint.restore(tmp_path, params, model=cell)
+  _assert_same(params, restored)
+  assert info["format_version"] == 1
+  rec = meta["leaves"][0]
+  meta_path.write_text(json.dumps(meta).replace(rec["sha256"], rec["sha256"][::-1]))
+  with pytest.raises(ValueError, match=re.escape(rec["path"]) + r" shard \[.*\] does not match"):
+    checkpoint.restore(tmp_path, params, model=cell)
+
+
+def test_processes_holding_different_values_are_refused():
+  """What `save` does with the shards all processes report: one copy of a region they all hold,
+  and an error when their copies differ (a state built from different seeds)."""
+  import json
+
+  records = [{"path": ".w"}]
+  same = [json.dumps([[0, [[0, 2]], "aa"]])] * 2
+  checkpoint._record_shards(records, same)
+  assert records[0]["shards"] == [{"index": [[0, 2]], "sha256": "aa"}]
+  differ = [json.dumps([[0, [[0, 2]], "aa"]]), json.dumps([[0, [[0, 2]], "bb"]])]
+  with pytest.raises(ValueError, match=r"state leaf \.w \[0:2\] differs between processes"):
+    checkpoint._record_shards([{"path": ".w"}], differ)

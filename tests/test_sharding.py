@@ -23,7 +23,11 @@ import jaxrnn
 from jaxrnn import sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+EIGHT_DEVICES = {
+  **os.environ,
+  "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+  "PYTHONPATH": ROOT,  # the workers import this checkout's jaxrnn, whatever is installed
+}
 
 
 def _run(args, timeout=300):
