@@ -63,11 +63,8 @@ def kind_of_params(params: object) -> CellKind | None:
 
 
 __all__ = [
-  "KINDS",
-  "TORCH",
   "CIFGLSTMParams",
   "Cell",
-  "CellKind",
   "ElmanParams",
   "GRUParams",
   "HiddenCarry",
@@ -82,13 +79,11 @@ __all__ = [
   "PeepholeLSTMParams",
   "SLSTMCarry",
   "SLSTMParams",
-  "TorchLayout",
   "cifg_lstm",
   "elman",
   "gru",
   "indrnn",
   "indrnn_constrain",
-  "kind_of_params",
   "layer_norm_gru",
   "layer_norm_lstm",
   "lstm",
@@ -98,3 +93,7 @@ __all__ = [
   "peephole_lstm",
   "slstm",
 ]
+CELLS = tuple(__all__)
+"""The cells, their params and carry types: the names `jaxrnn` re-exports (and lists)."""
+
+__all__ += ["KINDS", "TORCH", "CellKind", "TorchLayout", "kind_of_params"]  # the registry

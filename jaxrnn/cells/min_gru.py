@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -42,11 +41,6 @@ def coefficients(params: MinGRUParams, x: jax.Array, log_space: bool = False):
   return 1.0 - z, z * h_tilde
 
 
-def update(params: MinGRUParams, carry: HiddenCarry, x: jax.Array, log_space: bool = False):
-  """One minGRU step, ``(carry, y, None)``; the whole-sequence path uses `coefficients` too."""
-  return linear_scan.step(coefficients(params, x, log_space), carry, log_space)
-
-
 def min_gru(
   hidden_size: int,
   *,
@@ -76,8 +70,7 @@ def min_gru(
     hidden_size: H. The output size is H too (the paper's cell has no output projection).
     log_space: the paper's log-space form (the g activation, log-space scan).
     use_bias: whether ``b`` exists.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
@@ -98,9 +91,7 @@ def min_gru(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  return linear_scan.library_cell(
-    "min_gru", MinGRUParams, 2, functools.partial(update, log_space=log_space), coefficients, config
-  )
+  return linear_scan.library_cell(KIND, 2, coefficients, config)
 
 
 KIND = base.CellKind("min_gru", min_gru, MinGRUParams, HiddenCarry, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -44,11 +43,6 @@ def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False):
   return f / total, i / total * h_tilde
 
 
-def update(params: MinLSTMParams, carry: HiddenCarry, x: jax.Array, log_space: bool = False):
-  """One minLSTM step, ``(carry, y, None)``; the whole-sequence path uses `coefficients` too."""
-  return linear_scan.step(coefficients(params, x, log_space), carry, log_space)
-
-
 def min_lstm(
   hidden_size: int,
   *,
@@ -78,19 +72,13 @@ def min_lstm(
   softplus as in the paper's code. The plain scan (the default) is stable without it.
 
   Args:
-    hidden_size: H. The output size is H too (the paper's cell has no output projection).
-    log_space: the paper's log-space form (the g activation, log-space scan).
-    use_bias: whether ``b`` exists.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    hidden_size, log_space, use_bias, dtype, compute_dtype: as `jaxrnn.min_gru`'s.
 
   Returns:
-    A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
-    ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
-    ``torch.nn.Linear``'s default (the paper's code uses ``nn.Linear``).
+    A `Cell` with `jaxrnn.min_gru`'s carry, output and initialisation (three gate blocks).
 
   Raises:
-    ValueError: for a non-positive size or a non-bool flag.
+    ValueError: as `jaxrnn.min_gru`.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
@@ -103,14 +91,7 @@ def min_lstm(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  return linear_scan.library_cell(
-    "min_lstm",
-    MinLSTMParams,
-    3,
-    functools.partial(update, log_space=log_space),
-    coefficients,
-    config,
-  )
+  return linear_scan.library_cell(KIND, 3, coefficients, config)
 
 
 KIND = base.CellKind("min_lstm", min_lstm, MinLSTMParams, HiddenCarry, None)
