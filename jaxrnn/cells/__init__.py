@@ -2,7 +2,8 @@
 
 A cell module declares a `CellKind` (its name, factory, params and carry types and,
 where PyTorch has the cell, its `TorchLayout`); `KINDS` collects them. Adding a cell
-is one module in this package, its tests, and its line in `_MODULES` below.
+is one module in this package (built on `jaxrnn.cells.factory`), its tests, its line in
+`_MODULES` and its names in `__all__` below, the one list `jaxrnn` re-exports (`CELLS`).
 """
 
 from jaxrnn.cells import cifg_lstm as _cifg_lstm
