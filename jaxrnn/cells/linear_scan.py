@@ -41,6 +41,14 @@ from jaxrnn.cells.base import HiddenCarry
 
 # coefficients(params, x) -> (a, b), or (log a, log b) in log space, each (..., H).
 Coefficients = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+"""``coefficients(params, x, log_space=False) -> (a, b)``, the cell's math: ``a`` and ``b``
+of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; ``(log a, log b)`` in log space."""
+
+HIDDEN_SIZE = property(
+  lambda params: params.w_ih.shape[-1] // dict(params.gate_columns)["w_ih"],
+  doc="H: the columns of ``w_ih`` over its gate blocks (its ``gate_columns``).",
+)
+"""For a linear cell's params NamedTuple: ``hidden_size = linear_scan.HIDDEN_SIZE``."""
 
 
 def g(x: jax.Array) -> jax.Array:
@@ -58,8 +66,10 @@ def initial_carry(params: Any, batch: tuple[int, ...]) -> HiddenCarry:
   return HiddenCarry(jnp.zeros(batch + (params.hidden_size,), params.w_ih.dtype))
 
 
-def library_cell(kind, blocks, coefficients, config) -> base.Cell:
+def library_cell(kind, coefficients, config) -> base.Cell:
   """A minGRU-style cell: params ``(w_ih (I, blocks * H), b)``, the step and this sequence.
+
+  ``blocks`` is what the params type declares for ``w_ih`` in its ``gate_columns``.
 
   ``coefficients(params, x, log_space)`` is the cell's math, with the config's
   ``log_space``: the step is `step` of it, the sequence `sequence` of it.
@@ -69,6 +79,7 @@ def library_cell(kind, blocks, coefficients, config) -> base.Cell:
   ``use_bias``, ``log_space``, ``dtype``...).
   """
   H, dtype, log_space = config["hidden_size"], config["dtype"], config["log_space"]
+  blocks = dict(kind.params.gate_columns)["w_ih"]
   coefficients = functools.partial(coefficients, log_space=log_space)
 
   def update(params, carry, x):

@@ -22,18 +22,14 @@ class MinGRUParams(NamedTuple):
   w_ih: jax.Array
   b: jax.Array | None = None
 
-  gate_columns = (("w_ih", 2), ("b", 2))  # sharding's model axis
+  gate_columns = (("w_ih", 2), ("b", 2))  # the gate blocks (and sharding's model axis)
 
   input_size = base.INPUT_SIZE
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_ih.shape[-1] // 2
+  hidden_size = linear_scan.HIDDEN_SIZE
 
 
 def coefficients(params: MinGRUParams, x: jax.Array, log_space: bool = False):
-  """``(a, b)`` of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; in log space
-  ``(log a, log b)``: ``a = 1 - z``, ``b = z h~`` (``z g(h~)`` in log space)."""
+  """The `linear_scan.Coefficients`: ``a = 1 - z``, ``b = z h~`` (``z g(h~)`` in log space)."""
   k, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 2, axis=-1)
   if log_space:  # log(1 - z) = -softplus(k), log z = -softplus(-k)
     return -jax.nn.softplus(k), -jax.nn.softplus(-k) + linear_scan.log_g(h_tilde)
@@ -91,7 +87,7 @@ def min_gru(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  return linear_scan.library_cell(KIND, 2, coefficients, config)
+  return linear_scan.library_cell(KIND, coefficients, config)
 
 
 KIND = base.CellKind("min_gru", min_gru, MinGRUParams, HiddenCarry, None)

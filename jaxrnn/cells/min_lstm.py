@@ -22,18 +22,15 @@ class MinLSTMParams(NamedTuple):
   w_ih: jax.Array
   b: jax.Array | None = None
 
-  gate_columns = (("w_ih", 3), ("b", 3))  # sharding's model axis
+  gate_columns = (("w_ih", 3), ("b", 3))  # the gate blocks (and sharding's model axis)
 
   input_size = base.INPUT_SIZE
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_ih.shape[-1] // 3
+  hidden_size = linear_scan.HIDDEN_SIZE
 
 
 def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False):
-  """``(a, b)`` of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; in log space
-  ``(log a, log b)``: ``a = f / (f + i)``, ``b = i / (f + i) * h~`` (``g(h~)`` in log space)."""
+  """The `linear_scan.Coefficients`: ``a = f / (f + i)``, ``b = i / (f + i) * h~``
+  (``g(h~)`` in log space)."""
   k_f, k_i, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 3, axis=-1)
   if log_space:  # d = log i - log f; log f' = -softplus(d), log i' = -softplus(-d)
     d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
@@ -91,7 +88,7 @@ def min_lstm(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  return linear_scan.library_cell(KIND, 3, coefficients, config)
+  return linear_scan.library_cell(KIND, coefficients, config)
 
 
 KIND = base.CellKind("min_lstm", min_lstm, MinLSTMParams, HiddenCarry, None)
