@@ -1,40 +1,11 @@
 """jaxrnn: pure-functional recurrent networks for JAX."""
 
 from jaxrnn import (
+  cells,  # a subpackage: the cells and their registry (jaxrnn.cells.KINDS)
   export,  # a submodule: jaxrnn.export.save / load
   loop,  # a submodule: jaxrnn.loop.fit
 )
-from jaxrnn.cells import (
-  Cell,
-  CIFGLSTMParams,
-  ElmanParams,
-  GRUParams,
-  HiddenCarry,
-  IndRNNParams,
-  LayerNormGRUParams,
-  LayerNormLSTMParams,
-  LSTMCarry,
-  LSTMParams,
-  MGUParams,
-  MinGRUParams,
-  MinLSTMParams,
-  PeepholeLSTMParams,
-  SLSTMCarry,
-  SLSTMParams,
-  cifg_lstm,
-  elman,
-  gru,
-  indrnn,
-  indrnn_constrain,
-  layer_norm_gru,
-  layer_norm_lstm,
-  lstm,
-  mgu,
-  min_gru,
-  min_lstm,
-  peephole_lstm,
-  slstm,
-)
+from jaxrnn.cells import *  # noqa: F403  (the names in jaxrnn.cells.CELLS are public here)
 from jaxrnn.interop import carry_from_torch, carry_to_torch, from_torch, to_torch
 from jaxrnn.layers import (
   BidirectionalCarry,
@@ -52,47 +23,20 @@ from jaxrnn.version import __version__ as __version__
 __all__ = [
   "BidirectionalCarry",
   "BidirectionalParams",
-  "CIFGLSTMParams",
-  "Cell",
-  "ElmanParams",
-  "GRUParams",
-  "HiddenCarry",
-  "IndRNNParams",
-  "LSTMCarry",
-  "LSTMParams",
-  "LayerNormGRUParams",
-  "LayerNormLSTMParams",
-  "MGUParams",
-  "MinGRUParams",
-  "MinLSTMParams",
-  "PeepholeLSTMParams",
-  "SLSTMCarry",
-  "SLSTMParams",
   "SequenceModel",
   "Stream",
   "bidirectional",
   "carry_from_torch",
   "carry_to_torch",
-  "cifg_lstm",
-  "elman",
   "export",
   "from_torch",
-  "gru",
-  "indrnn",
-  "indrnn_constrain",
-  "layer_norm_gru",
-  "layer_norm_lstm",
   "loop",
-  "lstm",
-  "mgu",
-  "min_gru",
-  "min_lstm",
-  "peephole_lstm",
   "recurrent",
   "rnn_layers",
   "scan",
-  "slstm",
   "stack",
   "stream",
   "to_torch",
 ]
+__all__ += cells.CELLS  # the cells, their params and carry types (one list, in jaxrnn.cells)
+__all__.sort()

@@ -394,9 +394,7 @@ def rnn_layers(
     bidirectional: each layer is a forward and a reverse pass, concatenated.
     dropout_rate: dropout between layers (see `stack`).
     time_major: ``xs`` is ``(T, *batch, I)`` (PyTorch's ``batch_first=False``).
-    unroll: passed to `jaxrnn.scan` (None: the backend's measured default).
-    remat: passed to `jaxrnn.scan` (gradient checkpointing for long sequences).
-    impl: passed to `jaxrnn.scan`: ``"auto"``, ``"step"`` or ``"fused"``.
+    unroll, remat, impl: passed to `jaxrnn.scan`, as `recurrent`'s.
     input_dropout, recurrent_dropout, weight_drop, zoneout: every layer's regularizers
       (see `recurrent` and `jaxrnn.regularizers`); each layer and direction draws its own
       masks from its share of ``apply``'s key.

@@ -2,7 +2,8 @@
 
 A cell module declares a `CellKind` (its name, factory, params and carry types and,
 where PyTorch has the cell, its `TorchLayout`); `KINDS` collects them. Adding a cell
-is one module in this package, its tests, and its line in `_MODULES` below.
+is one module in this package (built on `jaxrnn.cells.factory`), its tests, its line in
+`_MODULES` and its names in `__all__` below, the one list `jaxrnn` re-exports (`CELLS`).
 """
 
 from jaxrnn.cells import cifg_lstm as _cifg_lstm
@@ -63,11 +64,8 @@ def kind_of_params(params: object) -> CellKind | None:
 
 
 __all__ = [
-  "KINDS",
-  "TORCH",
   "CIFGLSTMParams",
   "Cell",
-  "CellKind",
   "ElmanParams",
   "GRUParams",
   "HiddenCarry",
@@ -82,13 +80,11 @@ __all__ = [
   "PeepholeLSTMParams",
   "SLSTMCarry",
   "SLSTMParams",
-  "TorchLayout",
   "cifg_lstm",
   "elman",
   "gru",
   "indrnn",
   "indrnn_constrain",
-  "kind_of_params",
   "layer_norm_gru",
   "layer_norm_lstm",
   "lstm",
@@ -98,3 +94,7 @@ __all__ = [
   "peephole_lstm",
   "slstm",
 ]
+CELLS = tuple(__all__)
+"""The cells, their params and carry types: the names `jaxrnn` re-exports (and lists)."""
+
+__all__ += ["KINDS", "TORCH", "CellKind", "TorchLayout", "kind_of_params"]  # the registry

@@ -214,11 +214,6 @@ class HiddenCarry(NamedTuple):
   h: Array
 
 
-def hidden_carry(params: Any, batch: tuple[int, ...]) -> HiddenCarry:
-  """Zeros ``(*batch, H)`` in the params' dtype, ``H`` the rows of ``params.w_hh``."""
-  return HiddenCarry(jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype))
-
-
 RECURRENT_INITS = ("uniform", "orthogonal", "identity")
 
 
@@ -302,6 +297,17 @@ def check_step_input(
     )
 
 
+def check_shapes(cell_name: str, params: Any, carry: Any, x: Array) -> None:
+  """The shape checks of a step whose carry fields are all ``(*batch, params.hidden_size)``."""
+  check_step_input(cell_name, x, params.input_size, carry.h, params.hidden_size)
+  for field in carry._fields[1:]:
+    leaf = getattr(carry, field)
+    if leaf.shape != carry.h.shape:
+      raise ValueError(
+        f"{cell_name}.step: carry.{field} has shape {leaf.shape}; expected {carry.h.shape} (as h)."
+      )
+
+
 def as_batch_shape(batch_shape: Any) -> tuple[int, ...]:
   if isinstance(batch_shape, int):
     batch_shape = (batch_shape,)
@@ -352,51 +358,3 @@ def cast_to_compute(
 def like(new: Any, old: Any) -> Any:
   """``new`` cast leaf by leaf to the dtypes of ``old`` (the carry keeps its dtype)."""
   return jax.tree.map(lambda n, o: n if n.dtype == o.dtype else n.astype(o.dtype), new, old)
-
-
-def library_cell(
-  name: str,
-  *,
-  init: Callable[..., Any],
-  initial_carry: Callable[..., Any],
-  update: Callable[..., Any],
-  check: Callable[[Any, Any, Array], None],
-  params_type: type,
-  sequence: Callable[..., Any] | None,
-  config: dict[str, Any],
-  masks_product: bool = False,
-) -> Cell:
-  """A built-in cell from its parts: the step is ``update`` behind the shared checks and policy.
-
-  The step checks the params type, runs ``check(params, carry, x)`` (the cell's
-  shape checks), casts to the compute dtype (`cast_to_compute`), calls ``update``
-  (the same function the cell's ``sequence`` kernel loops over) and returns the
-  carry in its own dtype. ``config`` must hold every factory argument; ``dtype``
-  and ``compute_dtype`` are stored by name. With ``masks_product``, ``update`` takes
-  ``h_mask`` as a fourth argument and the cell gets the ``masked_step`` built on it.
-  """
-  compute_dtype = config.get("compute_dtype")
-
-  def masked_step(params, carry, x, *h_mask):
-    check_params(name, params, params_type)
-    x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
-    check(params, carry, x)
-    p, c, x = cast_to_compute(name, params, carry, x, compute_dtype)
-    h_mask = tuple(m.astype(x.dtype) for m in h_mask)
-    new, y, _ = update(p, c, x, *h_mask)
-    return like(new, carry), y
-
-  def step(params, carry, x):
-    return masked_step(params, carry, x)
-
-  def checked_initial_carry(params, batch_shape=()):
-    check_params(name, params, params_type, "initial_carry")
-    return initial_carry(params, as_batch_shape(batch_shape))
-
-  masked = masked_step if masks_product else None
-  if sequence is not None:
-    sequence = kernel.with_policy(sequence, compute_dtype, step, masked)
-  config = dict(config, dtype=dtype_name(config["dtype"]))
-  config["compute_dtype"] = dtype_name(compute_dtype)
-  config = tuple(sorted(config.items()))
-  return Cell.library(init, checked_initial_carry, step, name, config, sequence, masked)

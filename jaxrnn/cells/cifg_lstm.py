@@ -7,9 +7,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 from jaxrnn.cells.lstm import LSTMCarry
-from jaxrnn.cells.peephole_lstm import block_gates, check_lstm_step, lstm_carry
+from jaxrnn.cells.peephole_lstm import block_gates
 
 
 class CIFGLSTMParams(NamedTuple):
@@ -77,12 +77,9 @@ def cifg_lstm(
     hidden_size: H, the cell state size.
     forget_bias: subtracted from ``b[0:H]`` at init (see above); needs ``use_bias``
       to have an effect.
-    use_bias: whether ``b`` exists.
-    recurrent_init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H))),
-      ``"orthogonal"`` or ``"identity"`` (per gate block; these start the bias
-      at zero, minus ``forget_bias`` on the input gate).
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    use_bias, recurrent_init: as every cell's (`jaxrnn.cells.factory`); the
+      non-uniform inits start ``b`` at zero, minus ``forget_bias`` on the input gate.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `LSTMCarry(h, c)`, both ``(*batch, H)``; the output is ``h``.
@@ -92,48 +89,26 @@ def cifg_lstm(
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
-    >>> cell = jaxrnn.cifg_lstm(hidden_size=4)
+    >>> cell = jaxrnn.cifg_lstm(hidden_size=4, forget_bias=2.0, recurrent_init="orthogonal")
     >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> params.b[:4]  # the input gate's slice: minus the forget bias, so f starts at sigmoid(2)
+    Array([-2., -2., -2., -2.], dtype=float32)
     >>> params.w_ih.shape, params.w_hh.shape, params.b.shape
     ((3, 12), (4, 12), (12,))
     >>> carry, y = cell.step(params, cell.initial_carry(params, (5,)), jnp.ones((5, 3)))
     >>> carry.c.shape, y.shape
     ((5, 4), (5, 4))
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
-  base.check_recurrent_init(recurrent_init)
-  scale = base.hidden_scale(hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   H = hidden_size
 
   def init(key, input_size):
-    base.check_input_size(input_size)
-    k_ih, k_hh, k_b = jax.random.split(key, 3)
-    w_ih = base.uniform(k_ih, (input_size, 3 * H), scale, dtype)
-    w_hh = base.recurrent_matrix(k_hh, recurrent_init, H, H, 3, scale, dtype)
-    b = None
-    if use_bias:
-      if recurrent_init == "uniform":
-        b = base.uniform(k_b, (3 * H,), scale, dtype)
-      else:
-        b = jnp.zeros((3 * H,), dtype)
+    w_ih, w_hh, b = factory.gate_weights(config, 3, jax.random.split(key, 3), input_size)
+    if b is not None:
       b = b.at[:H].add(-forget_bias)  # f = sigmoid(-z_i): the forget bias, in init only
     return CIFGLSTMParams(w_ih, w_hh, b)
 
-  return base.library_cell(
-    "cifg_lstm",
-    init=init,
-    initial_carry=lstm_carry,
-    update=update,
-    check=_check_step,
-    params_type=CIFGLSTMParams,
-    sequence=None,
-    config=config,  # every argument of the factory, as called
-  )
-
-
-def _check_step(params: CIFGLSTMParams, carry: LSTMCarry, x: jax.Array) -> None:
-  check_lstm_step("cifg_lstm", params, carry, x)
+  return factory.library_cell(KIND, init=init, update=update, config=config)
 
 
 KIND = base.CellKind("cifg_lstm", cifg_lstm, CIFGLSTMParams, LSTMCarry, None)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells import base, factory, kernel, torch_layout
 from jaxrnn.cells.base import HiddenCarry
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -173,12 +173,9 @@ def elman(
     activation: ``"tanh"`` or ``"relu"``.
     output_size: size of the optional linear readout; None means ``y = h``.
     use_bias: whether ``b`` (and ``b_out``) exist; PyTorch's ``bias=False``.
-    recurrent_init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H))),
-      ``"orthogonal"`` or ``"identity"`` (IRNN: identity ``w_hh``, zero bias,
-      N(0, 0.001^2) input weights, Le et al. 2015).
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
-      Floating inputs are cast to it; the carry is cast back to its own dtype.
+    recurrent_init: as every cell's (`jaxrnn.cells.factory`); ``"identity"`` is the
+      IRNN (identity ``w_hh``, zero bias, N(0, 0.001^2) input weights, Le et al. 2015).
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` of shape ``(*batch, H)``.
@@ -195,12 +192,10 @@ def elman(
     >>> carry.h.shape, y.shape
     ((5, 4), (5, 2))
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   base.check_positive("output_size", output_size, allow_none=True)
   if activation not in ACTIVATIONS:
     raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}.")
-  base.check_recurrent_init(recurrent_init)
   scale = base.hidden_scale(hidden_size)
 
   def init(key, input_size):
@@ -213,8 +208,7 @@ def elman(
     w_hh = base.recurrent_matrix(k_hh, recurrent_init, hidden_size, hidden_size, 1, scale, dtype)
     b = None
     if use_bias:
-      uniform = recurrent_init == "uniform"
-      b = base.uniform(k_b, (hidden_size,), scale, dtype) if uniform else jnp.zeros_like(w_hh[0])
+      b = factory.uniform_or_zeros(config, k_b, (hidden_size,))
     w_out = b_out = None
     if output_size is not None:
       w_out = base.uniform(k_out, (hidden_size, output_size), scale, dtype)
@@ -225,20 +219,13 @@ def elman(
     carry, h, _ = update(params, carry, x, activation=activation)
     return carry, readout(params, h), None
 
-  return base.library_cell(
-    "elman",
+  return factory.library_cell(
+    KIND,
     init=init,
-    initial_carry=base.hidden_carry,
     update=cell_update,
-    check=_check_step,
-    params_type=ElmanParams,
     sequence=_marked(functools.partial(sequence, activation=activation)),
     config=config,  # every argument of the factory, as called
   )
-
-
-def _check_step(params: ElmanParams, carry: HiddenCarry, x: jax.Array) -> None:
-  base.check_step_input("elman", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
 
 
 # ------------------------------------------------------------------ PyTorch's layout

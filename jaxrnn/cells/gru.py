@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells import base, factory, kernel, torch_layout
 from jaxrnn.cells.base import HiddenCarry
 
 
@@ -108,13 +108,9 @@ def gru(
       h' = (1 - z) * n + z * h
 
   Args:
-    hidden_size: H.
+    hidden_size, recurrent_init: as every cell's (`jaxrnn.cells.factory`).
     use_bias: whether ``b`` and ``b_hn`` exist; PyTorch's ``bias=False``.
-    recurrent_init: ``"uniform"`` (PyTorch's), ``"orthogonal"`` or ``"identity"``
-      (per gate; the non-uniform ones start the biases at zero).
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
-      Floating inputs are cast to it; the carry is cast back to its own dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
@@ -130,41 +126,23 @@ def gru(
     >>> y.shape
     (5, 4)
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
-  base.check_recurrent_init(recurrent_init)
-  scale = base.hidden_scale(hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   H = hidden_size
 
   def init(key, input_size):
-    base.check_input_size(input_size)
     k_ih, k_hh, k_b, k_bhn = jax.random.split(key, 4)
-    w_ih = base.uniform(k_ih, (input_size, 3 * H), scale, dtype)
-    w_hh = base.recurrent_matrix(k_hh, recurrent_init, H, H, 3, scale, dtype)
-    b = b_hn = None
-    if use_bias:
-      if recurrent_init == "uniform":
-        b = base.uniform(k_b, (3 * H,), scale, dtype)
-        b_hn = base.uniform(k_bhn, (H,), scale, dtype)
-      else:
-        b, b_hn = jnp.zeros((3 * H,), dtype), jnp.zeros((H,), dtype)
+    w_ih, w_hh, b = factory.gate_weights(config, 3, (k_ih, k_hh, k_b), input_size)
+    b_hn = factory.uniform_or_zeros(config, k_bhn, (H,)) if use_bias else None
     return GRUParams(w_ih, w_hh, b, b_hn)
 
-  return base.library_cell(
-    "gru",
+  return factory.library_cell(
+    KIND,
     init=init,
-    initial_carry=base.hidden_carry,
     update=update,
-    check=_check_step,
-    params_type=GRUParams,
     sequence=sequence,
     masks_product=True,  # h also enters z * h
     config=config,  # every argument of the factory, as called
   )
-
-
-def _check_step(params: GRUParams, carry: HiddenCarry, x: jax.Array) -> None:
-  base.check_step_input("gru", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
 
 
 # ------------------------------------------------------------------ PyTorch's layout

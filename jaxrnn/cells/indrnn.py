@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 from jaxrnn.cells.base import HiddenCarry
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
@@ -118,8 +118,7 @@ def indrnn(
     activation: ``"relu"`` (the paper's) or ``"tanh"``.
     recurrent_max: None (no bound) or the positive bound on ``|u|``.
     use_bias: whether ``b`` exists.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
@@ -138,8 +137,7 @@ def indrnn(
     >>> y.shape
     (5, 4)
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   if activation not in ACTIVATIONS:
     raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}.")
   if recurrent_max is not None and (
@@ -159,24 +157,8 @@ def indrnn(
     w_hh = jax.random.uniform(k_hh, (H,), dtype, 0.0, u_high)
     return IndRNNParams(w_ih, w_hh, jnp.zeros((H,), dtype) if use_bias else None)
 
-  return base.library_cell(
-    "indrnn",
-    init=init,
-    initial_carry=_initial_carry,
-    update=functools.partial(update, activation=activation, recurrent_max=recurrent_max),
-    check=_check_step,
-    params_type=IndRNNParams,
-    sequence=None,
-    config=config,  # every argument of the factory, as called
-  )
-
-
-def _initial_carry(params: IndRNNParams, batch: tuple[int, ...]) -> HiddenCarry:
-  return HiddenCarry(jnp.zeros(batch + params.w_hh.shape[-1:], params.w_hh.dtype))
-
-
-def _check_step(params: IndRNNParams, carry: HiddenCarry, x: jax.Array) -> None:
-  base.check_step_input("indrnn", x, params.w_ih.shape[-2], carry.h, params.w_hh.shape[-1])
+  step_math = functools.partial(update, activation=activation, recurrent_max=recurrent_max)
+  return factory.library_cell(KIND, init=init, update=step_math, config=config)
 
 
 KIND = base.CellKind("indrnn", indrnn, IndRNNParams, HiddenCarry, None)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 from jaxrnn.cells.base import HiddenCarry
 from jaxrnn.cells.layer_norm_lstm import check_bool, check_epsilon, layer_norm
 
@@ -107,8 +107,7 @@ def layer_norm_gru(
     hidden_size: H.
     per_gate: normalize each gate's H columns separately (TensorFlow's variant).
     epsilon: added to the variance in every normalization.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
       The normalization statistics are taken in at least float32.
 
   Returns:
@@ -125,8 +124,7 @@ def layer_norm_gru(
     >>> y.shape, params.ln_hh_gain.shape
     ((5, 4), (12,))
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   check_bool("per_gate", per_gate)
   check_epsilon(epsilon)
   scale = base.hidden_scale(hidden_size)
@@ -145,21 +143,13 @@ def layer_norm_gru(
       ln_hh_bias=zeros,
     )
 
-  return base.library_cell(
-    "layer_norm_gru",
+  return factory.library_cell(
+    KIND,
     init=init,
-    initial_carry=base.hidden_carry,
     update=functools.partial(update, per_gate=per_gate, epsilon=epsilon),
-    check=_check_step,
-    params_type=LayerNormGRUParams,
-    sequence=None,
     masks_product=True,  # h also enters z * h
     config=config,  # every argument of the factory, as called
   )
-
-
-def _check_step(params: LayerNormGRUParams, carry: HiddenCarry, x: jax.Array) -> None:
-  base.check_step_input("layer_norm_gru", x, params.w_ih.shape[0], carry.h, params.w_hh.shape[0])
 
 
 KIND = base.CellKind("layer_norm_gru", layer_norm_gru, LayerNormGRUParams, HiddenCarry, None)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 from jaxrnn.cells.lstm import LSTMCarry, gates
 
 
@@ -144,8 +144,7 @@ def layer_norm_lstm(
     per_gate: normalize each gate's H columns separately.
     use_bias: whether ``b`` exists (the layer norms keep their own biases).
     epsilon: added to the variance in every normalization.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
       The normalization statistics are taken in at least float32.
 
   Returns:
@@ -165,8 +164,7 @@ def layer_norm_lstm(
     >>> carry.h.shape, carry.c.shape, y.shape
     ((5, 4), (5, 4), (5, 4))
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   check_bool("per_gate", per_gate)
   check_bool("use_bias", use_bias)
   check_epsilon(epsilon)
@@ -194,29 +192,8 @@ def layer_norm_lstm(
       ln_c_bias=jnp.zeros((H,), dtype),
     )
 
-  def initial_carry(params, batch):
-    h = jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype)
-    return LSTMCarry(h, h)
-
-  return base.library_cell(
-    "layer_norm_lstm",
-    init=init,
-    initial_carry=initial_carry,
-    update=functools.partial(update, per_gate=per_gate, epsilon=epsilon),
-    check=_check_step,
-    params_type=LayerNormLSTMParams,
-    sequence=None,
-    config=config,  # every argument of the factory, as called
-  )
-
-
-def _check_step(params: LayerNormLSTMParams, carry: LSTMCarry, x: jax.Array) -> None:
-  h_size = params.w_hh.shape[-2]
-  base.check_step_input("layer_norm_lstm", x, params.w_ih.shape[0], carry.h, h_size)
-  if carry.c.shape != carry.h.shape:
-    raise ValueError(
-      f"layer_norm_lstm.step: carry.c has shape {carry.c.shape}; expected {carry.h.shape}."
-    )
+  step_math = functools.partial(update, per_gate=per_gate, epsilon=epsilon)
+  return factory.library_cell(KIND, init=init, update=step_math, config=config)
 
 
 KIND = base.CellKind("layer_norm_lstm", layer_norm_lstm, LayerNormLSTMParams, LSTMCarry, None)

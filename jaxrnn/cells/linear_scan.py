@@ -36,11 +36,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 from jaxrnn.cells.base import HiddenCarry
 
 # coefficients(params, x) -> (a, b), or (log a, log b) in log space, each (..., H).
 Coefficients = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+"""``coefficients(params, x, log_space=False) -> (a, b)``, the cell's math: ``a`` and ``b``
+of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; ``(log a, log b)`` in log space."""
+
+HIDDEN_SIZE = property(
+  lambda params: params.w_ih.shape[-1] // dict(params.gate_columns)["w_ih"],
+  doc="H: the columns of ``w_ih`` over its gate blocks (its ``gate_columns``).",
+)
+"""For a linear cell's params NamedTuple: ``hidden_size = linear_scan.HIDDEN_SIZE``."""
 
 
 def g(x: jax.Array) -> jax.Array:
@@ -58,30 +66,38 @@ def initial_carry(params: Any, batch: tuple[int, ...]) -> HiddenCarry:
   return HiddenCarry(jnp.zeros(batch + (params.hidden_size,), params.w_ih.dtype))
 
 
-def library_cell(name, params_type, blocks, update, coefficients, config) -> base.Cell:
+def library_cell(kind, coefficients, config) -> base.Cell:
   """A minGRU-style cell: params ``(w_ih (I, blocks * H), b)``, the step and this sequence.
+
+  ``blocks`` is what the params type declares for ``w_ih`` in its ``gate_columns``.
+
+  ``coefficients(params, x, log_space)`` is the cell's math, with the config's
+  ``log_space``: the step is `step` of it, the sequence `sequence` of it.
 
   ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
   ``torch.nn.Linear``'s default; ``config`` holds every factory argument (``hidden_size``,
   ``use_bias``, ``log_space``, ``dtype``...).
   """
   H, dtype, log_space = config["hidden_size"], config["dtype"], config["log_space"]
+  blocks = dict(kind.params.gate_columns)["w_ih"]
+  coefficients = functools.partial(coefficients, log_space=log_space)
+
+  def update(params, carry, x):
+    return step(coefficients(params, x), carry, log_space)
 
   def init(key, input_size):
     base.check_input_size(input_size)
     k_w, k_b = jax.random.split(key)
     scale = base.hidden_scale(input_size)
     b = base.uniform(k_b, (blocks * H,), scale, dtype) if config["use_bias"] else None
-    return params_type(base.uniform(k_w, (input_size, blocks * H), scale, dtype), b)
+    return kind.params(base.uniform(k_w, (input_size, blocks * H), scale, dtype), b)
 
-  return base.library_cell(
-    name,
+  return factory.library_cell(
+    kind,
     init=init,
     initial_carry=initial_carry,
     update=update,
-    check=functools.partial(check_step, name),
-    params_type=params_type,
-    sequence=sequence(functools.partial(coefficients, log_space=log_space), log_space),
+    sequence=sequence(coefficients, log_space),
     config=config,  # every argument of the factory, as called
   )
 
@@ -91,11 +107,6 @@ def check_flags(**flags: Any) -> None:
   for name, value in flags.items():
     if not isinstance(value, bool):
       raise ValueError(f"{name}={value!r}: expected a bool.")
-
-
-def check_step(name: str, params: Any, carry: HiddenCarry, x: jax.Array) -> None:
-  """The step's shape checks against the params' ``input_size`` and ``hidden_size``."""
-  base.check_step_input(name, x, params.input_size, carry.h, params.hidden_size)
 
 
 def step(coefficients: tuple[jax.Array, jax.Array], carry: HiddenCarry, log_space: bool):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells import base, factory, kernel, torch_layout
 
 
 class LSTMCarry(NamedTuple):
@@ -156,12 +156,9 @@ def lstm(
       et al. 2015 recommend 1.0). Use 0.0 for PyTorch's initial distribution.
     proj_size: P, if given, ``h`` is projected to P features (Sak et al. 2014).
     use_bias: whether ``b`` exists; PyTorch's ``bias=False``.
-    recurrent_init: ``"uniform"`` (PyTorch's), ``"orthogonal"`` (per gate)
-      or ``"identity"`` (per gate; needs no projection). The non-uniform ones
-      start the bias at zero (plus ``forget_bias``).
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
-      Floating inputs are cast to it; the carry is cast back to its own dtype.
+    recurrent_init: as every cell's (`jaxrnn.cells.factory`); ``"identity"`` needs
+      no projection.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `LSTMCarry(h, c)`: ``h`` ``(*batch, P or H)``,
@@ -182,27 +179,18 @@ def lstm(
     >>> carry.h.shape, carry.c.shape, y.shape
     ((5, 4), (5, 4), (5, 4))
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   base.check_positive("proj_size", proj_size, allow_none=True)
   if proj_size is not None and proj_size >= hidden_size:
     raise ValueError(f"proj_size={proj_size} must be smaller than hidden_size={hidden_size}.")
-  base.check_recurrent_init(recurrent_init)
   scale = base.hidden_scale(hidden_size)
   H = hidden_size
   P = hidden_size if proj_size is None else proj_size
 
   def init(key, input_size):
-    base.check_input_size(input_size)
     k_ih, k_hh, k_b, k_proj = jax.random.split(key, 4)
-    w_ih = base.uniform(k_ih, (input_size, 4 * H), scale, dtype)
-    w_hh = base.recurrent_matrix(k_hh, recurrent_init, P, H, 4, scale, dtype)
-    b = None
-    if use_bias:
-      if recurrent_init == "uniform":
-        b = base.uniform(k_b, (4 * H,), scale, dtype)
-      else:
-        b = jnp.zeros((4 * H,), dtype)
+    w_ih, w_hh, b = factory.gate_weights(config, 4, (k_ih, k_hh, k_b), input_size, rows=P)
+    if b is not None:
       b = b.at[H : 2 * H].add(forget_bias)  # the forget bias, in init and nowhere else
     w_proj = None if proj_size is None else base.uniform(k_proj, (H, P), scale, dtype)
     return LSTMParams(w_ih, w_hh, b, w_proj)
@@ -212,13 +200,12 @@ def lstm(
     dt = params.w_hh.dtype
     return LSTMCarry(jnp.zeros(batch + (p,), dt), jnp.zeros(batch + (four_h // 4,), dt))
 
-  return base.library_cell(
-    "lstm",
+  return factory.library_cell(
+    KIND,
     init=init,
     initial_carry=initial_carry,
     update=update,
     check=_check_step,
-    params_type=LSTMParams,
     sequence=sequence,
     config=config,  # every argument of the factory, as called
   )

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 from jaxrnn.cells.base import HiddenCarry
 
 
@@ -85,8 +85,7 @@ def mgu(
     hidden_size: H.
     forget_bias: added to ``b[0:H]`` at init; 1.0 is flax's ``ones_init``.
     use_bias: whether ``b`` and ``b_hn`` exist (flax always has them).
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
@@ -104,8 +103,7 @@ def mgu(
     >>> y.shape
     (5, 4)
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   H = hidden_size
 
   def init(key, input_size):
@@ -119,21 +117,8 @@ def mgu(
       b_hn = jnp.zeros((H,), dtype)
     return MGUParams(w_ih, w_hh, b, b_hn)
 
-  return base.library_cell(
-    "mgu",
-    init=init,
-    initial_carry=base.hidden_carry,
-    update=update,
-    check=_check_step,
-    params_type=MGUParams,
-    sequence=None,
-    masks_product=True,  # h also enters f * h
-    config=config,  # every argument of the factory, as called
-  )
-
-
-def _check_step(params: MGUParams, carry: HiddenCarry, x: jax.Array) -> None:
-  base.check_step_input("mgu", x, params.w_ih.shape[-2], carry.h, params.w_hh.shape[-2])
+  # masks_product: recurrent dropout masks h in the product only; h also enters f * h
+  return factory.library_cell(KIND, init=init, update=update, masks_product=True, config=config)
 
 
 KIND = base.CellKind("mgu", mgu, MGUParams, HiddenCarry, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -23,28 +22,19 @@ class MinGRUParams(NamedTuple):
   w_ih: jax.Array
   b: jax.Array | None = None
 
-  gate_columns = (("w_ih", 2), ("b", 2))  # sharding's model axis
+  gate_columns = (("w_ih", 2), ("b", 2))  # the gate blocks (and sharding's model axis)
 
   input_size = base.INPUT_SIZE
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_ih.shape[-1] // 2
+  hidden_size = linear_scan.HIDDEN_SIZE
 
 
 def coefficients(params: MinGRUParams, x: jax.Array, log_space: bool = False):
-  """``(a, b)`` of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; in log space
-  ``(log a, log b)``: ``a = 1 - z``, ``b = z h~`` (``z g(h~)`` in log space)."""
+  """The `linear_scan.Coefficients`: ``a = 1 - z``, ``b = z h~`` (``z g(h~)`` in log space)."""
   k, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 2, axis=-1)
   if log_space:  # log(1 - z) = -softplus(k), log z = -softplus(-k)
     return -jax.nn.softplus(k), -jax.nn.softplus(-k) + linear_scan.log_g(h_tilde)
   z = jax.nn.sigmoid(k)
   return 1.0 - z, z * h_tilde
-
-
-def update(params: MinGRUParams, carry: HiddenCarry, x: jax.Array, log_space: bool = False):
-  """One minGRU step, ``(carry, y, None)``; the whole-sequence path uses `coefficients` too."""
-  return linear_scan.step(coefficients(params, x, log_space), carry, log_space)
 
 
 def min_gru(
@@ -76,8 +66,7 @@ def min_gru(
     hidden_size: H. The output size is H too (the paper's cell has no output projection).
     log_space: the paper's log-space form (the g activation, log-space scan).
     use_bias: whether ``b`` exists.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
@@ -98,9 +87,7 @@ def min_gru(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  return linear_scan.library_cell(
-    "min_gru", MinGRUParams, 2, functools.partial(update, log_space=log_space), coefficients, config
-  )
+  return linear_scan.library_cell(KIND, coefficients, config)
 
 
 KIND = base.CellKind("min_gru", min_gru, MinGRUParams, HiddenCarry, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -23,18 +22,15 @@ class MinLSTMParams(NamedTuple):
   w_ih: jax.Array
   b: jax.Array | None = None
 
-  gate_columns = (("w_ih", 3), ("b", 3))  # sharding's model axis
+  gate_columns = (("w_ih", 3), ("b", 3))  # the gate blocks (and sharding's model axis)
 
   input_size = base.INPUT_SIZE
-
-  @property
-  def hidden_size(self) -> int:
-    return self.w_ih.shape[-1] // 3
+  hidden_size = linear_scan.HIDDEN_SIZE
 
 
 def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False):
-  """``(a, b)`` of ``h' = a h + b`` for every row of ``x`` ``(..., I)``; in log space
-  ``(log a, log b)``: ``a = f / (f + i)``, ``b = i / (f + i) * h~`` (``g(h~)`` in log space)."""
+  """The `linear_scan.Coefficients`: ``a = f / (f + i)``, ``b = i / (f + i) * h~``
+  (``g(h~)`` in log space)."""
   k_f, k_i, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 3, axis=-1)
   if log_space:  # d = log i - log f; log f' = -softplus(d), log i' = -softplus(-d)
     d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
@@ -42,11 +38,6 @@ def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False):
   f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
   total = f + i
   return f / total, i / total * h_tilde
-
-
-def update(params: MinLSTMParams, carry: HiddenCarry, x: jax.Array, log_space: bool = False):
-  """One minLSTM step, ``(carry, y, None)``; the whole-sequence path uses `coefficients` too."""
-  return linear_scan.step(coefficients(params, x, log_space), carry, log_space)
 
 
 def min_lstm(
@@ -78,19 +69,13 @@ def min_lstm(
   softplus as in the paper's code. The plain scan (the default) is stable without it.
 
   Args:
-    hidden_size: H. The output size is H too (the paper's cell has no output projection).
-    log_space: the paper's log-space form (the g activation, log-space scan).
-    use_bias: whether ``b`` exists.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    hidden_size, log_space, use_bias, dtype, compute_dtype: as `jaxrnn.min_gru`'s.
 
   Returns:
-    A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.
-    ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
-    ``torch.nn.Linear``'s default (the paper's code uses ``nn.Linear``).
+    A `Cell` with `jaxrnn.min_gru`'s carry, output and initialisation (three gate blocks).
 
   Raises:
-    ValueError: for a non-positive size or a non-bool flag.
+    ValueError: as `jaxrnn.min_gru`.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
@@ -103,14 +88,7 @@ def min_lstm(
   config = dict(locals())  # first: exactly the factory's arguments
   base.check_positive("hidden_size", hidden_size)
   linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  return linear_scan.library_cell(
-    "min_lstm",
-    MinLSTMParams,
-    3,
-    functools.partial(update, log_space=log_space),
-    coefficients,
-    config,
-  )
+  return linear_scan.library_cell(KIND, coefficients, config)
 
 
 KIND = base.CellKind("min_lstm", min_lstm, MinLSTMParams, HiddenCarry, None)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 from jaxrnn.cells.lstm import LSTMCarry
 
 
@@ -109,12 +109,9 @@ def peephole_lstm(
     hidden_size: H, the cell state size.
     forget_bias: added to ``b[H:2H]`` at init (and nowhere in the forward pass).
     use_bias: whether ``b`` exists (the peepholes always do).
-    recurrent_init: ``"uniform"`` (PyTorch's U(-1/sqrt(H), 1/sqrt(H)) for every
-      weight, the peepholes and the bias included), ``"orthogonal"`` or
-      ``"identity"`` (per gate block of ``w_hh``; these start the bias at zero,
-      plus ``forget_bias``, and the peepholes at zero).
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
+    recurrent_init: as every cell's (`jaxrnn.cells.factory`); the peepholes count as
+      biases (uniform, or zeros).
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `LSTMCarry(h, c)`, both ``(*batch, H)``; the output is ``h``.
@@ -124,66 +121,28 @@ def peephole_lstm(
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
-    >>> cell = jaxrnn.peephole_lstm(hidden_size=4)
+    >>> cell = jaxrnn.peephole_lstm(hidden_size=4, recurrent_init="orthogonal")
     >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> params.w_ci  # the non-uniform inits start the peepholes at zero
+    Array([0., 0., 0., 0.], dtype=float32)
     >>> params.w_ci.shape, params.w_hh.shape
     ((4,), (4, 16))
     >>> carry, y = cell.step(params, cell.initial_carry(params, (5,)), jnp.ones((5, 3)))
     >>> carry.c.shape, y.shape
     ((5, 4), (5, 4))
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
-  base.check_recurrent_init(recurrent_init)
-  scale = base.hidden_scale(hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   H = hidden_size
 
   def init(key, input_size):
-    base.check_input_size(input_size)
     k_ih, k_hh, k_b, k_peep = jax.random.split(key, 4)
-    w_ih = base.uniform(k_ih, (input_size, 4 * H), scale, dtype)
-    w_hh = base.recurrent_matrix(k_hh, recurrent_init, H, H, 4, scale, dtype)
-    if recurrent_init == "uniform":
-      peep = base.uniform(k_peep, (3, H), scale, dtype)
-    else:
-      peep = jnp.zeros((3, H), dtype)
-    b = None
-    if use_bias:
-      if recurrent_init == "uniform":
-        b = base.uniform(k_b, (4 * H,), scale, dtype)
-      else:
-        b = jnp.zeros((4 * H,), dtype)
+    w_ih, w_hh, b = factory.gate_weights(config, 4, (k_ih, k_hh, k_b), input_size)
+    peep = factory.uniform_or_zeros(config, k_peep, (3, H))
+    if b is not None:
       b = b.at[H : 2 * H].add(forget_bias)  # the forget bias, in init and nowhere else
     return PeepholeLSTMParams(w_ih, w_hh, b, peep[0], peep[1], peep[2])
 
-  return base.library_cell(
-    "peephole_lstm",
-    init=init,
-    initial_carry=lstm_carry,
-    update=update,
-    check=_check_step,
-    params_type=PeepholeLSTMParams,
-    sequence=None,
-    config=config,  # every argument of the factory, as called
-  )
-
-
-def lstm_carry(params: Any, batch: tuple[int, ...]) -> LSTMCarry:
-  """Zeros ``h`` and ``c`` ``(*batch, H)`` in the params' dtype, ``H`` the rows of ``w_hh``."""
-  h = jnp.zeros(batch + (params.w_hh.shape[-2],), params.w_hh.dtype)
-  return LSTMCarry(h, h)
-
-
-def check_lstm_step(name: str, params: Any, carry: LSTMCarry, x: jax.Array) -> None:
-  """The shape checks of an LSTM-family step whose ``w_hh`` is ``(H, G * H)``."""
-  hidden = params.w_hh.shape[-2]
-  base.check_step_input(name, x, params.w_ih.shape[-2], carry.h, hidden)
-  if carry.c.shape != carry.h.shape:
-    raise ValueError(f"{name}.step: carry.c has shape {carry.c.shape}; expected {carry.h.shape}.")
-
-
-def _check_step(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array) -> None:
-  check_lstm_step("peephole_lstm", params, carry, x)
+  return factory.library_cell(KIND, init=init, update=update, config=config)
 
 
 KIND = base.CellKind("peephole_lstm", peephole_lstm, PeepholeLSTMParams, LSTMCarry, None)

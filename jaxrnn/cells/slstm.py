@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base
+from jaxrnn.cells import base, factory
 
 
 class SLSTMCarry(NamedTuple):
@@ -117,9 +117,7 @@ def slstm(
     num_heads: the number of heads of the block-diagonal recurrent weights.
     forget_bias: added to ``b[H:2H]`` (the forget slice) by ``init`` only.
     use_bias: whether ``b`` exists.
-    dtype: dtype of the parameters made by ``init`` (and of the carry).
-    compute_dtype: the dtype the step computes in; None: the params' dtype.
-      Floating inputs are cast to it; the carry is cast back to its own dtype.
+    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `SLSTMCarry(h, c, n, m)`, each ``(*batch, H)``, zeros
@@ -141,8 +139,7 @@ def slstm(
     >>> y.shape, carry.n.shape
     ((5, 8), (5, 8))
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
+  config = factory.config(locals())  # first: exactly the factory's arguments
   base.check_positive("num_heads", num_heads)
   if hidden_size % num_heads:
     raise ValueError(
@@ -164,31 +161,7 @@ def slstm(
       b = base.uniform(k_b, (4 * H,), scale, dtype).at[H : 2 * H].add(forget_bias)
     return SLSTMParams(w_ih, w_hh, b)
 
-  def initial_carry(params, batch):
-    zeros = jnp.zeros(batch + (params.hidden_size,), params.w_hh.dtype)
-    return SLSTMCarry(zeros, zeros, zeros, zeros)
-
-  return base.library_cell(
-    "slstm",
-    init=init,
-    initial_carry=initial_carry,
-    update=update,
-    check=_check_step,
-    params_type=SLSTMParams,
-    sequence=None,
-    config=config,  # every argument of the factory, as called
-  )
-
-
-def _check_step(params: SLSTMParams, carry: SLSTMCarry, x: jax.Array) -> None:
-  h_size = params.hidden_size
-  base.check_step_input("slstm", x, params.w_ih.shape[0], carry.h, h_size)
-  for name in ("c", "n", "m"):
-    leaf = getattr(carry, name)
-    if leaf.shape != carry.h.shape:
-      raise ValueError(
-        f"slstm.step: carry.{name} has shape {leaf.shape}; expected {carry.h.shape} (as h)."
-      )
+  return factory.library_cell(KIND, init=init, update=update, config=config)
 
 
 KIND = base.CellKind("slstm", slstm, SLSTMParams, SLSTMCarry, None)
