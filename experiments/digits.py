@@ -84,7 +84,7 @@ def regularized(x_tr, y_tr, x_te, y_te, args) -> dict:
     )
     return float(np.mean(np.argmax(predict(x_tr[cut:]), -1) != y_tr[cut:]))
 
-  chosen, errors = training.select_regularizer(score)
+  chosen, errors = training.select_regularizer(score, args.regularizers)
   rates = training.REGULARIZERS[chosen]
   cell = jaxrnn.lstm(args.hidden)
   run = f"lstm-{chosen}"
@@ -140,7 +140,9 @@ def figure(plt, results, args):
 
 FLAGS = {"hidden": harness.flag(64, "H"), "steps": harness.flag(1500, "Adam steps")}
 FLAGS.update(batch=harness.flag(64, "images per step"), lr=harness.flag(3e-3, "Adam learning rate"))
-SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=150, hidden=16), figure)
+FLAGS["regularizers"] = training.regularizers_flag()
+QUICK = dict(steps=150, hidden=16, regularizers=training.QUICK_REGULARIZERS)
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
 
 
 main = SPEC.main

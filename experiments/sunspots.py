@@ -107,7 +107,7 @@ def choose_regularizer(z, years, args) -> tuple[str, dict]:
     predict = training.train_readout(cell, x_fit, y_fit, args, NAME, run, regularize=rates)
     return float(np.sqrt(np.mean((predict(x_val) - y_val) ** 2)))
 
-  return training.select_regularizer(score)
+  return training.select_regularizer(score, args.regularizers)
 
 
 def run(args) -> dict:
@@ -221,7 +221,9 @@ FLAGS = {
   "lr": harness.flag(3e-3, "Adam learning rate"),
   "seeds": harness.flag(5, "initialisations averaged"),
 }
-SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, dict(steps=100, seeds=1, hidden=8), figure)
+FLAGS["regularizers"] = training.regularizers_flag()
+QUICK = dict(steps=100, seeds=1, hidden=8, regularizers=training.QUICK_REGULARIZERS)
+SPEC = harness.Spec(NAME, __doc__, run, checks, FLAGS, QUICK, figure)
 
 
 main = SPEC.main

@@ -8,13 +8,12 @@ the single-process check: the same checkpoints restored here, onto this process'
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 
 import jax
 import multihost_worker
 import numpy as np
+import processes
 import pytest
 
 from jaxrnn import checkpoint
@@ -34,26 +33,15 @@ DAMAGE = (
 
 
 def _launch(phase, out):
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
+  port = processes.free_port()
   worker = os.path.join(HERE, "multihost_worker.py")
-  procs = [
-    subprocess.Popen(
-      [sys.executable, worker, phase, str(out), str(port), str(i)],
-      env=ENV,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
+  command = lambda i: [sys.executable, worker, phase, str(out), str(port), str(i)]  # noqa: E731
+  codes, outs = processes.run_two(command, env=ENV, timeout=600)
   reports = []
   for i in range(2):
     path = out / f"report-{phase}-{i}.json"
     reports.append(json.loads(path.read_text()) if path.exists() else None)
-  return [p.returncode for p in procs], outs, reports
+  return codes, outs, reports
 
 
 def _steps(jsonl):

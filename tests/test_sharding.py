@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import processes
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -192,15 +193,12 @@ def test_errors_name_the_bad_value():
 
 def test_two_processes_match_one_device(tmp_path):
   """Multi-host on one machine: 2 processes x 4 CPU devices, jax.distributed over gloo."""
-  import socket
 
   from experiments import scale
 
   with jax.numpy_dtype_promotion("standard"):  # optax.adam: float ** int32, as in test_train
     ref = scale.main(["--quick", "--devices", "1", "--out", str(tmp_path / "one"), "--no-progress"])
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
+  port = processes.free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   cmd = [sys.executable, "-m", "experiments.scale", "--steps", "3", "--batch", "16"]
   cmd += [
@@ -215,19 +213,10 @@ def test_two_processes_match_one_device(tmp_path):
     "--no-progress",
   ]
   cmd += ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
-  procs = [
-    subprocess.Popen(
-      cmd + ["--process-id", str(i)],
-      cwd=ROOT,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), outs
+  codes, outs = processes.run_two(
+    lambda i: cmd + ["--process-id", str(i)], env=env, timeout=300, cwd=ROOT
+  )
+  assert codes == [0, 0], outs
   rows = json.loads((tmp_path / "two" / "scale" / "scale.json").read_text())["results"]["rows"]
   assert [(r["devices"], r["mesh"]) for r in rows] == [(8, "8x1"), (8, "4x2")]
   one = ref["results"]["rows"][0]["final_loss"]
