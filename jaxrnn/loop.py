@@ -245,6 +245,19 @@ def _place_batch(batch: PyTree, mesh: Any, data_axis: Any) -> PyTree:
   return _sharding.shard_batch(batch, mesh, data_axis, process_local=True)
 
 
+def _log(bar, metrics_path, metrics, done, examples, t_last) -> float:
+  """Process 0's training record: to the JSONL file and the progress bar; the new clock."""
+  record, t_last = _train_record(metrics, done, examples, t_last)
+  _append_jsonl(metrics_path, record)
+  _show(bar, record)
+  return t_last
+
+
+def _evaluate(eval_fn, state, done, metrics_path) -> None:
+  evaluation = {"step": done, "split": "eval", **_to_python(eval_fn(state))}
+  _append_jsonl(metrics_path, evaluation)  # metrics_path is None off process 0
+
+
 def fit(
   step_fn: Callable[[PyTree, PyTree], tuple[PyTree, Mapping[str, Any]]],
   state: PyTree,
@@ -386,15 +399,10 @@ def fit(
       if done % log_every == 0 or done == num_steps:
         skipped = _check_finite(metrics, on_nonfinite, skipped)
         if lead:
-          record, t_last = _train_record(metrics, done, examples, t_last)
-          _append_jsonl(metrics_path, record)
-          _show(bar, record)
+          t_last = _log(bar, metrics_path, metrics, done, examples, t_last)
         examples = 0
-      if eval_fn is not None and (
-        done == num_steps or (eval_every is not None and done % eval_every == 0)
-      ):
-        evaluation = {"step": done, "split": "eval", **_to_python(eval_fn(state))}
-        _append_jsonl(metrics_path, evaluation)  # metrics_path is None off process 0
+      if eval_fn is not None and (done == num_steps or (eval_every and done % eval_every == 0)):
+        _evaluate(eval_fn, state, done, metrics_path)
       if done % checkpoint_every == 0 or done == num_steps or stop:
         skipped = _check_finite(metrics, on_nonfinite, skipped)
         save(done)
