@@ -1,9 +1,15 @@
 """Strict numerics for every test, as equinox does: no silent dtype or rank promotion."""
 
-import jax
+import os
+
+import processes
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + processes.TEST_XLA_FLAGS).strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them when it starts)
 import numpy as np
-import pytest
-import torch
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)
 

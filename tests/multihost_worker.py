@@ -4,7 +4,7 @@
 PORT PROCESS_ID``, started twice (process ids 0 and 1), runs `jax.distributed` on localhost over
 2 x 4 CPU devices and writes ``OUT/report-PHASE-PROCESS_ID.json`` for the parent test to check.
 
-Phase ``a``: trains a 2-layer LSTM for 8 steps on the (4 data x 2 model) mesh with
+Phase ``a``: trains a 1-layer LSTM for 8 steps on the (4 data x 2 model) mesh with
 `jaxrnn.loop.fit` (the reference run, checkpointed every 4 steps; its gathered final state goes
 to ``OUT/reference.npz``); saves that state again from a (1 x 8) mesh whose gate columns span
 both processes; restores both checkpoints onto (2 x 4), onto this process's 4 devices and onto
@@ -41,7 +41,7 @@ import jaxrnn  # noqa: E402
 from jaxrnn import checkpoint, loop, sharding, train  # noqa: E402
 
 H, I, T, B, STEPS = 8, 3, 4, 8, 8
-MODEL = jaxrnn.rnn_layers("lstm", H, num_layers=2)
+MODEL = jaxrnn.rnn_layers("lstm", H, num_layers=1)
 OPT = optax.adam(1e-2)
 NAMES = ("data", "model")
 W_HH = ".params['rnn'][0].w_hh"  # split over the model axis: (8, 32) in (8, 4) columns

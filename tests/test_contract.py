@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import processes
 import pytest
 import user_cell
 
@@ -110,7 +111,7 @@ def test_checkpoint_of_a_user_cell_model_restores_bit_exactly(tmp_path):
 
 def test_data_parallel_sharded_step_of_a_user_cell_equals_one_device():
   here = os.path.dirname(os.path.abspath(__file__))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = processes.env(4)
   proc = subprocess.run(
     [sys.executable, os.path.join(here, "user_cell.py")],
     env=env,

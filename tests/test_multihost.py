@@ -19,12 +19,8 @@ import pytest
 from jaxrnn import checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ENV = {
-  **os.environ,
-  "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-  "JAX_PLATFORMS": "cpu",
-  "PYTHONPATH": os.path.dirname(HERE),  # this checkout's jaxrnn, whatever is installed
-}
+# this checkout's jaxrnn, whatever is installed
+ENV = processes.env(4, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(HERE))
 STEPS = multihost_worker.STEPS
 DAMAGE = (
   r"\.params\['rnn'\]\[0\]\.w_hh (shard \[0:8, 28:32\] does not match its recorded SHA-256|"

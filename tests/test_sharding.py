@@ -24,11 +24,8 @@ import jaxrnn
 from jaxrnn import sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EIGHT_DEVICES = {
-  **os.environ,
-  "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-  "PYTHONPATH": ROOT,  # the workers import this checkout's jaxrnn, whatever is installed
-}
+# the workers import this checkout's jaxrnn, whatever is installed
+EIGHT_DEVICES = processes.env(8, PYTHONPATH=ROOT)
 
 
 def _run(args, timeout=300):
@@ -199,7 +196,7 @@ def test_two_processes_match_one_device(tmp_path):
   with jax.numpy_dtype_promotion("standard"):  # optax.adam: float ** int32, as in test_train
     ref = scale.main(["--quick", "--devices", "1", "--out", str(tmp_path / "one"), "--no-progress"])
   port = processes.free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = processes.env(4)
   cmd = [sys.executable, "-m", "experiments.scale", "--steps", "3", "--batch", "16"]
   cmd += [
     "--length",
