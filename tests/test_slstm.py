@@ -30,6 +30,7 @@ from jax.test_util import check_grads
 from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
 
 import jaxrnn
+from jaxrnn.cells.kernel import Noise
 
 H, K, I, B, T = 8, 2, 3, 4, 5
 D = H // K
@@ -155,6 +156,33 @@ def test_scan_with_lengths_equals_numpy_loop_per_row(setup, rng, reverse):
       np.testing.assert_allclose(got[b], want, **TOL)
 
 
+def test_fused_kernel_equals_step_loop_with_lengths_resets_and_noise(setup, rng):
+  """The kernel's hand-written VJP against autodiff of the step loop, everything on at once.
+
+  Reversed (the forward direction's gradients are `check_grads`'s, below); one compile of
+  both loops, ``unroll=1`` (the CPU default of 4 quadruples the compile time).
+  """
+  cell, params, xs = setup
+  carry = _carry(rng, (B,))
+  lengths = jnp.array([T, 3, 0, 1])
+  resets = jnp.asarray(rng.random((B, T)) < 0.3)
+  kh, kc = (jnp.asarray(rng.random((T, B, H)) < 0.3, jnp.float32) for _ in range(2))
+  h_mask = jnp.asarray((rng.random((B, H)) > 0.3) / 0.7, jnp.float32)
+  noise = Noise(h_mask, jaxrnn.SLSTMCarry(kh, kc, None, None))  # zoneout's h and c, as drawn
+
+  def loss(params, carry, xs, impl):
+    kw = dict(seq_lengths=lengths, reverse=True, resets=resets, noise=noise, unroll=1)
+    final, ys = jaxrnn.scan(cell, params, xs, carry, impl=impl, **kw)
+    return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(jnp.sin(leaf)) for leaf in final)
+
+  grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+  fused, step = jax.jit(lambda *a: [grad(*a, impl) for impl in ("fused", "step")])(
+    params, carry, xs
+  )
+  for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(step), strict=True):
+    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+
+
 def test_check_grads_float64():
   with jax.enable_x64(True):
     cell = jaxrnn.slstm(4, num_heads=2, dtype=jnp.float64)
@@ -168,7 +196,8 @@ def test_check_grads_float64():
 
     def f(params, carry, xs):
       start = jax.tree.map(lambda a: a.at[1].set(0.0), carry)  # row 1 fresh
-      final, ys = jaxrnn.scan(cell, params, xs, start, seq_lengths=jnp.array([3, 2]), unroll=1)
+      kw = dict(seq_lengths=jnp.array([3, 2]), unroll=1, impl="fused")
+      final, ys = jaxrnn.scan(cell, params, xs, start, **kw)
       return jnp.sum(ys**2) + sum(jnp.sum(jnp.sin(leaf)) for leaf in final)
 
     check_grads(jax.jit(f), (params, carry, xs), order=1, modes=("rev",), eps=1e-5)

@@ -7,8 +7,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base, factory, kernel
 
 
 class SLSTMCarry(NamedTuple):
@@ -60,11 +61,33 @@ class SLSTMParams(NamedTuple):
     return self.w_hh.shape[-4] * self.w_hh.shape[-3]
 
 
-def update(params: SLSTMParams, carry: SLSTMCarry, x: jax.Array):
-  """One sLSTM step, the cell's math in one place: ``(carry, y, None)``."""
+class SLSTMSaved(NamedTuple):
+  """What `update` saves for `backward` at each step, every leaf ``(*batch, H)``.
+
+  Attributes:
+    i, f: the stabilized gates ``exp(i~ - m')`` and ``exp(log sigmoid(f~) + m - m')``.
+    z: ``tanh(z~)``.
+    o: ``sigmoid(o~)``.
+    to_i: the share of the stabilizer's cotangent that ``m' = max(i~, log f + m)`` sends to
+      ``i~``: 1 where ``i~`` is the larger, 0 where smaller, 0.5 at a tie (what the VJP of
+      `jax.numpy.maximum` gives, so that the kernel's gradients equal the step loop's).
+    sig_neg_f: ``sigmoid(-f~)``, the slope of ``log sigmoid(f~)``.
+  """
+
+  i: jax.Array
+  f: jax.Array
+  z: jax.Array
+  o: jax.Array
+  to_i: jax.Array
+  sig_neg_f: jax.Array
+
+
+def update(params: SLSTMParams, carry: SLSTMCarry, x: jax.Array, h_mask=None):
+  """One sLSTM step, the cell's math in one place: ``(carry, y, SLSTMSaved)``."""
   heads, d = params.w_hh.shape[0], params.w_hh.shape[1]
   batch = carry.h.shape[:-1]
-  h_heads = carry.h.reshape(batch + (heads, d))
+  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  h_heads = h_in.reshape(batch + (heads, d))
   rec = jnp.einsum("...kd,kdgj->...gkj", h_heads, params.w_hh).reshape(batch + (4 * heads * d,))
   raw = base.add_bias(x @ params.w_ih + rec, params.b)
   i_raw, f_raw, z_raw, o_raw = jnp.split(raw, 4, axis=-1)
@@ -74,10 +97,95 @@ def update(params: SLSTMParams, carry: SLSTMCarry, x: jax.Array):
   m = jnp.maximum(i_raw, log_f)
   i = jnp.exp(i_raw - m)
   f = jnp.exp(log_f - m)
-  c = f * carry.c + i * jnp.tanh(z_raw)
+  z = jnp.tanh(z_raw)
+  o = jax.nn.sigmoid(o_raw)
+  c = f * carry.c + i * z
   n = f * carry.n + i
-  h = jax.nn.sigmoid(o_raw) * (c / n)
-  return SLSTMCarry(h, c, n, m), h, None
+  h = o * (c / n)
+  to_i = jnp.where(i_raw == m, jnp.where(log_f == m, 0.5, 1.0), 0.0).astype(m.dtype)
+  saved = SLSTMSaved(i, f, z, o, to_i, jax.nn.sigmoid(-f_raw))
+  return SLSTMCarry(h, c, n, m), h, saved
+
+
+def _step_vjp(ct: SLSTMCarry, prev: SLSTMCarry, s: SLSTMSaved):
+  """The VJP of `update`'s gate algebra at one step: ``(dz, d_prev)``.
+
+  ``ct`` is the cotangent of the step's new carry (its output's already added to ``ct.h``),
+  ``prev`` the incoming carry; ``dz`` ``(N, 4H)`` is that of the pre-activations ``z``,
+  ``d_prev`` that of ``prev`` except for ``h`` (which `backward` gets from ``dz``).
+  """
+  c = s.f * prev.c + s.i * s.z
+  n = s.f * prev.n + s.i
+  q = c / n
+  a = ct.h * s.o / n
+  dc = ct.c + a  # through h = o * c / n
+  dn = ct.n - a * q
+  gi = (dc * s.z + dn) * s.i  # d i~ through i = exp(i~ - m'), and -d m'
+  gf = (dc * prev.c + dn * prev.n) * s.f  # d log f through f = exp(log f - m'), and -d m'
+  dm = ct.m - gi - gf
+  fresh = prev.n == 0
+  d_log_f = jnp.where(fresh, 0.0, gf + (1.0 - s.to_i) * dm)
+  d_i = gi + s.to_i * dm
+  d_z = dc * s.i * (1.0 - s.z * s.z)
+  d_o = ct.h * q * s.o * (1.0 - s.o)
+  dz = jnp.concatenate([d_i, d_log_f * s.sig_neg_f, d_z, d_o], axis=-1)
+  return dz, SLSTMCarry(None, dc * s.f, dn * s.f, d_log_f)
+
+
+def _recurrent_transpose(dz: jax.Array, w_hh: jax.Array) -> jax.Array:
+  """``dh`` ``(N, H)`` from ``dz`` ``(N, 4H)``: the block-diagonal product's transpose.
+
+  A per-head contraction with ``w_hh`` as it is; measured against ``dz`` times the dense
+  ``(4H, H)`` block-diagonal matrix laid out once (as `jaxrnn.cells.kernel.transposed`):
+  0.88x its forward+backward time at B=32, T=128, H=256, 4 heads (median of 15
+  interleaved rounds, 0.68-1.30), with a quarter of the flops.
+  """
+  n, (heads, d) = dz.shape[0], w_hh.shape[:2]
+  return jnp.einsum("ngkj,kdgj->nkd", dz.reshape(n, 4, heads, d), w_hh).reshape(n, heads * d)
+
+
+def _recurrent_grad(h_rows: jax.Array, dz_rows: jax.Array, heads: int) -> jax.Array:
+  """``d w_hh`` ``(K, D, 4, D)`` from ``h_rows`` ``(R, H)`` and ``dz_rows`` ``(R, 4H)``."""
+  r, hidden = h_rows.shape
+  d = hidden // heads
+  h = h_rows.reshape(r, heads, d)
+  dz = dz_rows.reshape(r, 4, heads, d)
+  return jnp.einsum("rkd,rgkj->kdgj", h, dz)
+
+
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
+  prev, gates = saved
+  h_mask = noise.h_mask
+  ct_carry, ct_ys = cotangents
+
+  def body(ct, inputs):
+    dy, p, s, m, restart, keep = inputs
+    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
+    ct_new, straight = kernel.zone_split(keep, ct._replace(h=dh))
+    dz, d_prev = _step_vjp(ct_new, p, s)
+    dz = kernel.zeros_where_invalid(m, dz)
+    d_h_in = _recurrent_transpose(dz, params.w_hh)
+    d_prev = d_prev._replace(h=d_h_in if h_mask is None else d_h_in * h_mask)
+    d_prev = kernel.add_zoned(d_prev, straight)
+    new = jax.tree.map(lambda a, b: kernel.where_valid(m, a, b), d_prev, ct)
+    new, to_reset = kernel.reset_split(restart, new)
+    return new, (dz, to_reset)
+
+  inputs = (ct_ys, prev, gates, mask, resets, noise.keep)
+  ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  dz_rows = kernel.rows(dz)
+  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
+  grads = type(params)(
+    w_ih=kernel.rows(xs).T @ dz_rows,
+    w_hh=_recurrent_grad(kernel.rows(h_in), dz_rows, params.w_hh.shape[0]),
+    b=None if params.b is None else jnp.sum(dz_rows, axis=0),
+  )
+  d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+
+
+sequence = kernel.sequence_kernel(update, backward)
 
 
 def slstm(
@@ -111,6 +219,20 @@ def slstm(
   memory there (``f = 0``; xlstm clamps ``f`` to 1, which multiplies ``c = n = 0``).
   Both give the same ``h``. Gradients flow through ``m`` (xlstm does not stop them
   either).
+
+  `jaxrnn.scan` runs the cell through a whole-sequence kernel
+  (`jaxrnn.cells.kernel.sequence_kernel`): its forward loop is the step's own `update`;
+  its VJP (`backward`) is hand-written and keeps only the sequential part in the reverse
+  loop (the block-diagonal product's transpose, per head, and the gate, normalizer and
+  stabilizer algebra, the stabilizer's cotangent split at a tie as `jax.numpy.maximum`'s
+  VJP splits it), while the input and weight gradients are one matmul each over all
+  ``T * batch`` rows (per head for ``w_hh``). It takes recurrent dropout and zoneout
+  (`jaxrnn.cells.kernel.Noise`), lengths and resets, and gives the step loop's values and
+  gradients. Measured at B=32, T=128, I=128, H=256, 4 heads on XLA:CPU (median of 12
+  interleaved rounds' ratios, the per-round range in brackets, a shared 2-core machine):
+  forward+backward 0.71x (0.42-1.60) the time of autodiff of the step loop
+  (``impl="step"``) and 0.90x (0.57-1.50) that of `jaxrnn.lstm`'s kernel; forward 0.66x
+  (0.52-1.86) the LSTM's (the block-diagonal product has a quarter of the dense one's flops).
 
   Args:
     hidden_size: H, divisible by ``num_heads``.
@@ -161,7 +283,7 @@ def slstm(
       b = base.uniform(k_b, (4 * H,), scale, dtype).at[H : 2 * H].add(forget_bias)
     return SLSTMParams(w_ih, w_hh, b)
 
-  return factory.library_cell(KIND, init=init, update=update, config=config)
+  return factory.library_cell(KIND, init=init, update=update, sequence=sequence, config=config)
 
 
 KIND = base.CellKind("slstm", slstm, SLSTMParams, SLSTMCarry, None)
