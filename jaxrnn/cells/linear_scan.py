@@ -160,12 +160,13 @@ def sequence(coefficients: Coefficients, log_space: bool):
   return run
 
 
-# Measured (experiments/min_cells_timing.py, B=32, H=256, T=1024, 5 interleaved rounds,
-# median per-round ratio to the step loop, idle 2-core XLA:CPU): the associative scan
-# took 1.11-1.44x (plain) and 2.2-3.2x (log space) the step loop's time, forward and
-# forward+backward; a sequential loop over the precomputed coefficients 0.77-1.44x
-# forward, 0.85-1.01x forward+backward. So CPU runs sequentially; other backends are
-# unmeasured here and keep the associative scan (the issue's reason for these cells).
+# Measured (experiments/min_cells_timing.py, B=32, I=H=256, T=1024, 5 interleaved rounds
+# on a shared 2-core XLA:CPU, load 1-9; both methods through `recurrence`'s VJP): the
+# sequential loop over associative, median per-round ratio (range), forward+backward
+# 0.82 (0.60-1.04) minGRU, 0.73 (0.56-0.97) minLSTM, 0.90 (0.83-1.37) and 0.81
+# (0.77-0.99) in log space; forward 0.69 (0.59-0.99), 1.00 (0.84-1.17), 1.04 (0.88-1.41),
+# 1.38 (0.78-1.88). So CPU runs sequentially; other backends are unmeasured here and keep
+# the associative scan (the issue's reason for these cells).
 METHODS = {"cpu": "sequential"}
 METHOD_NAMES = ("associative", "sequential")
 
