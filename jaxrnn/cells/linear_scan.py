@@ -4,26 +4,32 @@ When a cell's gates read only the input (minGRU and minLSTM, Feng et al. 2024), 
 coefficients ``a_t`` and ``b_t`` for the whole sequence are one matmul over all
 ``T * N`` rows, and the recurrence is an associative scan over ``(a, b)`` pairs under
 ``(a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2)`` (`jax.lax.associative_scan`, depth
-``log2 T`` instead of T sequential steps). Autodiff of the scan gives the gradient.
+``log2 T`` instead of T sequential steps); on XLA:CPU a `jax.lax.scan` over the
+precomputed coefficients instead (``METHODS``, measured below): the same values,
+elementwise steps only.
 
-The plain scan multiplies and adds only, never divides, so it is stable in linear
-space. ``log_space=True`` is the paper's log-space form: the coefficients are given
-as ``(log a, log b)`` (``b > 0``) and the scan runs over log pairs under
-``(la1 + la2, logaddexp(lb1 + la2, lb2))``. That is the sum the paper's parallel
-scan computes as ``a* + logcumsumexp(log b - a*)`` (Heinsen 2023), ``a*`` the
-cumulative sum of ``log a``; the pairwise form also takes resets (``log a = log 0``
-there), which the cumulative form could only take segmented. The carries that enter
-(the initial carry and a reset's carry) are added linearly, ``exp(sum log a) * h0``,
-so they may have any sign and a zero initial carry has a finite gradient.
+The gradient: `recurrence` has a hand-written VJP, the transposed recurrence run the
+other way by the same method (no per-step residuals, no generic transposed loop, and
+for the associative scan one more scan instead of autodiff through its levels); the
+coefficients' own gradient is JAX's autodiff of the cell's vectorized math.
 
-On XLA:CPU the sequence instead loops over the precomputed coefficients with
-`jax.lax.scan` (``METHODS``, measured below): the same values, elementwise steps only.
+The scan multiplies and adds only, never divides, so it is stable in linear space.
+``log_space=True`` is the paper's log-space form: the cell gives its coefficients as
+``(log a, log b)`` (``b > 0``, from the paper's ``g`` and softplus); they are
+exponentiated and run through the same recurrence. The paper's log-space parallel scan,
+``a* + logcumsumexp(log b - a*)`` (Heinsen 2023, ``a*`` the cumulative sum of ``log a``),
+is log space because its cumulative form divides by the cumulative product of ``a``;
+the pairwise scan never forms that quotient, so exp of the log coefficients loses
+nothing (a vanishing ``a_1 ... a_t`` underflows to the 0 it is), keeps ``h`` positive
+from a non-negative carry, and takes resets and any carry's sign without a finite
+stand-in for ``log 0``.
 
-`jaxrnn.scan`'s masking and resets map onto the pairs: a masked step is ``(1, 0)``
-(the carry is frozen; its output is zeroed afterwards); a reset at ``t`` sets
-``a_t`` to zero and adds the reset carry's contribution, ``b_t + a_t * reset_carry``;
+`jaxrnn.scan`'s masking and resets fold into the coefficients: a masked step is
+``(1, 0)`` (the carry passes through; its output is zeroed afterwards); a reset at ``t``
+sets ``a_t`` to zero and adds the reset carry's contribution, ``b_t + a_t * reset_carry``;
 the incoming carry enters through the first element processed (t = 0, or T - 1 with
-``reverse``).
+``reverse``). Autodiff of the fold gives the reset carry's cotangent, the sum of
+``a_t g_t`` over the reset steps.
 """
 
 from __future__ import annotations
@@ -124,7 +130,7 @@ def sequence(coefficients: Coefficients, log_space: bool):
   Args:
     coefficients: ``coefficients(params, xs) -> (a, b)`` on ``xs`` ``(T, N, I)``; in
       log space ``(log a, log b)``. The same function the cell's step calls.
-    log_space: whether the coefficients and the scan are in log space.
+    log_space: whether the coefficients are given in log space.
 
   Returns:
     ``sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None)
@@ -138,28 +144,29 @@ def sequence(coefficients: Coefficients, log_space: bool):
     a, b = coefficients(params, xs)
     if xs.shape[0] == 0:
       return carry, b
+    if log_space:
+      a, b = jnp.exp(a), jnp.exp(b)
     valid = None if mask is None else mask[..., None]
-    reset = None if resets is None else resets[..., None]
-    rc = None if resets is None else reset_carry.h
-    h0 = carry.h.astype(b.dtype)
-    if method() == "sequential":
-      if log_space:
-        a, b = jnp.exp(a), jnp.exp(b)
-      return _sequential(a, b, h0, valid, reset, rc, reverse)
-    scan = _log_scan if log_space else _plain_scan
-    h = scan(a, b, h0, valid, reset, rc, reverse)
-    ys = h if valid is None else jnp.where(valid, h, jnp.zeros_like(h))
-    return HiddenCarry(h[0] if reverse else h[-1]), ys
+    if resets is not None:  # h_{t-1} := reset_carry, folded into the step's coefficients
+      r = resets[..., None]
+      b = jnp.where(r, b + a * reset_carry.h[None].astype(b.dtype), b)
+      a = jnp.where(r, jnp.zeros_like(a), a)
+    if valid is not None:  # a masked step is (1, 0): the carry passes through unchanged
+      a = jnp.where(valid, a, jnp.ones_like(a))
+      b = jnp.where(valid, b, jnp.zeros_like(b))
+    h, last = recurrence(a, b, carry.h.astype(b.dtype), reverse, method())
+    return HiddenCarry(last), h if valid is None else jnp.where(valid, h, jnp.zeros_like(h))
 
   return run
 
 
-# Measured (experiments/min_cells_timing.py, B=32, H=256, T=1024, 5 interleaved rounds,
-# median per-round ratio to the step loop, idle 2-core XLA:CPU): the associative scan
-# took 1.11-1.44x (plain) and 2.2-3.2x (log space) the step loop's time, forward and
-# forward+backward; a sequential loop over the precomputed coefficients 0.77-1.44x
-# forward, 0.85-1.01x forward+backward. So CPU runs sequentially; other backends are
-# unmeasured here and keep the associative scan (the issue's reason for these cells).
+# Measured (experiments/min_cells_timing.py, B=32, I=H=256, T=1024, 5 interleaved rounds
+# on a shared 2-core XLA:CPU, load 1-9; both methods through `recurrence`'s VJP): the
+# sequential loop over associative, median per-round ratio (range), forward+backward
+# 0.82 (0.60-1.04) minGRU, 0.73 (0.56-0.97) minLSTM, 0.90 (0.83-1.37) and 0.81
+# (0.77-0.99) in log space; forward 0.69 (0.59-0.99), 1.00 (0.84-1.17), 1.04 (0.88-1.41),
+# 1.38 (0.78-1.88). So CPU runs sequentially; other backends are unmeasured here and keep
+# the associative scan (the issue's reason for these cells).
 METHODS = {"cpu": "sequential"}
 METHOD_NAMES = ("associative", "sequential")
 
@@ -169,20 +176,64 @@ def method() -> str:
   return METHODS.get(jax.default_backend(), "associative")
 
 
-def _sequential(a, b, h0, valid, reset, rc, reverse):
-  """The recurrence as a `lax.scan` over precomputed coefficients (no matmul inside)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def recurrence(a, b, h0, reverse: bool, how: str):
+  """``h_t = a_t h_{t-1} + b_t`` over axis 0 (from the end with ``reverse``), from ``h0``.
 
-  def body(h, inputs):
-    a_t, b_t, m, r = inputs
-    if r is not None:
-      h = jnp.where(r, rc, h)
-    new = a_t * h + b_t
-    if m is None:
-      return new, new
-    return jnp.where(m, new, h), jnp.where(m, new, jnp.zeros_like(new))
+  Args:
+    a, b: ``(T, N, H)``, the steps' coefficients (masks and resets already folded in).
+    h0: ``(N, H)``, the carry before the first step processed.
+    reverse: process ``t = T - 1`` first.
+    how: ``"sequential"`` (`jax.lax.scan`) or ``"associative"``
+      (`jax.lax.associative_scan`).
 
-  h, ys = lax.scan(body, h0, (a, b, valid, reset), reverse=reverse)
-  return HiddenCarry(h), ys
+  Returns:
+    ``(h, last)``: every step's ``h_t`` ``(T, N, H)`` and the last one processed ``(N, H)``.
+
+  Its VJP is the transposed recurrence, run the other way by the same method: with
+  ``g_t`` the cotangent of ``h_t`` (``dh_t`` plus what flows back from step ``t + 1``),
+  ``g_t = dh_t + a_{t+1} g_{t+1}`` from ``g = d_last`` past the end, then
+  ``da_t = g_t h_{t-1}``, ``db_t = g_t`` and ``dh0 = a_first g_first``. It saves ``a`` and
+  ``h`` (which is also the output), and is itself differentiable (second order).
+  """
+  h = _SCANS[how](a, b, h0, reverse, False)[0]
+  return h, h[0] if reverse else h[-1]
+
+
+def _recurrence_fwd(a, b, h0, reverse, how):
+  h, last = recurrence(a, b, h0, reverse, how)
+  return (h, last), (a, h, h0)
+
+
+def _recurrence_bwd(reverse, how, saved, cotangents):
+  a, h, h0 = saved
+  dh, d_last = cotangents
+  g, dh0 = _SCANS[how](a, dh, d_last.astype(dh.dtype), not reverse, True)
+  before = (h[1:], h0[None]) if reverse else (h0[None], h[:-1])
+  return g * jnp.concatenate(before), g, dh0
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def _sequential(a, b, h0, reverse, transposed):
+  """`recurrence` by `jax.lax.scan`: ``(h, last carry)``.
+
+  ``transposed`` runs its VJP's recurrence instead: ``g_t = b_t + c``, ``c = a_t g_t``
+  (``c`` the cotangent passed on to the step before, ``h0`` the one entering), which
+  returns ``(g, a_first g_first)`` and needs no shifted copy of ``a``.
+  """
+
+  def body(c, ab):
+    a_t, b_t = ab
+    if transposed:
+      g_t = b_t + c
+      return a_t * g_t, g_t
+    new = a_t * c + b_t
+    return new, new
+
+  c, h = lax.scan(body, h0, (a, b), reverse=reverse)
+  return h, c
 
 
 def _compose(first, second):
@@ -191,47 +242,19 @@ def _compose(first, second):
   return a1 * a2, a2 * b1 + b2
 
 
-def _plain_scan(a, b, h0, valid, reset, rc, reverse):
-  if reset is not None:
-    b = jnp.where(reset, b + a * rc[None].astype(b.dtype), b)
-    a = jnp.where(reset, jnp.zeros_like(a), a)
-  if valid is not None:
-    a = jnp.where(valid, a, jnp.ones_like(a))
-    b = jnp.where(valid, b, jnp.zeros_like(b))
+def _associative(a, b, h0, reverse, transposed):
+  """`recurrence` by `jax.lax.associative_scan`; ``transposed`` as in `_sequential`.
+
+  Transposed, ``u = a g`` is the plain recurrence over ``(a, a b)`` from ``h0``, and
+  ``g_t`` is ``b_t`` plus the ``u`` of the step processed before (``h0`` for the first).
+  """
   first = -1 if reverse else 0
-  b = b.at[first].add(a[first] * h0)
-  return lax.associative_scan(_compose, (a, b), reverse=reverse)[1]
+  if not transposed:
+    b = b.at[first].add(a[first] * h0)
+    return lax.associative_scan(_compose, (a, b), reverse=reverse)[1], None
+  u = _associative(a, a * b, h0, reverse, False)[0]
+  before = (u[1:], h0[None]) if reverse else (h0[None], u[:-1])
+  return b + jnp.concatenate(before), u[0] if reverse else u[-1]
 
 
-def _compose_log(first, second):
-  la2 = second[0]
-  rest = tuple(_logaddexp(l1 + la2, l2) for l1, l2 in zip(first[1:], second[1:], strict=True))
-  return (first[0] + la2,) + rest
-
-
-def _logaddexp(x, y):
-  """``log(exp(x) + exp(y))`` for finite inputs: a smaller graph than `jnp.logaddexp`
-  (whose infinity handling the finite `log_zero` makes unnecessary)."""
-  return jnp.maximum(x, y) + jnp.log1p(jnp.exp(-jnp.abs(x - y)))
-
-
-def log_zero(dtype: Any, length: int) -> jax.Array:
-  """The scan's ``log 0``: finite (``-inf`` would make logaddexp's gradient NaN), and so
-  negative that ``exp`` of it is 0, yet ``length + 1`` of them still sum without overflow."""
-  return jnp.asarray(jnp.finfo(dtype).min / (4 * (length + 1)), dtype)
-
-
-def _log_scan(la, lb, h0, valid, reset, rc, reverse):
-  zero = jnp.full_like(la, log_zero(la.dtype, la.shape[0]))
-  elems = [la, lb]
-  if reset is not None:  # a third pair component: log of the reset carry's coefficient
-    elems = [jnp.where(reset, zero, la), lb, jnp.where(reset, la, zero)]
-  if valid is not None:
-    elems = [jnp.where(valid, elems[0], jnp.zeros_like(la))] + [
-      jnp.where(valid, e, zero) for e in elems[1:]
-    ]
-  out = lax.associative_scan(_compose_log, tuple(elems), reverse=reverse)
-  h = jnp.exp(out[0]) * h0[None] + jnp.exp(out[1])
-  if reset is not None:
-    h = h + jnp.exp(out[2]) * rc[None].astype(h.dtype)
-  return h
+_SCANS = {"sequential": _sequential, "associative": _associative}

@@ -59,12 +59,13 @@ def min_gru(
 
   ``log_space=True`` is the paper's log-space form: ``h~`` goes through ``g`` (so it is
   positive, and ``h`` stays positive from a non-negative carry: then the output is
-  never negative) and the sequence is scanned over ``(log(1 - z), log z + log g(.))``.
-  The plain scan (the default) is stable without it: it never divides.
+  never negative) and the coefficients are computed as ``(log(1 - z), log z + log g(.))``,
+  then exponentiated into the same scan (`jaxrnn.cells.linear_scan`: its pairwise scan
+  never divides, so it needs no log-space sums).
 
   Args:
     hidden_size: H. The output size is H too (the paper's cell has no output projection).
-    log_space: the paper's log-space form (the g activation, log-space scan).
+    log_space: the paper's log-space form (the g activation, log-space coefficients).
     use_bias: whether ``b`` exists.
     dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
 

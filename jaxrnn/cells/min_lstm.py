@@ -64,9 +64,9 @@ def min_lstm(
   reverse and resets included), and ``step`` serves streaming.
 
   ``log_space=True`` is the paper's log-space form: ``h~`` goes through ``g`` (so it is
-  positive, and ``h`` stays positive from a non-negative carry) and the sequence is
-  scanned over ``(log f', log i' + log g(.))``, with ``log f'`` and ``log i'`` from
-  softplus as in the paper's code. The plain scan (the default) is stable without it.
+  positive, and ``h`` stays positive from a non-negative carry) and the coefficients
+  are computed as ``(log f', log i' + log g(.))``, with ``log f'`` and ``log i'`` from
+  softplus as in the paper's code, then exponentiated into the same scan (as minGRU's).
 
   Args:
     hidden_size, log_space, use_bias, dtype, compute_dtype: as `jaxrnn.min_gru`'s.
