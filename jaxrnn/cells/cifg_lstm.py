@@ -6,8 +6,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base, factory, kernel
 from jaxrnn.cells.lstm import LSTMCarry
 from jaxrnn.cells.peephole_lstm import block_gates
 
@@ -34,13 +35,69 @@ class CIFGLSTMParams(NamedTuple):
   hidden_size = base.HIDDEN_ROWS
 
 
-def update(params: CIFGLSTMParams, carry: LSTMCarry, x: jax.Array):
+def update(params: CIFGLSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
   """One CIFG-LSTM step, the cell's math in one place: ``(carry, y, [i, g, o])``."""
-  acts = block_gates(base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b), 3, 1)
+  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  acts = block_gates(base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b), 3, 1)
   i, g, o = jnp.split(acts, 3, axis=-1)
   c = (1.0 - i) * carry.c + i * g
   h = o * jnp.tanh(c)
   return LSTMCarry(h, c), h, acts
+
+
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
+
+  A step's backward is linear in its cotangents ``(dh, dc)`` with coefficients from the
+  forward values only (`_slopes`, computed for all ``T * N`` rows before the loop), so the
+  loop holds ``dc = dc' + dh * k_h``, ``dz = slopes * [dc, dc, dh]``, ``dz @ w_hh.T`` and
+  ``dc * (1 - i)``; the weight and input gradients are matmuls over all rows after it.
+  """
+  prev, acts = saved
+  h_mask = noise.h_mask
+  ct_carry, ct_ys = cotangents
+  w_hh_t = kernel.transposed(params.w_hh)
+  k_h, slopes, k_c = _slopes(prev.c, acts)
+
+  def body(ct, inputs):
+    dy, k_h, slopes, k_c, m, restart, keep = inputs
+    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
+    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
+    dc = dc_out + dh * k_h
+    dz = kernel.zeros_where_invalid(m, slopes * jnp.concatenate([dc, dc, dh], axis=-1))
+    d_h_in = dz @ w_hh_t
+    d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
+    d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * k_c), straight)
+    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
+    new, to_reset = kernel.reset_split(restart, new)
+    return new, (dz, to_reset)
+
+  inputs = (ct_ys, k_h, slopes, k_c, mask, resets, noise.keep)
+  ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  dz_rows = kernel.rows(dz)
+  grads = type(params)(
+    w_ih=kernel.rows(xs).T @ dz_rows,
+    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ dz_rows,
+    b=None if params.b is None else jnp.sum(dz_rows, axis=0),
+  )
+  d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+
+
+def _slopes(c_prev: jax.Array, acts: jax.Array):
+  """A step's local derivatives from its forward values, ``(T, N, F)`` leaves: ``(k_h,
+  slopes, k_c)``: ``k_h = dc / dh`` through ``o * tanh(c)``; ``slopes`` ``(T, N, 3H)`` the
+  pre-activations' derivatives by ``c`` (for i and g) and by ``h`` (for o); ``k_c = 1 - i``.
+  """
+  i, g, o = jnp.split(acts, 3, axis=-1)
+  tc = jnp.tanh((1.0 - i) * c_prev + i * g)
+  slopes = jnp.concatenate(
+    [(g - c_prev) * i * (1.0 - i), i * (1.0 - g * g), tc * o * (1.0 - o)], axis=-1
+  )
+  return o * (1.0 - tc * tc), slopes, 1.0 - i
+
+
+sequence = kernel.sequence_kernel(update, backward)
 
 
 def cifg_lstm(
@@ -64,8 +121,13 @@ def cifg_lstm(
   Three gate blocks instead of four: a quarter fewer weights than `jaxrnn.lstm`.
   Greff et al. apply the coupling to their vanilla LSTM, which has peepholes;
   this cell couples the gates of the plain `jaxrnn.lstm` (as TensorFlow's
-  ``CoupledInputForgetGateLSTMCell`` with ``use_peepholes=False``). There is no
-  hand-written whole-sequence kernel: `jaxrnn.scan` loops over the step.
+  ``CoupledInputForgetGateLSTMCell`` with ``use_peepholes=False``).
+
+  `jaxrnn.scan` runs it through a whole-sequence kernel (the step's `update` forward, a
+  hand-written `backward`), taking lengths, resets, recurrent dropout and zoneout.
+  Measured at B=32, T=128, I=128, H=256 on XLA:CPU (median of 7 interleaved rounds' ratios,
+  per-round range in brackets, a shared 2-core machine): forward+backward 0.71x
+  (0.48-1.27) the time of autodiff of its step loop and 0.77x (0.50-1.01) `jaxrnn.lstm`'s.
 
   Where ``forget_bias`` goes: since ``f = sigmoid(-z_i)``, a forget bias ``b_f``
   is ``f = sigmoid(-(z_i - b_f))``, so ``init`` SUBTRACTS ``forget_bias`` from
@@ -108,7 +170,7 @@ def cifg_lstm(
       b = b.at[:H].add(-forget_bias)  # f = sigmoid(-z_i): the forget bias, in init only
     return CIFGLSTMParams(w_ih, w_hh, b)
 
-  return factory.library_cell(KIND, init=init, update=update, config=config)
+  return factory.library_cell(KIND, init=init, update=update, sequence=sequence, config=config)
 
 
 KIND = base.CellKind("cifg_lstm", cifg_lstm, CIFGLSTMParams, LSTMCarry, None)

@@ -110,8 +110,13 @@ def indrnn(
   Initialisation, the reference code's: ``u`` ~ U(0, 1), or U(0, recurrent_max)
   when a bound is set (its ``uniform_(0, U_bound)``); ``b`` zeros (its
   ``fill_(0)``); ``w_ih`` PyTorch's U(-1/sqrt(H), 1/sqrt(H)) (the reference code
-  uses a separate linear layer with its own initialisation). There is no
-  hand-written whole-sequence kernel: `jaxrnn.scan` loops over the step.
+  uses a separate linear layer with its own initialisation).
+
+  There is no hand-written whole-sequence kernel: `jaxrnn.scan` loops over the step. One
+  was written and measured (the elementwise backward in the loop, the weight gradients
+  hoisted after it): at B=32, T=128, I=128, H=256 on XLA:CPU its forward+backward took
+  1.06x (per-round 0.24-4.83, 9 interleaved rounds, a shared 2-core machine) the time of
+  autodiff of the step loop, which is already 0.06x the LSTM's, so it did not pay.
 
   Args:
     hidden_size: H.
