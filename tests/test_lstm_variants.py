@@ -1,5 +1,6 @@
 """peephole_lstm, cifg_lstm, indrnn against float64 NumPy loops of their papers' equations;
-mgu against flax.linen.MGUCell with the same weights."""
+mgu against flax.linen.MGUCell with the same weights; peephole_lstm's whole-sequence kernel
+against its step loop."""
 
 import flax.linen as nn
 import jax
@@ -9,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxrnn
+from jaxrnn.cells.kernel import Noise
 
 I, H, N, T = 3, 4, 3, 4
 
@@ -203,3 +205,42 @@ def test_bad_arguments_and_conventions():
   # MGU init: flax's forget bias of ones and zero candidate biases.
   m = jaxrnn.mgu(H).init(key, I)
   np.testing.assert_array_equal(m.b, np.concatenate([np.ones(H), np.zeros(H)]))
+
+
+def assert_fused_is_step(cell, params, carry, xs):
+  """``impl="fused"`` against ``impl="step"`` under one jit: values, and gradients with respect
+  to the params, the initial carry and ``xs`` (1e-5 relative, leaf by leaf), with lengths
+  (one 0), resets and noise (recurrent dropout, zoneout on h and c); `check_grads` covers
+  the kernel reversed."""
+  n, t = xs.shape[:2]
+  rng = np.random.default_rng(3)
+  lengths = jnp.asarray(np.resize([t, 0, t - 2], n))
+  resets = jnp.asarray(rng.random((n, t)) < 0.3)
+  keep = jax.tree.map(lambda c: jnp.asarray(rng.random((t,) + c.shape) < 0.3, c.dtype), carry)
+  noise = Noise(jnp.asarray((rng.random(carry.h.shape) > 0.3) / 0.7, carry.h.dtype), keep)
+  w = jnp.asarray(rng.normal(size=xs.shape[:2] + (carry.h.shape[-1],)), xs.dtype)
+
+  def loss(params, carry, xs, impl):
+    kw = dict(seq_lengths=lengths, resets=resets, noise=noise, impl=impl, unroll=1)
+    final, ys = jaxrnn.scan(cell, params, xs, carry, **kw)
+    return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in final), (final, ys)
+
+  @jax.jit
+  def both(params, carry, xs):
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    return {impl: grad(params, carry, xs, impl) for impl in ("fused", "step")}
+
+  out = both(params, carry, xs)
+  leaves = zip(jax.tree.leaves(out["fused"]), jax.tree.leaves(out["step"]), strict=True)
+  for got, want in leaves:
+    scale = max(float(np.linalg.norm(want)), 1e-30)
+    assert float(np.linalg.norm(got - want)) <= 1e-5 * scale, (got, want)
+
+
+def test_peephole_kernel_is_its_step_loop():
+  cell = jaxrnn.peephole_lstm(H)
+  params = cell.init(jax.random.key(4), I)
+  params = params._replace(w_ci=params.w_ci + 0.5, w_co=params.w_co - 0.5)  # visible peepholes
+  k1, k2 = jax.random.split(jax.random.key(5))
+  carry = jax.tree.map(lambda c: jax.random.normal(k1, c.shape), cell.initial_carry(params, (N,)))
+  assert_fused_is_step(cell, params, carry, jax.random.normal(k2, (N, 6, I)))

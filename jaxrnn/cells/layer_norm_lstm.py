@@ -7,9 +7,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from jaxrnn.cells import base, factory
-from jaxrnn.cells.lstm import LSTMCarry, gates
+from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells.lstm import LSTMCarry, gates, gates_slope
 
 
 class LayerNormLSTMParams(NamedTuple):
@@ -48,6 +49,27 @@ class LayerNormLSTMParams(NamedTuple):
   hidden_size = base.HIDDEN_ROWS
 
 
+def normalize(z: jax.Array, groups: int, epsilon: float) -> tuple[jax.Array, jax.Array]:
+  """``z`` ``(..., F)`` standardized over ``groups`` equal blocks of its columns: ``(xhat, rstd)``.
+
+  Each block of ``F / groups`` columns is shifted to mean 0 and scaled to (biased) variance 1:
+  ``xhat = (z - mean) * rstd`` ``(..., F)`` with ``rstd = 1 / sqrt(var + epsilon)``
+  ``(..., groups, 1)``, both in at least float32 (as flax's ``LayerNorm``).
+  """
+  stat_dtype = jnp.dtype(jnp.float32) if jnp.finfo(z.dtype).bits < 32 else z.dtype
+  zs = z.astype(stat_dtype).reshape(z.shape[:-1] + (groups, z.shape[-1] // groups))
+  mean = jnp.mean(zs, axis=-1, keepdims=True)
+  centred = zs - mean
+  var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+  rstd = jax.lax.rsqrt(var + jnp.asarray(epsilon, stat_dtype))
+  return (centred * rstd).reshape(z.shape), rstd
+
+
+def affine(xhat: jax.Array, gain: jax.Array, bias: jax.Array | None, dtype: Any) -> jax.Array:
+  """``xhat * gain + bias`` in ``dtype`` (``gain``, ``bias`` ``(F,)``)."""
+  return base.add_bias(xhat.astype(dtype) * _row(gain, xhat), bias)
+
+
 def layer_norm(
   z: jax.Array, gain: jax.Array, bias: jax.Array, groups: int, epsilon: float
 ) -> jax.Array:
@@ -55,16 +77,26 @@ def layer_norm(
 
   Each block of ``F / groups`` columns is shifted to mean 0 and scaled to (biased)
   variance 1, ``(z - mean) / sqrt(var + epsilon)``, then ``* gain + bias`` (both
-  ``(F,)``). The statistics are computed in at least float32 (as flax's
-  ``LayerNorm``); the result has ``z``'s dtype.
+  ``(F,)``). The statistics are computed in at least float32 (`normalize`); the
+  result has ``z``'s dtype.
   """
-  stat_dtype = jnp.dtype(jnp.float32) if jnp.finfo(z.dtype).bits < 32 else z.dtype
-  zs = z.astype(stat_dtype).reshape(z.shape[:-1] + (groups, z.shape[-1] // groups))
-  mean = jnp.mean(zs, axis=-1, keepdims=True)
-  centred = zs - mean
-  var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-  normed = (centred * jax.lax.rsqrt(var + jnp.asarray(epsilon, stat_dtype))).reshape(z.shape)
-  return base.add_bias(normed.astype(z.dtype) * _row(gain, z), bias)
+  return affine(normalize(z, groups, epsilon)[0], gain, bias, z.dtype)
+
+
+def layer_norm_vjp(dy: jax.Array, gain: jax.Array, xhat: jax.Array, rstd: jax.Array) -> jax.Array:
+  """The cotangent of `layer_norm`'s input ``z`` for its output's ``dy`` ``(..., F)``.
+
+  With ``(xhat, rstd)`` from `normalize` and ``dyhat = dy * gain``, per block:
+  ``dz = rstd * (dyhat - mean(dyhat) - xhat * mean(dyhat * xhat))``, in ``rstd``'s dtype
+  (the statistics'); the result has ``dy``'s dtype.
+  """
+  groups = rstd.shape[-2]
+  blocks = dy.shape[:-1] + (groups, dy.shape[-1] // groups)
+  g = (dy * _row(gain, dy)).astype(rstd.dtype).reshape(blocks)
+  xh = xhat.reshape(blocks)
+  mean_g = jnp.mean(g, axis=-1, keepdims=True)
+  mean_gx = jnp.mean(g * xh, axis=-1, keepdims=True)
+  return (rstd * (g - mean_g - xh * mean_gx)).reshape(dy.shape).astype(dy.dtype)
 
 
 def _row(v: jax.Array, z: jax.Array) -> jax.Array:
@@ -75,20 +107,106 @@ def update(
   params: LayerNormLSTMParams,
   carry: LSTMCarry,
   x: jax.Array,
+  h_mask: jax.Array | None = None,
   *,
   per_gate: bool = False,
   epsilon: float = 1e-5,
 ):
-  """One layer-normalized LSTM step: ``(carry, y, gate activations)``."""
+  """One layer-normalized LSTM step: ``(carry, y, saved)``.
+
+  ``saved`` is ``(gate activations, (xhat, rstd) of the input projection, of the recurrent
+  projection, of c')`` (`normalize`), what `backward` needs. ``h_mask`` (recurrent dropout)
+  multiplies ``h`` where it enters ``h @ w_hh``, its only use.
+  """
   groups = 4 if per_gate else 1
-  p = params
-  z_x = layer_norm(x @ p.w_ih, p.ln_ih_gain, p.ln_ih_bias, groups, epsilon)
-  z_h = layer_norm(carry.h @ p.w_hh, p.ln_hh_gain, p.ln_hh_bias, groups, epsilon)
-  acts = gates(base.add_bias(z_x + z_h, p.b))
+  p, dt = params, x.dtype
+  h_in = carry.h if h_mask is None else carry.h * h_mask
+  n_x = normalize(x @ p.w_ih, groups, epsilon)
+  n_h = normalize(h_in @ p.w_hh, groups, epsilon)
+  z = affine(n_x[0], p.ln_ih_gain, p.ln_ih_bias, dt) + affine(
+    n_h[0], p.ln_hh_gain, p.ln_hh_bias, dt
+  )
+  acts = gates(base.add_bias(z, p.b))
   i, f, g, o = jnp.split(acts, 4, axis=-1)
   c = f * carry.c + i * g
-  h = o * jnp.tanh(layer_norm(c, p.ln_c_gain, p.ln_c_bias, 1, epsilon))
-  return LSTMCarry(h, c), h, acts
+  n_c = normalize(c, 1, epsilon)
+  h = o * jnp.tanh(affine(n_c[0], p.ln_c_gain, p.ln_c_bias, dt))
+  return LSTMCarry(h, c), h, (acts, n_x, n_h, n_c)
+
+
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
+
+  The gate algebra's coefficients depend on the forward values only (`_slopes`): they are
+  computed for all ``T * N`` rows before the loop. The loop holds what is sequential: the
+  cell norm's and the recurrent norm's VJPs (`layer_norm_vjp`) and ``d_hh @ w_hh.T``, and
+  stacks ``dc``, ``dh`` (H columns each; ``dz`` is rebuilt from them after the loop, which
+  measured faster than stacking its 4H) and ``d_hh``. After it, over all rows: the input
+  norm's VJP, the weight and input gradients as matmuls, and every gain and bias gradient
+  as one sum (``sum(dz * xhat)``, ``sum(dz)``) from the saved ``xhat``.
+  """
+  prev, (acts, (xhat_x, rstd_x), (xhat_h, rstd_h), (xhat_c, rstd_c)) = saved
+  p, h_mask = params, noise.h_mask
+  ct_carry, ct_ys = cotangents
+  w_hh_t = kernel.transposed(p.w_hh)
+  k_n, slopes, forget = _slopes(p, prev.c, acts, xhat_c)
+
+  def body(ct, inputs):
+    dy, k_n, slopes, forget, xc, rc, xh, rh, m, restart, keep = inputs
+    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
+    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
+    dh = kernel.zeros_where_invalid(m, dh)
+    dc = dc_out + layer_norm_vjp(dh * k_n, p.ln_c_gain, xc, rc)
+    dc = kernel.zeros_where_invalid(m, dc)
+    dz = slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1)
+    d_hh = layer_norm_vjp(dz, p.ln_hh_gain, xh, rh)
+    d_h_in = d_hh @ w_hh_t
+    d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
+    d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * forget), straight)
+    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
+    new, to_reset = kernel.reset_split(restart, new)
+    return new, (dc, dh, d_hh, to_reset)
+
+  inputs = (ct_ys, k_n, slopes, forget, xhat_c, rstd_c, xhat_h, rstd_h, mask, resets, noise.keep)
+  ct0, outs = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  dc, dh, d_hh, to_reset = outs
+  dz = slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1)
+  d_cn = dh * k_n
+  d_ih = kernel.rows(layer_norm_vjp(dz, p.ln_ih_gain, xhat_x, rstd_x))
+  sum_dz = jnp.sum(kernel.rows(dz), axis=0)
+  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
+  grads = type(p)(
+    w_ih=kernel.rows(xs).T @ d_ih,
+    w_hh=kernel.rows(h_in).T @ kernel.rows(d_hh),
+    b=None if p.b is None else sum_dz,
+    ln_ih_gain=_sum_rows(dz, xhat_x),
+    ln_ih_bias=sum_dz,
+    ln_hh_gain=_sum_rows(dz, xhat_h),
+    ln_hh_bias=sum_dz,
+    ln_c_gain=_sum_rows(d_cn, xhat_c),
+    ln_c_bias=jnp.sum(kernel.rows(d_cn), axis=0),
+  )
+  d_xs = (d_ih @ p.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+
+
+def _slopes(params: LayerNormLSTMParams, c_prev: jax.Array, acts: jax.Array, xhat_c: jax.Array):
+  """A step's local derivatives from its forward values, ``(T, N, F)`` leaves: ``(k_n,
+  slopes, f)``.
+
+  ``k_n = dh' / dLN(c')`` (through ``tanh``), ``slopes`` ``(T, N, 4H)`` the gate
+  pre-activations' derivatives by ``c`` (for i, f, g) and by ``h`` (for o), ``f`` (the forget
+  gate) ``= dc / dc_{t-1}``.
+  """
+  i, f, g, o = jnp.split(acts, 4, axis=-1)
+  tc = jnp.tanh(affine(xhat_c, params.ln_c_gain, params.ln_c_bias, acts.dtype))
+  slopes = jnp.concatenate([g, c_prev, i, tc], axis=-1) * gates_slope(acts)
+  return o * (1.0 - tc * tc), slopes, f
+
+
+def _sum_rows(d: jax.Array, xhat: jax.Array) -> jax.Array:
+  """A gain's gradient ``sum(d * xhat)`` over all rows ``(T, N)``, in ``d``'s dtype."""
+  return jnp.sum(kernel.rows(d.astype(xhat.dtype) * xhat), axis=0).astype(d.dtype)
 
 
 def check_epsilon(epsilon: Any) -> None:
@@ -134,7 +252,12 @@ def layer_norm_lstm(
 
   The params declare no ``gate_columns``: `jaxrnn.sharding` keeps them
   replicated (the statistics span all gate columns, see `LayerNormLSTMParams`).
-  There is no whole-sequence kernel: `jaxrnn.scan` loops over the step.
+  `jaxrnn.scan` runs a whole-sequence kernel with a hand-written VJP (`backward`,
+  `jaxrnn.cells.kernel`): forward+backward at B=32, T=128, I=128, H=256 on XLA:CPU
+  measured 0.70-0.76x the time of autodiff through the step loop (``impl="step"``, 0.76x
+  with ``per_gate``) and 1.31-1.38x `jaxrnn.lstm`'s kernel (1.37-1.44x with ``per_gate``;
+  medians of interleaved rounds): the three norms' saved statistics and their VJPs are
+  what it adds to the LSTM's work.
 
   Args:
     hidden_size: H, the cell state size.
@@ -192,8 +315,15 @@ def layer_norm_lstm(
       ln_c_bias=jnp.zeros((H,), dtype),
     )
 
+  step_math, sequence = _kernel(per_gate, float(epsilon))
+  return factory.library_cell(KIND, init=init, update=step_math, sequence=sequence, config=config)
+
+
+@functools.cache
+def _kernel(per_gate: bool, epsilon: float):
+  """``(update, sequence)`` for one ``(per_gate, epsilon)``, made once: the step and its kernel."""
   step_math = functools.partial(update, per_gate=per_gate, epsilon=epsilon)
-  return factory.library_cell(KIND, init=init, update=step_math, config=config)
+  return step_math, kernel.sequence_kernel(step_math, backward)
 
 
 KIND = base.CellKind("layer_norm_lstm", layer_norm_lstm, LayerNormLSTMParams, LSTMCarry, None)

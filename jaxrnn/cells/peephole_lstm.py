@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base, factory, kernel
 from jaxrnn.cells.lstm import LSTMCarry
 
 
@@ -62,9 +62,10 @@ def rowwise(v: jax.Array, z: jax.Array) -> jax.Array:
   return jnp.reshape(v, (1,) * (z.ndim - 1) + v.shape)
 
 
-def update(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array):
-  """One peephole-LSTM step, the cell's math in one place: ``(carry, y, [i, f, g, o])``."""
-  z = base.add_bias(x @ params.w_ih + carry.h @ params.w_hh, params.b)
+def update(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
+  """One peephole-LSTM step, the cell's math in one place: ``(carry, y, ([i, f, g], o))``."""
+  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  z = base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b)
   c_prev = carry.c
   peep = jnp.concatenate([params.w_ci, params.w_cf, jnp.zeros_like(params.w_ci)])
   reps = (1,) * (c_prev.ndim - 1) + (3,)
@@ -74,7 +75,72 @@ def update(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array):
   c = f * c_prev + i * g
   o = jax.nn.sigmoid(z[..., h3:] + rowwise(params.w_co, c) * c)
   h = o * jnp.tanh(c)
-  return LSTMCarry(h, c), h, jnp.concatenate([ifg, o], axis=-1)
+  return LSTMCarry(h, c), h, (ifg, o)
+
+
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
+
+  Every step's backward is linear in its cotangents ``(dh, dc)``, with coefficients that
+  depend on the forward values only (`_slopes`); those are computed for all ``T * N`` rows
+  before the loop, so the loop holds only ``dc = dc' + dh * k_h``, ``dz = slopes * [dc, dc,
+  dc, dh]``, ``dz @ w_hh.T`` and ``dc * k_c``. After it, the weight and input gradients are
+  matmuls over all rows and each peephole's gradient one sum (``sum(dz_i * c_{t-1})``, ...).
+  """
+  prev, (ifg, o) = saved
+  h_mask = noise.h_mask
+  ct_carry, ct_ys = cotangents
+  w_hh_t = kernel.transposed(params.w_hh)
+  c, k_h, slopes, k_c = _slopes(params, prev.c, ifg, o)
+
+  def body(ct, inputs):
+    dy, k_h, slopes, k_c, m, restart, keep = inputs
+    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
+    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
+    dc = dc_out + dh * k_h
+    dz = kernel.zeros_where_invalid(m, slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1))
+    d_h_in = dz @ w_hh_t
+    d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
+    d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * k_c), straight)
+    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
+    new, to_reset = kernel.reset_split(restart, new)
+    return new, (dz, to_reset)
+
+  inputs = (ct_ys, k_h, slopes, k_c, mask, resets, noise.keep)
+  ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  dz_rows = kernel.rows(dz)
+  dz_i, dz_f, _, dz_o = jnp.split(dz, 4, axis=-1)
+  grads = type(params)(
+    w_ih=kernel.rows(xs).T @ dz_rows,
+    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ dz_rows,
+    b=None if params.b is None else jnp.sum(dz_rows, axis=0),
+    w_ci=jnp.sum(kernel.rows(dz_i * prev.c), axis=0),
+    w_cf=jnp.sum(kernel.rows(dz_f * prev.c), axis=0),
+    w_co=jnp.sum(kernel.rows(dz_o * c), axis=0),
+  )
+  d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+
+
+def _slopes(params: PeepholeLSTMParams, c_prev: jax.Array, ifg: jax.Array, o: jax.Array):
+  """A step's local derivatives from its forward values, ``(T, N, F)`` leaves: ``(c, k_h,
+  slopes, k_c)``.
+
+  ``c`` is the new cell state; ``k_h = dc / dh`` (through ``tanh(c)`` and the output gate's
+  peephole), ``slopes`` ``(T, N, 4H)`` the gate pre-activations' derivatives by ``c`` (for
+  i, f, g) and by ``h`` (for o), ``k_c = dc / dc_{t-1}`` (through f and the i and f peepholes).
+  """
+  i, f, g = jnp.split(ifg, 3, axis=-1)
+  w_ci, w_cf, w_co = (rowwise(w, c_prev) for w in (params.w_ci, params.w_cf, params.w_co))
+  c = f * c_prev + i * g
+  tc = jnp.tanh(c)
+  d_zo = tc * o * (1.0 - o)
+  d_zi, d_zf = g * i * (1.0 - i), c_prev * f * (1.0 - f)
+  slopes = jnp.concatenate([d_zi, d_zf, i * (1.0 - g * g), d_zo], axis=-1)
+  return c, o * (1.0 - tc * tc) + d_zo * w_co, slopes, f + d_zi * w_ci + d_zf * w_cf
+
+
+sequence = kernel.sequence_kernel(update, backward)
 
 
 def peephole_lstm(
@@ -102,8 +168,10 @@ def peephole_lstm(
   dropped the output ``tanh`` (``h' = o * c'``), which this cell keeps, as every
   peephole LSTM in common use does. The step is the plain `jaxrnn.lstm` plus the
   three peephole terms: with zero peepholes it computes exactly `jaxrnn.lstm`.
-  There is no hand-written whole-sequence kernel: `jaxrnn.scan` loops over the
-  step and autodiff gives the gradient.
+  `jaxrnn.scan` runs a whole-sequence kernel with a hand-written VJP (`backward`,
+  `jaxrnn.cells.kernel`): forward+backward at B=32, T=128, I=128, H=256 on XLA:CPU
+  measured 0.65-0.70x the time of autodiff through the step loop (``impl="step"``) and
+  0.95-1.0x `jaxrnn.lstm`'s kernel (medians of interleaved rounds).
 
   Args:
     hidden_size: H, the cell state size.
@@ -142,7 +210,7 @@ def peephole_lstm(
       b = b.at[H : 2 * H].add(forget_bias)  # the forget bias, in init and nowhere else
     return PeepholeLSTMParams(w_ih, w_hh, b, peep[0], peep[1], peep[2])
 
-  return factory.library_cell(KIND, init=init, update=update, config=config)
+  return factory.library_cell(KIND, init=init, update=update, sequence=sequence, config=config)
 
 
 KIND = base.CellKind("peephole_lstm", peephole_lstm, PeepholeLSTMParams, LSTMCarry, None)
