@@ -20,8 +20,9 @@ the same numbers on every ``impl``. Dropout-type masks are scaled by ``1 / (1 - 
 (inverted dropout), so ``deterministic=True`` is the plain model; zoneout then uses its
 expected mask. Input dropout and weight drop change the inputs and the params before the
 loop, so they run on every whole-sequence kernel; recurrent dropout and zoneout act
-inside the recurrence, and reach the kernels marked ``takes_noise`` (every hand-written whole-sequence
-kernel: the LSTM, GRU, Elman, CIFG, peephole, layer-norm LSTM and sLSTM) through `jaxrnn.cells.kernel.Noise`.
+inside the recurrence, and reach the kernels marked ``takes_noise`` (every hand-written
+whole-sequence kernel: the LSTM, GRU, Elman, CIFG, peephole, layer-norm LSTM and sLSTM)
+through `jaxrnn.cells.kernel.Noise`.
 Cells without such a kernel run their step loop, as they always do; a cell whose
 whole-sequence path cannot take them (minGRU and minLSTM's linear scan, with zoneout)
 also runs its step loop then. Masks are drawn per row, so with resets the segments

@@ -1,6 +1,6 @@
 """peephole_lstm, cifg_lstm, indrnn against float64 NumPy loops of their papers' equations;
-mgu against flax.linen.MGUCell with the same weights; peephole_lstm's whole-sequence kernel
-against its step loop."""
+mgu against flax.linen.MGUCell with the same weights; the peephole and CIFG LSTMs'
+whole-sequence kernels against their step loops."""
 
 import flax.linen as nn
 import jax
@@ -237,10 +237,12 @@ def assert_fused_is_step(cell, params, carry, xs):
     assert float(np.linalg.norm(got - want)) <= 1e-5 * scale, (got, want)
 
 
-def test_peephole_kernel_is_its_step_loop():
-  cell = jaxrnn.peephole_lstm(H)
+@pytest.mark.parametrize("name", ["peephole_lstm", "cifg_lstm"])
+def test_lstm_variant_kernel_is_its_step_loop(name):
+  cell = getattr(jaxrnn, name)(H)
   params = cell.init(jax.random.key(4), I)
-  params = params._replace(w_ci=params.w_ci + 0.5, w_co=params.w_co - 0.5)  # visible peepholes
+  if name == "peephole_lstm":  # visible peepholes
+    params = params._replace(w_ci=params.w_ci + 0.5, w_co=params.w_co - 0.5)
   k1, k2 = jax.random.split(jax.random.key(5))
   carry = jax.tree.map(lambda c: jax.random.normal(k1, c.shape), cell.initial_carry(params, (N,)))
   assert_fused_is_step(cell, params, carry, jax.random.normal(k2, (N, 6, I)))
