@@ -6,11 +6,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel
 from jaxrnn.cells.lstm import LSTMCarry
-from jaxrnn.cells.peephole_lstm import block_gates
+from jaxrnn.cells.peephole_lstm import block_gates, dense_grads, slopes_loop
 
 
 class CIFGLSTMParams(NamedTuple):
@@ -50,38 +49,16 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   A step's backward is linear in its cotangents ``(dh, dc)`` with coefficients from the
   forward values only (`_slopes`, computed for all ``T * N`` rows before the loop), so the
-  loop holds ``dc = dc' + dh * k_h``, ``dz = slopes * [dc, dc, dh]``, ``dz @ w_hh.T`` and
-  ``dc * (1 - i)``; the weight and input gradients are matmuls over all rows after it.
+  loop is `jaxrnn.cells.peephole_lstm.slopes_loop`; the weight and input gradients are
+  matmuls over all rows after it (`jaxrnn.cells.peephole_lstm.dense_grads`).
   """
   prev, acts = saved
-  h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
-  w_hh_t = kernel.transposed(params.w_hh)
-  k_h, slopes, k_c = _slopes(prev.c, acts)
-
-  def body(ct, inputs):
-    dy, k_h, slopes, k_c, m, restart, keep = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
-    dc = dc_out + dh * k_h
-    dz = kernel.zeros_where_invalid(m, slopes * jnp.concatenate([dc, dc, dh], axis=-1))
-    d_h_in = dz @ w_hh_t
-    d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
-    d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * k_c), straight)
-    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
-    new, to_reset = kernel.reset_split(restart, new)
-    return new, (dz, to_reset)
-
-  inputs = (ct_ys, k_h, slopes, k_c, mask, resets, noise.keep)
-  ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  dz_rows = kernel.rows(dz)
-  grads = type(params)(
-    w_ih=kernel.rows(xs).T @ dz_rows,
-    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ dz_rows,
-    b=None if params.b is None else jnp.sum(dz_rows, axis=0),
+  local = _slopes(prev.c, acts)
+  ct0, dz, to_reset = slopes_loop(
+    params.w_hh, local, mask, resets, cotangents, noise, reverse, unroll
   )
-  d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  dense, d_xs = dense_grads(params, xs, prev.h, noise.h_mask, dz)
+  return type(params)(**dense), ct0, d_xs, kernel.reset_total(to_reset)
 
 
 def _slopes(c_prev: jax.Array, acts: jax.Array):

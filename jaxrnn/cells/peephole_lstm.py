@@ -83,22 +83,50 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   Every step's backward is linear in its cotangents ``(dh, dc)``, with coefficients that
   depend on the forward values only (`_slopes`); those are computed for all ``T * N`` rows
-  before the loop, so the loop holds only ``dc = dc' + dh * k_h``, ``dz = slopes * [dc, dc,
-  dc, dh]``, ``dz @ w_hh.T`` and ``dc * k_c``. After it, the weight and input gradients are
-  matmuls over all rows and each peephole's gradient one sum (``sum(dz_i * c_{t-1})``, ...).
+  before the loop (`slopes_loop`). After it, the weight and input gradients are matmuls
+  over all rows (`dense_grads`) and each peephole's gradient one sum
+  (``sum(dz_i * c_{t-1})``, ...).
   """
   prev, (ifg, o) = saved
+  c, *local = _slopes(params, prev.c, ifg, o)
+  ct0, dz, to_reset = slopes_loop(
+    params.w_hh, local, mask, resets, cotangents, noise, reverse, unroll
+  )
+  dense, d_xs = dense_grads(params, xs, prev.h, noise.h_mask, dz)
+  dz_i, dz_f, _, dz_o = jnp.split(dz, 4, axis=-1)
+  grads = type(params)(
+    **dense,
+    w_ci=jnp.sum(kernel.rows(dz_i * prev.c), axis=0),
+    w_cf=jnp.sum(kernel.rows(dz_f * prev.c), axis=0),
+    w_co=jnp.sum(kernel.rows(dz_o * c), axis=0),
+  )
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+
+
+def slopes_loop(w_hh, local, mask, resets, cotangents, noise, reverse, unroll):
+  """The backward loop of an LSTM variant whose step's VJP is linear in ``(dh, dc)``.
+
+  ``local = (k_h, slopes, k_c)``, ``(T, N, F)`` leaves from the forward values, computed
+  before the loop: at each step ``dc = dc' + dh * k_h``, ``dz = slopes * [dc, ..., dc, dh]``
+  (every gate block but the last, the output gate's, takes ``dc``), ``dh_{t-1} = dz @
+  w_hh.T`` (times recurrent dropout's mask) and ``dc_{t-1} = dc * k_c``; lengths, resets
+  and zoneout as in `jaxrnn.cells.lstm.backward`.
+
+  Returns:
+    ``(d_carry0, dz, to_reset)``: the initial carry's cotangent, ``dz`` ``(T, N, G * H)``
+    and the per-step cotangents of the reset carry (`kernel.reset_total` sums them).
+  """
   h_mask = noise.h_mask
   ct_carry, ct_ys = cotangents
-  w_hh_t = kernel.transposed(params.w_hh)
-  c, k_h, slopes, k_c = _slopes(params, prev.c, ifg, o)
+  w_hh_t = kernel.transposed(w_hh)
 
   def body(ct, inputs):
     dy, k_h, slopes, k_c, m, restart, keep = inputs
     dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
     (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
     dc = dc_out + dh * k_h
-    dz = kernel.zeros_where_invalid(m, slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1))
+    blocks = slopes.shape[-1] // dc.shape[-1]
+    dz = kernel.zeros_where_invalid(m, slopes * jnp.concatenate([dc] * (blocks - 1) + [dh], -1))
     d_h_in = dz @ w_hh_t
     d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
     d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * k_c), straight)
@@ -106,20 +134,22 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
     new, to_reset = kernel.reset_split(restart, new)
     return new, (dz, to_reset)
 
-  inputs = (ct_ys, k_h, slopes, k_c, mask, resets, noise.keep)
+  inputs = (ct_ys, *local, mask, resets, noise.keep)
   ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  return ct0, dz, to_reset
+
+
+def dense_grads(params, xs, h_prev, h_mask, dz):
+  """``({w_ih, w_hh, b} gradients, d_xs)`` of ``z = x @ w_ih + (h_prev * h_mask) @ w_hh + b``
+  from ``dz`` ``(T, N, G * H)``: one matmul (or sum) each over all ``T * N`` rows."""
   dz_rows = kernel.rows(dz)
-  dz_i, dz_f, _, dz_o = jnp.split(dz, 4, axis=-1)
-  grads = type(params)(
+  h_in = h_prev if h_mask is None else h_prev * h_mask[None]
+  dense = dict(
     w_ih=kernel.rows(xs).T @ dz_rows,
-    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ dz_rows,
+    w_hh=kernel.rows(h_in).T @ dz_rows,
     b=None if params.b is None else jnp.sum(dz_rows, axis=0),
-    w_ci=jnp.sum(kernel.rows(dz_i * prev.c), axis=0),
-    w_cf=jnp.sum(kernel.rows(dz_f * prev.c), axis=0),
-    w_co=jnp.sum(kernel.rows(dz_o * c), axis=0),
   )
-  d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  return dense, (dz_rows @ params.w_ih.T).reshape(xs.shape)
 
 
 def _slopes(params: PeepholeLSTMParams, c_prev: jax.Array, ifg: jax.Array, o: jax.Array):
