@@ -246,3 +246,11 @@ def test_lstm_variant_kernel_is_its_step_loop(name):
   k1, k2 = jax.random.split(jax.random.key(5))
   carry = jax.tree.map(lambda c: jax.random.normal(k1, c.shape), cell.initial_carry(params, (N,)))
   assert_fused_is_step(cell, params, carry, jax.random.normal(k2, (N, 6, I)))
+
+
+def test_mgu_kernel_is_its_step_loop():
+  cell = jaxrnn.mgu(H)
+  params = make_params("mgu", cell, jax.random.key(4))  # visible biases, b_hn inside the gate
+  k1, k2 = jax.random.split(jax.random.key(5))
+  carry = jax.tree.map(lambda c: jax.random.normal(k1, c.shape), cell.initial_carry(params, (N,)))
+  assert_fused_is_step(cell, params, carry, jax.random.normal(k2, (N, 6, I)))

@@ -6,8 +6,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base, factory, kernel
 from jaxrnn.cells.base import HiddenCarry
 
 
@@ -53,6 +54,89 @@ def update(params: MGUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
   return HiddenCarry(h), h, jnp.concatenate([f, n, hn], axis=-1)
 
 
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
+
+  A step's backward is linear in ``dh`` with coefficients from the forward values only
+  (`_slopes`, computed for all ``T * N`` rows before the loop), so the loop is
+  `hidden_loop`; the gate gradients are rebuilt from its stacked ``dh`` after it, and the
+  weight and input gradients are matmuls over all rows.
+  """
+  prev, acts = saved
+  h_mask = noise.h_mask
+  d_in, d_rec = _slopes(prev.h, acts)
+  f = jnp.split(acts, 3, axis=-1)[0]  # dh_{t-1} / dh through f * h
+  ct0, dh, to_reset = hidden_loop(
+    params.w_hh, d_rec, f, mask, resets, cotangents, noise, reverse, unroll
+  )
+  dh2 = jnp.concatenate([dh, dh], axis=-1)
+  gi_rows, gh_rows = kernel.rows(d_in * dh2), kernel.rows(d_rec * dh2)
+  hidden = params.w_hh.shape[0]
+  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
+  grads = type(params)(
+    w_ih=kernel.rows(xs).T @ gi_rows,
+    w_hh=kernel.rows(h_in).T @ gh_rows,
+    b=None if params.b is None else jnp.sum(gi_rows, axis=0),
+    b_hn=None if params.b_hn is None else jnp.sum(gh_rows[:, hidden:], axis=0),
+  )
+  d_xs = (gi_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+
+
+def _slopes(h_prev: jax.Array, acts: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The gate pre-activations' derivatives by ``dh``, ``(T, N, 2H)`` each: ``(d_in, d_rec)``.
+
+  ``d_in`` for the input projection's ``[f, n]`` columns, ``d_rec`` for the recurrent
+  product's (its n slice times ``f``, the gate on ``h W_hn + b_hn``).
+  """
+  f, n, hn = jnp.split(acts, 3, axis=-1)
+  a_n = (1.0 - f) * (1.0 - n * n)
+  a_f = (h_prev - n + a_n * hn) * f * (1.0 - f)
+  return jnp.concatenate([a_f, a_n], axis=-1), jnp.concatenate([a_f, a_n * f], axis=-1)
+
+
+def hidden_loop(w_hh, slopes, k_h, mask, resets, cotangents, noise, reverse, unroll, norm=None):
+  """The backward loop of a GRU-like cell whose step's VJP is linear in ``dh``.
+
+  With ``slopes`` ``(T, N, G * H)`` the recurrent projection's derivatives by ``dh`` and
+  ``k_h`` ``(T, N, H)`` the direct path ``dh_{t-1} / dh`` (the kept fraction of ``h``), each
+  step: ``d_rec = slopes * [dh, ..., dh]`` (through ``norm(d_rec, *norm_inputs)``, a
+  normalization's VJP, when given as ``(norm, norm_inputs)``), ``dh_{t-1} = (d_rec @
+  w_hh.T) * h_mask + dh * k_h``; lengths, resets and zoneout as in
+  `jaxrnn.cells.lstm.backward`.
+
+  Returns:
+    ``(d_carry0, dh, to_reset)``: the initial carry's cotangent, every step's ``dh``
+    ``(T, N, H)`` (zero where invalid) and the per-step cotangents of the reset carry.
+  """
+  h_mask = noise.h_mask
+  ct_carry, ct_ys = cotangents
+  w_hh_t = kernel.transposed(w_hh)
+  vjp, norm_inputs = (None, ()) if norm is None else norm
+  blocks = w_hh.shape[-1] // w_hh.shape[0]
+
+  def body(ct, inputs):
+    dy, slopes, k_h, m, restart, keep, *extra = inputs
+    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
+    (dh,), straight = kernel.zone_split(keep, HiddenCarry(dh))
+    dh = kernel.zeros_where_invalid(m, dh)
+    d_rec = slopes * jnp.concatenate([dh] * blocks, axis=-1)
+    d_rec = d_rec if vjp is None else vjp(d_rec, *extra)
+    d_h_in = d_rec @ w_hh_t
+    d_prev = (d_h_in if h_mask is None else d_h_in * h_mask) + dh * k_h
+    d_prev = kernel.add_zoned(HiddenCarry(d_prev), straight)
+    new = HiddenCarry(kernel.where_valid(m, d_prev.h, ct.h))
+    new, to_reset = kernel.reset_split(restart, new)
+    return new, (dh, to_reset)
+
+  inputs = (ct_ys, slopes, k_h, mask, resets, noise.keep, *norm_inputs)
+  ct0, (dh, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  return ct0, dh, to_reset
+
+
+sequence = kernel.sequence_kernel(update, backward)
+
+
 def mgu(
   hidden_size: int,
   *,
@@ -79,7 +163,11 @@ def mgu(
   Initialisation, flax's defaults: ``w_ih`` LeCun normal (truncated, fan-in),
   each ``(H, H)`` block of ``w_hh`` orthogonal, ``b`` zeros plus ``forget_bias``
   on the forget slice (flax's ``forget_bias_init`` is ones), ``b_hn`` zeros.
-  There is no hand-written whole-sequence kernel: `jaxrnn.scan` loops over the step.
+  `jaxrnn.scan` runs a whole-sequence kernel with a hand-written VJP (`backward`,
+  `jaxrnn.cells.kernel`), taking lengths, resets, recurrent dropout and zoneout:
+  forward+backward at B=32, T=128, I=128, H=256 on XLA:CPU measured 0.67-0.90x the time
+  of autodiff through the step loop (``impl="step"``) and 0.66-0.77x `jaxrnn.gru`'s kernel
+  (medians of 7-15 interleaved rounds, four runs, on a shared 2-core machine).
 
   Args:
     hidden_size: H.
@@ -118,7 +206,9 @@ def mgu(
     return MGUParams(w_ih, w_hh, b, b_hn)
 
   # masks_product: recurrent dropout masks h in the product only; h also enters f * h
-  return factory.library_cell(KIND, init=init, update=update, masks_product=True, config=config)
+  return factory.library_cell(
+    KIND, init=init, update=update, sequence=sequence, masks_product=True, config=config
+  )
 
 
 KIND = base.CellKind("mgu", mgu, MGUParams, HiddenCarry, None)
