@@ -181,3 +181,9 @@ def test_lstm_kernel_is_its_step_loop():
   # per_gate and no b here; test_check_grads_float64 takes the kernel through the other case.
   cell, params, carry, xs, *_ = _setup("layer_norm_lstm", CASES[1][1])
   assert_fused_is_step(cell, params, carry, xs)
+
+
+def test_gru_kernel_is_its_step_loop():
+  # without per_gate here; test_check_grads_float64 takes the kernel through per_gate.
+  cell, params, carry, xs, *_ = _setup("layer_norm_gru", CASES[2][1])
+  assert_fused_is_step(cell, params, carry, xs)

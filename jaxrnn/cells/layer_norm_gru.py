@@ -8,9 +8,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base, factory, kernel
 from jaxrnn.cells.base import HiddenCarry
-from jaxrnn.cells.layer_norm_lstm import check_bool, check_epsilon, layer_norm
+from jaxrnn.cells.layer_norm_lstm import (
+  _sum_rows,
+  affine,
+  check_bool,
+  check_epsilon,
+  layer_norm_vjp,
+  normalize,
+)
+from jaxrnn.cells.mgu import hidden_loop
 
 
 class LayerNormGRUParams(NamedTuple):
@@ -53,22 +61,74 @@ def update(
   per_gate: bool = False,
   epsilon: float = 1e-5,
 ):
-  """One layer-normalized GRU step: ``(carry, y, [r, z, n])``.
+  """One layer-normalized GRU step: ``(carry, y, saved)``.
 
-  ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only.
+  ``saved`` is ``([r, z, n], (xhat, rstd) of the input projection, of the recurrent
+  projection)`` (`normalize`), what `backward` needs. ``h_mask`` (recurrent dropout)
+  multiplies ``h`` in the recurrent product only.
   """
   groups = 3 if per_gate else 1
-  p = params
-  gi = layer_norm(x @ p.w_ih, p.ln_ih_gain, p.ln_ih_bias, groups, epsilon)
+  p, dt = params, x.dtype
   h_in = carry.h if h_mask is None else carry.h * h_mask
-  gh = layer_norm(h_in @ p.w_hh, p.ln_hh_gain, p.ln_hh_bias, groups, epsilon)
+  n_x = normalize(x @ p.w_ih, groups, epsilon)
+  n_h = normalize(h_in @ p.w_hh, groups, epsilon)
+  gi = affine(n_x[0], p.ln_ih_gain, p.ln_ih_bias, dt)
+  gh = affine(n_h[0], p.ln_hh_gain, p.ln_hh_bias, dt)
   i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
   h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
   r = jax.nn.sigmoid(i_r + h_r)
   z = jax.nn.sigmoid(i_z + h_z)
   n = jnp.tanh(i_n + r * h_n)
   h = (1.0 - z) * n + z * carry.h
-  return HiddenCarry(h), h, jnp.concatenate([r, z, n], axis=-1)
+  return HiddenCarry(h), h, (jnp.concatenate([r, z, n], axis=-1), n_x, n_h)
+
+
+def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
+
+  The gate algebra's coefficients depend on the forward values only (`_slopes`, for all
+  ``T * N`` rows before the loop); the loop (`jaxrnn.cells.mgu.hidden_loop`) holds the
+  recurrent norm's VJP (`layer_norm_vjp`) and ``d_hh @ w_hh.T`` and stacks ``dh``. After
+  it, over all rows: the gate gradients rebuilt from ``dh``, both norms' VJPs, the weight
+  and input gradients as matmuls, every gain and bias gradient as one sum.
+  """
+  prev, (acts, (xhat_x, rstd_x), (xhat_h, rstd_h)) = saved
+  p, h_mask = params, noise.h_mask
+  d_in, d_rec, z = _slopes(p, prev.h, acts, xhat_h)
+  norm = (lambda d, xh, rh: layer_norm_vjp(d, p.ln_hh_gain, xh, rh), (xhat_h, rstd_h))
+  ct0, dh, to_reset = hidden_loop(
+    p.w_hh, d_rec, z, mask, resets, cotangents, noise, reverse, unroll, norm
+  )
+  dh3 = jnp.concatenate([dh, dh, dh], axis=-1)
+  d_gi, d_gh = d_in * dh3, d_rec * dh3
+  d_ih = kernel.rows(layer_norm_vjp(d_gi, p.ln_ih_gain, xhat_x, rstd_x))
+  d_hh = kernel.rows(layer_norm_vjp(d_gh, p.ln_hh_gain, xhat_h, rstd_h))
+  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
+  grads = type(p)(
+    w_ih=kernel.rows(xs).T @ d_ih,
+    w_hh=kernel.rows(h_in).T @ d_hh,
+    ln_ih_gain=_sum_rows(d_gi, xhat_x),
+    ln_ih_bias=jnp.sum(kernel.rows(d_gi), axis=0),
+    ln_hh_gain=_sum_rows(d_gh, xhat_h),
+    ln_hh_bias=jnp.sum(kernel.rows(d_gh), axis=0),
+  )
+  d_xs = (d_ih @ p.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+
+
+def _slopes(params, h_prev: jax.Array, acts: jax.Array, xhat_h: jax.Array):
+  """A step's local derivatives by ``dh`` from its forward values: ``(d_in, d_rec, z)``.
+
+  ``d_in``, ``d_rec`` ``(T, N, 3H)``: the normalized input and recurrent projections'
+  ``[r, z, n]`` columns (``d_rec``'s n slice times ``r``, the gate on the recurrent n
+  slice); ``z`` ``(T, N, H)`` is ``dh_{t-1} / dh`` through ``z * h``.
+  """
+  r, z, n = jnp.split(acts, 3, axis=-1)
+  gh = affine(xhat_h, params.ln_hh_gain, params.ln_hh_bias, acts.dtype)
+  a_n = (1.0 - z) * (1.0 - n * n)
+  a_r = a_n * jnp.split(gh, 3, axis=-1)[2] * r * (1.0 - r)
+  a_z = (h_prev - n) * z * (1.0 - z)
+  return jnp.concatenate([a_r, a_z, a_n], -1), jnp.concatenate([a_r, a_z, a_n * r], -1), z
 
 
 def layer_norm_gru(
@@ -100,8 +160,13 @@ def layer_norm_gru(
   U(-1/sqrt(H), 1/sqrt(H)), gains at 1, biases at 0.
 
   The params declare no ``gate_columns``: `jaxrnn.sharding` keeps them
-  replicated (see `LayerNormGRUParams`). There is no whole-sequence kernel:
-  `jaxrnn.scan` loops over the step.
+  replicated (see `LayerNormGRUParams`). `jaxrnn.scan` runs a whole-sequence kernel with
+  a hand-written VJP (`backward`, `jaxrnn.cells.kernel`), taking lengths, resets,
+  recurrent dropout and zoneout: forward+backward at B=32, T=128, I=128, H=256 on XLA:CPU
+  measured 0.83-0.90x the time of autodiff through the step loop (``impl="step"``; 0.77x
+  and 0.94x in two runs with ``per_gate``) and 1.36-1.49x `jaxrnn.gru`'s kernel (medians
+  of 11-15 interleaved rounds, two to five runs, on a shared 2-core machine): the two
+  norms' saved statistics and their VJPs are what it adds to the GRU's work.
 
   Args:
     hidden_size: H.
@@ -143,13 +208,22 @@ def layer_norm_gru(
       ln_hh_bias=zeros,
     )
 
+  step_math, sequence = _kernel(per_gate, float(epsilon))
   return factory.library_cell(
     KIND,
     init=init,
-    update=functools.partial(update, per_gate=per_gate, epsilon=epsilon),
+    update=step_math,
+    sequence=sequence,
     masks_product=True,  # h also enters z * h
     config=config,  # every argument of the factory, as called
   )
+
+
+@functools.cache
+def _kernel(per_gate: bool, epsilon: float):
+  """``(update, sequence)`` for one ``(per_gate, epsilon)``, made once: the step and its kernel."""
+  step_math = functools.partial(update, per_gate=per_gate, epsilon=epsilon)
+  return step_math, kernel.sequence_kernel(step_math, backward)
 
 
 KIND = base.CellKind("layer_norm_gru", layer_norm_gru, LayerNormGRUParams, HiddenCarry, None)
