@@ -21,7 +21,7 @@ the same numbers on every ``impl``. Dropout-type masks are scaled by ``1 / (1 - 
 expected mask. Input dropout and weight drop change the inputs and the params before the
 loop, so they run on every whole-sequence kernel; recurrent dropout and zoneout act
 inside the recurrence, and reach the kernels marked ``takes_noise`` (every hand-written
-whole-sequence kernel: the LSTM, GRU, Elman, CIFG, peephole, layer-norm LSTM and sLSTM)
+whole-sequence kernel of a cell with a recurrent matrix)
 through `jaxrnn.cells.kernel.Noise`.
 Cells without such a kernel run their step loop, as they always do; a cell whose
 whole-sequence path cannot take them (minGRU and minLSTM's linear scan, with zoneout)
