@@ -258,6 +258,13 @@ def _evaluate(eval_fn, state, done, metrics_path) -> None:
   _append_jsonl(metrics_path, evaluation)  # metrics_path is None off process 0
 
 
+def _save(checkpoint_dir, step, state, **kwargs) -> None:
+  """`jaxrnn.checkpoint.save` of ``state`` at ``step`` unless there is no directory or it has
+  that step already (a run resumed at its last step)."""
+  if checkpoint_dir is not None and step not in _checkpoint.all_steps(checkpoint_dir):
+    _checkpoint.save(checkpoint_dir, step, state, **kwargs)
+
+
 def fit(
   step_fn: Callable[[PyTree, PyTree], tuple[PyTree, Mapping[str, Any]]],
   state: PyTree,
@@ -381,10 +388,6 @@ def fit(
   metrics_path = _trim_metrics(metrics_path, start) if lead else None
   skipped = _skips(state)
 
-  def save(step):
-    if checkpoint_dir is not None and step not in _checkpoint.all_steps(checkpoint_dir):
-      _checkpoint.save(checkpoint_dir, step, state, model=model, metadata=metadata, keep=keep)
-
   bar = _progress_bar(total=num_steps, initial=start, show=progress and lead, desc=desc)
   preempted = _Preemption()
   t_last, examples = time.perf_counter(), 0
@@ -405,7 +408,7 @@ def fit(
         _evaluate(eval_fn, state, done, metrics_path)
       if done % checkpoint_every == 0 or done == num_steps or stop:
         skipped = _check_finite(metrics, on_nonfinite, skipped)
-        save(done)
+        _save(checkpoint_dir, done, state, model=model, metadata=metadata, keep=keep)
       if stop:
         raise Preempted(done)
   finally:

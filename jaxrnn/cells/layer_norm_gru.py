@@ -11,10 +11,10 @@ import jax.numpy as jnp
 from jaxrnn.cells import base, factory, kernel
 from jaxrnn.cells.base import HiddenCarry
 from jaxrnn.cells.layer_norm_lstm import (
-  _sum_rows,
   affine,
   check_bool,
   check_epsilon,
+  gain_grad,
   layer_norm_vjp,
   normalize,
 )
@@ -107,9 +107,9 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   grads = type(p)(
     w_ih=kernel.rows(xs).T @ d_ih,
     w_hh=kernel.rows(h_in).T @ d_hh,
-    ln_ih_gain=_sum_rows(d_gi, xhat_x),
+    ln_ih_gain=gain_grad(d_gi, xhat_x),
     ln_ih_bias=jnp.sum(kernel.rows(d_gi), axis=0),
-    ln_hh_gain=_sum_rows(d_gh, xhat_h),
+    ln_hh_gain=gain_grad(d_gh, xhat_h),
     ln_hh_bias=jnp.sum(kernel.rows(d_gh), axis=0),
   )
   d_xs = (d_ih @ p.w_ih.T).reshape(xs.shape)

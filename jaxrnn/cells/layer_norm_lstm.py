@@ -179,11 +179,11 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
     w_ih=kernel.rows(xs).T @ d_ih,
     w_hh=kernel.rows(h_in).T @ kernel.rows(d_hh),
     b=None if p.b is None else sum_dz,
-    ln_ih_gain=_sum_rows(dz, xhat_x),
+    ln_ih_gain=gain_grad(dz, xhat_x),
     ln_ih_bias=sum_dz,
-    ln_hh_gain=_sum_rows(dz, xhat_h),
+    ln_hh_gain=gain_grad(dz, xhat_h),
     ln_hh_bias=sum_dz,
-    ln_c_gain=_sum_rows(d_cn, xhat_c),
+    ln_c_gain=gain_grad(d_cn, xhat_c),
     ln_c_bias=jnp.sum(kernel.rows(d_cn), axis=0),
   )
   d_xs = (d_ih @ p.w_ih.T).reshape(xs.shape)
@@ -204,7 +204,7 @@ def _slopes(params: LayerNormLSTMParams, c_prev: jax.Array, acts: jax.Array, xha
   return o * (1.0 - tc * tc), slopes, f
 
 
-def _sum_rows(d: jax.Array, xhat: jax.Array) -> jax.Array:
+def gain_grad(d: jax.Array, xhat: jax.Array) -> jax.Array:
   """A gain's gradient ``sum(d * xhat)`` over all rows ``(T, N)``, in ``d``'s dtype."""
   return jnp.sum(kernel.rows(d.astype(xhat.dtype) * xhat), axis=0).astype(d.dtype)
 
