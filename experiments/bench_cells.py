@@ -22,6 +22,7 @@ only these sections.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
@@ -39,18 +40,18 @@ QUICK_LENGTHS = (16, 32)
 MODES = ("fwd", "fwd+bwd")
 HEADS = 4  # sLSTM's heads (xLSTM's default), where H allows
 
+# Every registered kind but the plain RNN (measured against its peers in the main sections),
+# with the arguments a kind needs beyond its hidden size.
+SKIP = ("elman",)
+ARGUMENTS: dict[str, Callable[[int], dict[str, Any]]] = {
+  "slstm": lambda h: dict(num_heads=HEADS if h % HEADS == 0 else 1),
+}
 CELLS: dict[str, Callable[[int], jaxrnn.Cell]] = {
-  "lstm": lambda h: jaxrnn.lstm(h),
-  "gru": lambda h: jaxrnn.gru(h),
-  "layer_norm_lstm": lambda h: jaxrnn.layer_norm_lstm(h),
-  "layer_norm_gru": lambda h: jaxrnn.layer_norm_gru(h),
-  "peephole_lstm": lambda h: jaxrnn.peephole_lstm(h),
-  "cifg_lstm": lambda h: jaxrnn.cifg_lstm(h),
-  "mgu": lambda h: jaxrnn.mgu(h),
-  "indrnn": lambda h: jaxrnn.indrnn(h),
-  "slstm": lambda h: jaxrnn.slstm(h, num_heads=HEADS if h % HEADS == 0 else 1),
-  "min_gru": lambda h: jaxrnn.min_gru(h),
-  "min_lstm": lambda h: jaxrnn.min_lstm(h),
+  name: functools.partial(
+    lambda h, kind: kind.factory(h, **ARGUMENTS.get(kind.name, lambda h: {})(h)), kind=kind
+  )
+  for name, kind in jaxrnn.cells.KINDS.items()
+  if name not in SKIP
 }
 PEERS = {"mgu": "flax_mgu"}  # a cell's nearest JAX peer among the variants
 LSTM_FAMILY = ("layer_norm_lstm", "peephole_lstm", "cifg_lstm", "slstm", "min_lstm")

@@ -20,7 +20,10 @@ reaches MSE / baseline < 0.1 while the tanh RNN stays above 0.5. Writes
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,19 +35,18 @@ from experiments import adding, harness, timing, training
 
 NAME = "cells"
 HEADS = 4
-CELLS = {
-  "tanh": lambda h, T: jaxrnn.elman(h),
-  "lstm": lambda h, T: jaxrnn.lstm(h),
-  "gru": lambda h, T: jaxrnn.gru(h),
-  "layer_norm_lstm": lambda h, T: jaxrnn.layer_norm_lstm(h),
-  "layer_norm_gru": lambda h, T: jaxrnn.layer_norm_gru(h),
-  "peephole_lstm": lambda h, T: jaxrnn.peephole_lstm(h),
-  "cifg_lstm": lambda h, T: jaxrnn.cifg_lstm(h),
-  "mgu": lambda h, T: jaxrnn.mgu(h),
-  "indrnn": lambda h, T: jaxrnn.indrnn(h, recurrent_max=2 ** (1 / T)),
-  "slstm": lambda h, T: jaxrnn.slstm(h, num_heads=HEADS if h % HEADS == 0 else 1),
-  "min_gru": lambda h, T: jaxrnn.min_gru(h),
-  "min_lstm": lambda h, T: jaxrnn.min_lstm(h),
+# The arguments a kind needs beyond its hidden size (T: the sequence length).
+ARGUMENTS: dict[str, Callable[[int, int], dict[str, Any]]] = {
+  "indrnn": lambda h, T: dict(recurrent_max=2 ** (1 / T)),
+  "slstm": lambda h, T: dict(num_heads=HEADS if h % HEADS == 0 else 1),
+}
+NAMES = {"elman": "tanh"}  # the rows' names where they differ from the kind's
+# Every registered kind, read from the registry.
+CELLS: dict[str, Callable[[int, int], jaxrnn.Cell]] = {
+  NAMES.get(name, name): functools.partial(
+    lambda h, T, kind: kind.factory(h, **ARGUMENTS.get(kind.name, lambda h, T: {})(h, T)), kind=kind
+  )
+  for name, kind in jaxrnn.cells.KINDS.items()
 }
 
 

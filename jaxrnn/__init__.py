@@ -4,6 +4,7 @@ from jaxrnn import (
   cells,  # a subpackage: the cells and their registry (jaxrnn.cells.KINDS)
   export,  # a submodule: jaxrnn.export.save / load
   loop,  # a submodule: jaxrnn.loop.fit
+  testing,  # a submodule: jaxrnn.testing.check_cell
 )
 from jaxrnn.cells import *  # noqa: F403  (the names in jaxrnn.cells.CELLS are public here)
 from jaxrnn.interop import carry_from_torch, carry_to_torch, from_torch, to_torch
@@ -36,6 +37,7 @@ __all__ = [
   "scan",
   "stack",
   "stream",
+  "testing",
   "to_torch",
 ]
 __all__ += cells.CELLS  # the cells, their params and carry types (one list, in jaxrnn.cells)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -81,10 +81,9 @@ def recurrent(
     raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
-  kind = cells.KINDS.get(cell.name)
   rates = regularizers.check(
     cell.name,
-    None if kind is None else kind.params,
+    lambda: _params_type(cell),
     zoneout,
     input_dropout=input_dropout,
     recurrent_dropout=recurrent_dropout,
@@ -118,6 +117,11 @@ def recurrent(
     no_step=REVERSE_REASON if reverse else "",
     parts=(cell,),
   )
+
+
+def _params_type(cell: cells.Cell) -> type:
+  """The type of ``cell``'s params, traced from its ``init`` (no FLOPs)."""
+  return type(jax.eval_shape(lambda: cell.init(jax.random.key(0), 1)))
 
 
 REVERSE_REASON = (
@@ -368,8 +372,8 @@ def _stack_step(layers: tuple[SequenceModel, ...]):
 
 
 def rnn_layers(
-  kind: str,
-  hidden_size: int,
+  kind: str | cells.Cell | Callable[..., cells.Cell],
+  hidden_size: int | None = None,
   *,
   num_layers: int = 1,
   bidirectional: bool = False,
@@ -387,9 +391,12 @@ def rnn_layers(
   """The torch-like convenience: ``torch.nn.LSTM(...)`` as a jaxrnn `stack`.
 
   Args:
-    kind: a built-in cell's name, one of ``jaxrnn.cells.KINDS`` (``"elman"``,
-      ``"lstm"``, ``"gru"``, ``"layer_norm_lstm"``, ``"mgu"``, ``"slstm"``, ...).
-    hidden_size: H of every layer.
+    kind: the cell of every layer: a built-in cell's name, one of ``jaxrnn.cells.KINDS``
+      (``"elman"``, ``"lstm"``, ``"gru"``, ``"layer_norm_lstm"``, ``"mgu"``, ``"slstm"``,
+      ...); a factory ``factory(hidden_size, **cell_kwargs) -> Cell`` (a user's too),
+      called once per layer; or a `Cell`, used in every layer as it is.
+    hidden_size: H of every layer; with a `Cell`, None (its own size) or the size its
+      config records.
     num_layers: how many layers to stack.
     bidirectional: each layer is a forward and a reverse pass, concatenated.
     dropout_rate: dropout between layers (see `stack`).
@@ -407,7 +414,9 @@ def rnn_layers(
     `BidirectionalCarry`.
 
   Raises:
-    ValueError: for an unknown ``kind`` or a bad size.
+    ValueError: for an unknown ``kind``, a bad size, a `Cell` with a ``hidden_size``
+      its config disagrees with or with ``cell_kwargs``, or a regularizer the cell
+      cannot take.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
@@ -419,12 +428,13 @@ def rnn_layers(
     ...                         deterministic=True)
     >>> ys.shape, carry[1].forward.h.shape, carry[1].forward.c.shape
     ((4, 10, 16), (4, 8), (4, 16))
+    >>> mine = jaxrnn.rnn_layers(jaxrnn.gru(6, use_bias=False), num_layers=2)
+    >>> mine.apply(mine.init(jax.random.key(1), 3), xs)[1].shape
+    (4, 10, 6)
   """
   args = dict(locals())  # first: exactly the arguments
-  if kind not in cells.KINDS:
-    raise ValueError(f"kind={kind!r} is not one of {tuple(cells.KINDS)}.")
   cells.base.check_positive("num_layers", num_layers)
-  cell = cells.KINDS[kind].factory(hidden_size, **cell_kwargs)
+  layer_cells = _layer_cells(kind, hidden_size, num_layers, cell_kwargs)
   rates = dict(
     input_dropout=input_dropout,
     recurrent_dropout=recurrent_dropout,
@@ -437,7 +447,7 @@ def rnn_layers(
   if isinstance(zoneout, dict):
     args["zoneout"] = tuple(sorted(zoneout.items()))
   models = []
-  for _ in range(num_layers):
+  for cell in layer_cells:
     kw = dict(time_major=time_major, unroll=unroll, remat=remat, impl=impl, **rates)
     fwd = recurrent(cell, **kw)
     if bidirectional:
@@ -448,6 +458,8 @@ def rnn_layers(
   model = stack(models, dropout_rate=dropout_rate)
   settings = {k: args.pop(k) for k in ("unroll", "remat", "impl")}
   del args["cell_kwargs"]  # in cell_config, completed by the cell's factory
+  cell = layer_cells[0]
+  args.update(kind=cell.name, hidden_size=dict(cell.config).get("hidden_size", hidden_size))
   config = pairs(**args, cell_config=cell.config)
   return SequenceModel.library(
     model.init,
@@ -460,3 +472,36 @@ def rnn_layers(
     no_step=BIDIRECTIONAL_FLAG_REASON if bidirectional else "",
     parts=(model,),
   )
+
+
+def _layer_cells(kind: Any, hidden_size: Any, num_layers: int, cell_kwargs: dict) -> list:
+  """The cell of each layer, from `rnn_layers`'s ``kind``: a name, a factory or a `Cell`."""
+  if isinstance(kind, cells.Cell):
+    recorded = dict(kind.config).get("hidden_size")
+    if cell_kwargs:
+      raise ValueError(
+        f"cell keyword arguments {sorted(cell_kwargs)} with a Cell ({kind.name!r}); expected "
+        "none: build the cell with them, or pass its factory as kind."
+      )
+    if hidden_size is not None and hidden_size != recorded:
+      said = "records none" if recorded is None else f"records hidden_size={recorded}"
+      raise ValueError(
+        f"hidden_size={hidden_size!r} with a Cell whose config {said}; expected "
+        "hidden_size=None (the cell's own size) or the size it records."
+      )
+    return [kind] * num_layers
+  cells.base.check_positive("hidden_size", hidden_size)
+  if isinstance(kind, str):
+    if kind not in cells.KINDS:
+      raise ValueError(f"kind={kind!r} is not one of {tuple(cells.KINDS)}.")
+    return [cells.KINDS[kind].factory(hidden_size, **cell_kwargs)] * num_layers
+  if not callable(kind):
+    raise ValueError(
+      f"kind is a {type(kind).__name__}; expected a cell name from {tuple(cells.KINDS)}, a "
+      "cell factory or a jaxrnn.Cell."
+    )
+  layer_cells = [kind(hidden_size, **cell_kwargs) for _ in range(num_layers)]
+  for cell in layer_cells:
+    if not isinstance(cell, cells.Cell):
+      raise ValueError(f"kind {kind!r} returned a {type(cell).__name__}; expected a jaxrnn.Cell.")
+  return layer_cells

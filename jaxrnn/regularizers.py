@@ -31,6 +31,7 @@ packed in one row share that row's masks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,7 +40,6 @@ import jax.numpy as jnp
 from jaxrnn.cells import kernel
 
 PyTree = Any
-DROPOUTS = ("input_dropout", "recurrent_dropout", "weight_drop")
 
 
 def _check_rate(name: str, rate: Any) -> float:
@@ -49,9 +49,10 @@ def _check_rate(name: str, rate: Any) -> float:
 
 
 def check(
-  cell_name: str, params_type: type | None, zoneout: Any, **dropouts: Any
+  cell_name: str, params_type: Callable[[], type], zoneout: Any, **dropouts: Any
 ) -> tuple[tuple[str, Any], ...]:
-  """The rates as config pairs (only those set), checked; ``params_type`` if known.
+  """The rates as config pairs (only those set), checked; ``params_type()`` gives the
+  cell's params type, asked only when recurrent dropout or weight drop is set.
 
   Raises:
     ValueError: a rate outside ``[0, 1)``, a zoneout dict naming no state, or
@@ -64,13 +65,13 @@ def check(
     zoneout = tuple(sorted((k, _check_rate(f"zoneout[{k!r}]", v)) for k, v in zoneout.items()))
   else:
     zoneout = _check_rate("zoneout", zoneout)
-  if params_type is not None:
-    for name in ("recurrent_dropout", "weight_drop"):
-      if rates.get(name) and not recurrent_weights(params_type):
-        raise ValueError(
-          f"{name}={rates[name]}: the {cell_name!r} cell has no recurrent weights (its "
-          "gates read the input only); expected a cell with a recurrent matrix."
-        )
+  for name in ("recurrent_dropout", "weight_drop"):
+    if rates.get(name) and not recurrent_weights(params_type()):
+      raise ValueError(
+        f"{name}={rates[name]}: the {cell_name!r} cell has no recurrent weights (no field "
+        "'w_hh' in its params, and no `recurrent_weights` names declared on its params type); "
+        "expected a cell with a recurrent matrix."
+      )
   pairs = tuple((k, v) for k, v in rates.items() if v)
   return pairs + ((("zoneout", zoneout),) if zoneout else ())
 

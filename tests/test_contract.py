@@ -42,17 +42,8 @@ def _loop_reference(cell, params, xs, lengths, reverse):
   return np.stack(carries), ys
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_user_cell_scan_masked_and_reversed_equals_a_loop_of_its_step(rng, reverse):
-  cell = user_cell.CELL
-  params = cell.init(jax.random.key(0), I)
-  xs = _xs(rng, B, T, I)
-  carry, ys = jax.jit(lambda p, x: jaxrnn.scan(cell, p, x, seq_lengths=LENGTHS, reverse=reverse))(
-    params, xs
-  )
-  ref_h, ref_ys = _loop_reference(cell, params, xs, LENGTHS, reverse)
-  np.testing.assert_allclose(ys, ref_ys, atol=1e-6)
-  np.testing.assert_allclose(carry.h, ref_h, atol=1e-6)
+# The user cell's scan (lengths, resets, reverse) against a loop of its step, and the rest of
+# the cell contract: tests/test_registry.py (`jaxrnn.testing.check_cell`).
 
 
 def test_user_cell_in_a_stack_and_bidirectional_equal_the_composition(rng):

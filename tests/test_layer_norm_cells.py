@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from test_lstm_variants import assert_fused_is_step
+from kernels import assert_fused_is_step
 
 import jaxrnn
 

@@ -1,6 +1,6 @@
 """peephole_lstm, cifg_lstm, indrnn against float64 NumPy loops of their papers' equations;
-mgu against flax.linen.MGUCell with the same weights; the peephole and CIFG LSTMs'
-whole-sequence kernels against their step loops."""
+mgu against flax.linen.MGUCell with the same weights, and its kernel with visible biases
+against its step loop."""
 
 import flax.linen as nn
 import jax
@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from kernels import assert_fused_is_step
 
 import jaxrnn
-from jaxrnn.cells.kernel import Noise
 
 I, H, N, T = 3, 4, 3, 4
 
@@ -207,45 +207,7 @@ def test_bad_arguments_and_conventions():
   np.testing.assert_array_equal(m.b, np.concatenate([np.ones(H), np.zeros(H)]))
 
 
-def assert_fused_is_step(cell, params, carry, xs):
-  """``impl="fused"`` against ``impl="step"`` under one jit: values, and gradients with respect
-  to the params, the initial carry and ``xs`` (1e-5 relative, leaf by leaf), with lengths
-  (one 0), resets and noise (recurrent dropout, zoneout on h and c); `check_grads` covers
-  the kernel reversed."""
-  n, t = xs.shape[:2]
-  rng = np.random.default_rng(3)
-  lengths = jnp.asarray(np.resize([t, 0, t - 2], n))
-  resets = jnp.asarray(rng.random((n, t)) < 0.3)
-  keep = jax.tree.map(lambda c: jnp.asarray(rng.random((t,) + c.shape) < 0.3, c.dtype), carry)
-  noise = Noise(jnp.asarray((rng.random(carry.h.shape) > 0.3) / 0.7, carry.h.dtype), keep)
-  w = jnp.asarray(rng.normal(size=xs.shape[:2] + (carry.h.shape[-1],)), xs.dtype)
-
-  def loss(params, carry, xs, impl):
-    kw = dict(seq_lengths=lengths, resets=resets, noise=noise, impl=impl, unroll=1)
-    final, ys = jaxrnn.scan(cell, params, xs, carry, **kw)
-    return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in final), (final, ys)
-
-  @jax.jit
-  def both(params, carry, xs):
-    grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
-    return {impl: grad(params, carry, xs, impl) for impl in ("fused", "step")}
-
-  out = both(params, carry, xs)
-  leaves = zip(jax.tree.leaves(out["fused"]), jax.tree.leaves(out["step"]), strict=True)
-  for got, want in leaves:
-    scale = max(float(np.linalg.norm(want)), 1e-30)
-    assert float(np.linalg.norm(got - want)) <= 1e-5 * scale, (got, want)
-
-
-@pytest.mark.parametrize("name", ["peephole_lstm", "cifg_lstm"])
-def test_lstm_variant_kernel_is_its_step_loop(name):
-  cell = getattr(jaxrnn, name)(H)
-  params = cell.init(jax.random.key(4), I)
-  if name == "peephole_lstm":  # visible peepholes
-    params = params._replace(w_ci=params.w_ci + 0.5, w_co=params.w_co - 0.5)
-  k1, k2 = jax.random.split(jax.random.key(5))
-  carry = jax.tree.map(lambda c: jax.random.normal(k1, c.shape), cell.initial_carry(params, (N,)))
-  assert_fused_is_step(cell, params, carry, jax.random.normal(k2, (N, 6, I)))
+# The peephole and CIFG kernels against their step loops: tests/test_registry.py.
 
 
 def test_mgu_kernel_is_its_step_loop():

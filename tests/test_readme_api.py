@@ -1,7 +1,7 @@
 """The README's API table against the code: every public signature, every argument, every default.
 
 Each public function of `jaxrnn` (and of its submodules train, checkpoint, loop,
-sharding, export) and each public NamedTuple-like type must appear in the README's
+sharding, export, testing) and each public NamedTuple-like type must appear in the README's
 "The public API" section as a code span ``name(arg, *, kw=default, ...)`` whose
 arguments, in order, with the keyword-only marker and the defaults, are the code's.
 """
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import jaxrnn
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBMODULES = ("train", "checkpoint", "loop", "sharding", "export")
+SUBMODULES = ("train", "checkpoint", "loop", "sharding", "export", "testing")
 METHODS = ("train.TrainState.create", "ElmanParams.from_concatenated")
 
 

@@ -30,7 +30,6 @@ from jax.test_util import check_grads
 from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
 
 import jaxrnn
-from jaxrnn.cells.kernel import Noise
 
 H, K, I, B, T = 8, 2, 3, 4, 5
 D = H // K
@@ -156,31 +155,8 @@ def test_scan_with_lengths_equals_numpy_loop_per_row(setup, rng, reverse):
       np.testing.assert_allclose(got[b], want, **TOL)
 
 
-def test_fused_kernel_equals_step_loop_with_lengths_resets_and_noise(setup, rng):
-  """The kernel's hand-written VJP against autodiff of the step loop, everything on at once.
-
-  Reversed (the forward direction's gradients are `check_grads`'s, below); one compile of
-  both loops, ``unroll=1`` (the CPU default of 4 quadruples the compile time).
-  """
-  cell, params, xs = setup
-  carry = _carry(rng, (B,))
-  lengths = jnp.array([T, 3, 0, 1])
-  resets = jnp.asarray(rng.random((B, T)) < 0.3)
-  kh, kc = (jnp.asarray(rng.random((T, B, H)) < 0.3, jnp.float32) for _ in range(2))
-  h_mask = jnp.asarray((rng.random((B, H)) > 0.3) / 0.7, jnp.float32)
-  noise = Noise(h_mask, jaxrnn.SLSTMCarry(kh, kc, None, None))  # zoneout's h and c, as drawn
-
-  def loss(params, carry, xs, impl):
-    kw = dict(seq_lengths=lengths, reverse=True, resets=resets, noise=noise, unroll=1)
-    final, ys = jaxrnn.scan(cell, params, xs, carry, impl=impl, **kw)
-    return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(jnp.sin(leaf)) for leaf in final)
-
-  grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
-  fused, step = jax.jit(lambda *a: [grad(*a, impl) for impl in ("fused", "step")])(
-    params, carry, xs
-  )
-  for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(step), strict=True):
-    assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+# The kernel against its step loop (both directions, lengths, resets, recurrent dropout and
+# zoneout on every carry field): tests/test_registry.py.
 
 
 def test_check_grads_float64():

@@ -23,6 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jaxrnn  # noqa: E402
+from jaxrnn.cells import kernel  # noqa: E402
 
 
 class LeakyParams(NamedTuple):
@@ -49,12 +50,37 @@ def leaky(hidden_size: int, leak: float = 0.5) -> jaxrnn.Cell:
     return LeakyCarry(jnp.zeros(tuple(batch_shape) + (params.u.shape[0],), params.u.dtype))
 
   def step(params, carry, x):
+    x = x.astype(params.w.dtype)  # the dtype policy: inputs cast to the params' dtype
     pre = x @ params.w + carry.h @ params.u
     z = jnp.tanh(pre + jnp.reshape(params.b, (1,) * (pre.ndim - 1) + params.b.shape))
     h = (1.0 - leak) * carry.h + leak * z
     return LeakyCarry(h), h
 
   return jaxrnn.Cell(init, initial_carry, step, name="leaky")
+
+
+def leaky_with_kernel(hidden_size: int, leak: float = 0.5, *, error_at: int | None = None):
+  """`leaky` with a whole-sequence kernel: the input projection hoisted out of the time
+  loop (one matmul over all steps), the loop itself `jaxrnn.cells.kernel.step_loop` (which
+  applies lengths and resets). ``error_at=t`` adds 1e-3 to the outputs of step t: the
+  broken kernel `jaxrnn.testing.check_cell` must catch."""
+  plain = leaky(hidden_size, leak)
+
+  def projected_step(params, carry, px):  # px = x @ w, computed before the loop
+    pre = px + carry.h @ params.u
+    z = jnp.tanh(pre + jnp.reshape(params.b, (1,) * (pre.ndim - 1) + params.b.shape))
+    h = (1.0 - leak) * carry.h + leak * z
+    return LeakyCarry(h), h
+
+  def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
+    args = (mask, reverse, unroll, resets, reset_carry)
+    px = xs.astype(params.w.dtype) @ params.w
+    carry, ys = kernel.step_loop(projected_step, params, carry, px, *args)
+    if error_at is not None:
+      ys = ys.at[error_at].add(1e-3)
+    return carry, ys
+
+  return plain.replace(sequence=sequence, name="leaky_kernel")
 
 
 CELL = leaky(5)

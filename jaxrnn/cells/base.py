@@ -190,6 +190,8 @@ class CellKind(NamedTuple):
     carry: the cell's carry NamedTuple type.
     torch: the cell's `jaxrnn.cells.torch_layout.TorchLayout`, or None where PyTorch
       has no such module.
+    example: the small configuration the registry's conformance checks
+      (`jaxrnn.testing.check_cell`) run the kind at: an `Example`.
   """
 
   name: str
@@ -197,6 +199,24 @@ class CellKind(NamedTuple):
   params: type
   carry: type
   torch: Any = None
+  example: Example = None  # type: ignore[assignment]  (None: Example())
+
+  def example_cell(self) -> tuple[Cell, int]:
+    """``(cell, input_size)`` of the kind's `Example`."""
+    example = self.example or Example()
+    return self.factory(**dict(example.kwargs)), example.input_size
+
+
+class Example(NamedTuple):
+  """A small configuration of a cell kind, for the registry's checks.
+
+  Attributes:
+    kwargs: the factory's arguments as ``(name, value)`` pairs, ``hidden_size`` included.
+    input_size: the input size to initialise the cell with.
+  """
+
+  kwargs: tuple[tuple[str, Any], ...] = (("hidden_size", 5),)
+  input_size: int = 3
 
 
 INPUT_SIZE = property(

@@ -252,4 +252,5 @@ KIND = base.CellKind(
   ElmanParams,
   HiddenCarry,
   torch_layout.TorchLayout("RNN", _cell_kwargs, _from_torch, _to_torch),
+  base.Example((("hidden_size", 5), ("output_size", 2))),  # the readout checked too
 )

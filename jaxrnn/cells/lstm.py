@@ -251,4 +251,5 @@ KIND = base.CellKind(
   LSTMParams,
   LSTMCarry,
   torch_layout.TorchLayout("LSTM", _cell_kwargs, _from_torch, _to_torch),
+  base.Example((("hidden_size", 5), ("proj_size", 3))),  # the projection checked too
 )

@@ -286,4 +286,11 @@ def slstm(
   return factory.library_cell(KIND, init=init, update=update, sequence=sequence, config=config)
 
 
-KIND = base.CellKind("slstm", slstm, SLSTMParams, SLSTMCarry, None)
+KIND = base.CellKind(
+  "slstm",
+  slstm,
+  SLSTMParams,
+  SLSTMCarry,
+  None,
+  base.Example((("hidden_size", 4), ("num_heads", 2))),
+)
