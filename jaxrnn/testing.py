@@ -378,11 +378,45 @@ def check_dtype(case: Case) -> str:
   return "passed"
 
 
+def check_padding(case: Case) -> str:
+  """NaN and inf past each row's length reach no value and no gradient: outputs, final
+  carry and gradients (params, initial carry, inputs) equal a run on zero padding, on the
+  default path and on ``impl="step"``."""
+  T = case.xs.shape[1]
+  past = np.arange(T)[None, :] >= case.lengths[:, None]
+  junk = np.where(np.arange(case.xs.shape[0])[:, None, None] % 2 == 0, np.nan, np.inf)
+  zero = jnp.where(jnp.asarray(past)[..., None], jnp.zeros_like(case.xs), case.xs)
+  bad = jnp.where(jnp.asarray(past)[..., None], jnp.asarray(junk, case.xs.dtype), case.xs)
+
+  def loss(params, carry, xs, impl):
+    final, ys = scan(case.cell, params, xs, carry, seq_lengths=case.lengths, impl=impl, unroll=1)
+    total = jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c * c) for c in jax.tree.leaves(final))
+    return total, (final, ys)
+
+  @jax.jit
+  def runs(xs):
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    return {impl: grad(case.params, case.carry, xs, impl) for impl in ("auto", "step")}
+
+  got, want = runs(bad), runs(zero)
+  for impl in ("auto", "step"):
+    compare(
+      "padding",
+      got[impl],
+      want[impl],
+      what=f"impl={impl!r} (value, outputs), grads",
+      rtol=0.0,
+      atol=0.0,
+    )
+  return "passed"
+
+
 CHECKS: dict[str, Callable[[Case], str]] = {
   "step": check_step,
   "scan": check_scan,
   "kernel": check_kernel,
   "gradients": check_gradients,
+  "padding": check_padding,
   "stream": check_stream,
   "layers": check_layers,
   "dtype": check_dtype,
@@ -409,8 +443,9 @@ def check_cell(
   vmap, one row), ``scan`` (against a Python loop of ``step``, with lengths including 0
   and T, resets, forward and reverse), ``kernel`` (the default path against
   ``impl="step"``, values and gradients), ``gradients`` (against finite differences in
-  float64), ``stream``, ``layers`` (a stacked bidirectional `rnn_layers`), ``dtype``,
-  ``export`` and ``checkpoint`` (skipped, and said so, without orbax-checkpoint).
+  float64), ``padding`` (NaN and inf past the lengths against zero padding), ``stream``,
+  ``layers`` (a stacked bidirectional `rnn_layers`), ``dtype``, ``export`` and
+  ``checkpoint`` (skipped, and said so, without orbax-checkpoint).
 
   Args:
     cell: a `Cell`.
