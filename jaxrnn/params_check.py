@@ -162,6 +162,12 @@ def _first_difference(params: PyTree, want: PyTree) -> tuple[str, Any, Any]:
   return "", params, want
 
 
+def _kind(dtype: np.dtype) -> Any:
+  """A dtype's kind (bfloat16 is floating, though NumPy's ``kind`` says ``"V"``)."""
+  kinds = (np.bool_, np.complexfloating, np.floating, np.integer)
+  return next((k for k in kinds if jax.dtypes.issubdtype(dtype, k)), dtype)
+
+
 def _compare(model: Any, params: PyTree, want: PyTree, where: str, size: int | None) -> None:
   """Leaf by leaf: shapes (when the input size is known) and dtypes.
 
@@ -183,7 +189,7 @@ def _compare(model: Any, params: PyTree, want: PyTree, where: str, size: int | N
       continue
     dtype, want_dtype = np.dtype(dtype), np.dtype(expected.dtype)
     first, first_dtype = seen.setdefault(want_dtype, (name, dtype))
-    if dtype.kind != want_dtype.kind:
+    if _kind(dtype) != _kind(want_dtype):
       raise ValueError(
         f"{where}: {name} has dtype {dtype}; expected {want_dtype}, what {model.name}'s init "
         "gives (params may be cast as a whole, to another dtype of the same kind)."

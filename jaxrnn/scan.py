@@ -179,7 +179,8 @@ def scan(
     cell: a `Cell`.
     params: the cell's parameters.
     xs: ``(*batch, T, input_size)``, or ``(T, *batch, input_size)`` if
-      ``time_major``. ``batch`` may be empty.
+      ``time_major``. ``batch`` may be empty. Integer inputs for a user's step (token
+      ids it embeds) may have no feature axis, ``(*batch, T)`` (see `feature_ndim`).
     carry: the initial carry, leaves ``(*batch, ...)``; zeros if None.
     seq_lengths: integer ``(*batch,)`` of any integer dtype, or None (all rows
       have length T).
@@ -227,7 +228,8 @@ def scan(
     ValueError: wrong rank of ``xs``; input size not matching ``params``;
       batch shape of ``carry`` or ``seq_lengths`` not matching ``xs``;
       non-integer or out-of-range ``seq_lengths``; a bad ``unroll``, ``remat`` or
-      ``impl``.
+      ``impl``; params that are not what ``cell.init`` gives (a leaf of another shape or
+      dtype, `jaxrnn.params_check`), swapped arguments, or a carry of another kind.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn

@@ -90,7 +90,9 @@ def stream(model: SequenceModel | Cell) -> Stream:
   Raises:
     ValueError: for a model whose ``step`` is None: bidirectional or reverse
       (it needs the future). ``step`` raises it for
-      a ``reset`` that is not a boolean ``(*batch,)`` mask, and the cells'
+      a ``reset`` that is not a boolean ``(*batch,)`` mask (the batch shape is the
+      state's, so ``x`` may be ``(*batch,)`` token ids), for params that are not the
+      model's (`jaxrnn.params_check`) or a state of another kind, and the cells'
       own checks for a wrong input size or state shape.
 
   Example:
