@@ -32,9 +32,14 @@ def raw(fn: Any) -> Any:
   return getattr(fn, _RAW, fn)
 
 
-@functools.lru_cache(maxsize=512)
 def _expected(init: Callable, initial_carry: Callable, input_size: int | None):
   """``(params, carry)`` of ``init`` as `jax.ShapeDtypeStruct` trees; None where not evaluable."""
+  return _evaluated(init, initial_carry, input_size, bool(jax.config.jax_enable_x64))
+
+
+@functools.lru_cache(maxsize=512)
+def _evaluated(init: Callable, initial_carry: Callable, input_size: int | None, x64: bool):
+  del x64  # in the cache's key: a default dtype may depend on it
   size = 1 if input_size is None else input_size
   try:
     params = jax.eval_shape(lambda: init(jax.random.key(0), size))
