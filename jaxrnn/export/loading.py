@@ -291,19 +291,25 @@ def pattern(manifest: dict, key: str) -> tuple[str | int, ...]:
   return shape
 
 
-def json_depth(text: str) -> int:
-  """How deep the arrays and objects of a JSON text nest, counted without parsing it.
+def json_depth(text: str, limit: int | None = None) -> int:
+  """How deep the arrays and objects of a JSON text nest, counted without parsing it (and no
+  further than ``limit + 1`` levels, where the count stops).
 
   Example:
     >>> json_depth('{"a": [1, {"b": "[[["}]}'), json_depth("3")
     (3, 0)
   """
-  outside = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)  # strings hold no structure
-  brackets = np.frombuffer(re.sub(r"[^\[\]{}]", "", outside).encode("ascii"), np.uint8)
-  if not brackets.size:
-    return 0
-  steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
-  return int(np.cumsum(steps).max())
+  depth = deepest = 0
+  for match in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]+', text):  # a string, or brackets
+    run = match.group()
+    if run[0] == '"':
+      continue  # strings hold no structure
+    for c in run:
+      depth += 1 if c in "[{" else -1
+      deepest = max(deepest, depth)
+      if limit is not None and deepest > limit:
+        return deepest
+  return deepest
 
 
 def parse_json(
@@ -320,15 +326,16 @@ def parse_json(
     {'a': [1, 2]}
     >>> parse_json(b"[" * 100 + b"]" * 100, "x.json")
     Traceback (most recent call last):
-    ValueError: x.json: JSON nested 100 levels deep; expected at most 64.
+    ValueError: x.json: JSON nested more than 64 levels deep; expected at most 64.
   """
   if len(data) > max_bytes:
     raise ValueError(f"{where}: {len(data)} bytes; expected at most {max_bytes}.")
   try:
     text = bytes(data).decode("utf-8")
-    depth = json_depth(text)
-    if depth > max_depth:
-      raise ValueError(f"{where}: JSON nested {depth} levels deep; expected at most {max_depth}.")
+    if json_depth(text, max_depth) > max_depth:
+      raise ValueError(
+        f"{where}: JSON nested more than {max_depth} levels deep; expected at most {max_depth}."
+      )
     return json.loads(text)
   except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
     raise ValueError(f"{where}: not valid JSON, the file is corrupt or truncated ({e}).") from None
@@ -394,9 +401,11 @@ def _read_plain(root: pathlib.Path, name: str, size: int | None, limit: int | No
     bound = size if size is not None else limit
     if bound is not None and st.st_size > bound:
       raise ValueError(f"{name}: {st.st_size} bytes; expected at most {bound}.")
-    data = f.read(-1 if bound is None else bound + 1)  # the file may grow meanwhile
-  if bound is not None and len(data) > bound:
-    raise ValueError(f"{name}: grew past {bound} bytes while being read.")
+    if bound is None:
+      return f.read()
+    data = f.read(st.st_size)  # never read(bound): it would allocate the bound up front
+    if len(data) != st.st_size or f.read(1):
+      raise ValueError(f"{name}: changed size while being read; expected {st.st_size} bytes.")
   return data
 
 
