@@ -308,7 +308,8 @@ def _rehash(key, data):
     ),
     (
       lambda p: _edit_manifest(p, _set(["input", "shape"], ["batch", "time", 4])),
-      r"'input' says float32\(batch, time, 4\), but apply\.\w{16}\.jaxexport takes float32\(b, t, 3\)",
+      r"'input' says float32\(batch, time, 4\), but apply\.\w{16}\.jaxexport takes "
+      r"float32\(b, t, 3\)",
     ),
     (
       lambda p: _edit_manifest(p, _set(["params", 0, "stored_as"], "uint32")),

@@ -85,6 +85,7 @@ def _peak_of_refused_load(path, match):
     with pytest.raises(ValueError, match=match) as info:
       jaxrnn.export.load(path)
     peak = tracemalloc.get_traced_memory()[1]
+    print(f"peak of the refused load: {peak / MiB:.2f} MiB ({match[:50]})")
   finally:
     tracemalloc.stop()
   assert type(info.value) in (ValueError, loading._Vanished)
