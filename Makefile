@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # only on purpose: `make results` (and `make bench OUT=results` for the benchmark's tables).
 OUT    ?= runs
 
-.PHONY: run test lint bench experiments results clean
+.PHONY: run test test-slow lint bench experiments results clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,13 @@ results: $(VENV)/.experiments
 	$(PY) -m experiments.default --out results
 	$(PY) -m experiments.all --out results
 
+# The quick set: pyproject's addopts exclude the tests marked slow.
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -n 2
+
+# Only the slow tests (many kill trials of a save, concurrent checkpoint writers).
+test-slow: $(VENV)/.dev
+	$(PY) -m pytest -q -m slow tests
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check jaxrnn tests experiments

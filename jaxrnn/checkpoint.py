@@ -6,9 +6,11 @@ for its own shards, with no gather onto one host) and a JSON record (``meta``)
 with the jaxrnn version, the model's name, configuration and execution settings,
 and the path, shape and dtype of every array and the SHA-256 of every written
 shard (the region each process wrote, recorded as ``[[start, stop], ...]``).
-Orbax writes into a temporary directory and renames it when every process is
-done, so a process killed while saving leaves the previous checkpoint intact
-and the half-written one invisible.
+Each save writes into a hidden directory of its own (``.<step>.<id>.jaxrnn-pending``,
+with a new id per save) and renames it to ``<step>`` when every process is done,
+so a process killed while saving leaves the previous checkpoints intact and the
+half-written one invisible, and of two writers of one step the first to finish
+wins, whole, while the other raises a `ValueError` and discards its copy.
 
 Restoring is a copy onto the target's shardings, whatever mesh wrote the
 checkpoint (more or fewer devices, another mesh shape, one device): each
@@ -16,7 +18,9 @@ process reads, through tensorstore with orbax's own read spec, only the
 written shards that overlap its own devices' slices, checks each against its
 SHA-256, and assembles its device buffers from them, so the arrays are
 bit-exact and no process reads (or holds) what it does not need. Loading never
-unpickles: the record is JSON, the arrays are tensorstore's. Anything wrong (a
+unpickles: the record is JSON, read bounded (`jaxrnn.export.loading.parse_json`:
+size and nesting depth), and its ``step`` must be the step of its directory;
+the arrays are tensorstore's. Anything wrong (a
 file that is not a checkpoint, a truncated or altered file, a model or tree
 that does not match) is a `ValueError` that says what differs, and in a
 multi-process run the processes agree first (an all-gather of what each found),
@@ -33,9 +37,11 @@ here is first called, so ``import jaxrnn`` needs only the core dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -46,12 +52,14 @@ import numpy as np
 from jaxrnn import params_check
 from jaxrnn._config import jsonable, model_difference, model_spec
 from jaxrnn.cells.base import PyTree
+from jaxrnn.export.loading import MAX_MANIFEST_BYTES, parse_json
 from jaxrnn.version import __version__
 
 __all__ = ["all_steps", "latest_step", "model_spec", "read_metadata", "restore", "save"]
 
 FORMAT = "jaxrnn-checkpoint"
 FORMAT_VERSION = 2  # 1: one SHA-256 per array (still read); 2: one per written shard
+PENDING = ".jaxrnn-pending"  # a save's own directory, ".<step>.<id>.jaxrnn-pending", until renamed
 Region = tuple[tuple[int, int], ...]  # [start, stop) per dimension
 
 
@@ -192,14 +200,6 @@ def _record_shards(records: list[dict[str, Any]], parts: list[str]) -> None:
     records[i].setdefault("shards", []).append({"index": region, "sha256": digest})
 
 
-def _manager(path, keep: int | None):
-  ocp = _ocp()
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, enable_async_checkpointing=False
-  )
-  return ocp.CheckpointManager(path, options=options)
-
-
 def _check_directory(directory: Any):
   if not isinstance(directory, str | os.PathLike):
     raise ValueError(f"directory={directory!r}: expected a path (str or os.PathLike).")
@@ -227,10 +227,14 @@ def save(
   Call it on every process of a multi-process run, with the same arguments:
   each process writes its own shards of every `jax.Array` (nothing is gathered
   onto one host), their SHA-256 digests are exchanged (a few bytes each) and
-  process 0 writes the JSON record. The write is atomic: orbax writes into
-  ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` when every
+  process 0 writes the JSON record. The write is atomic: it goes into a
+  hidden directory of this save's own, ``.<step>.<id>.jaxrnn-pending`` (a new
+  id per save, the same on every process), renamed to ``<step>`` when every
   process is done, so a process killed meanwhile leaves only the earlier
-  checkpoints visible.
+  checkpoints visible (and a hidden directory that nothing reads; delete it
+  when no save is running). Two writers of one step never share a file: the
+  first to finish renames its whole checkpoint into place, the other finds
+  the step taken, removes its own copy and raises a `ValueError`.
 
   Args:
     directory: the run's checkpoint directory, one subdirectory per step; a
@@ -250,8 +254,9 @@ def save(
     The path of the new checkpoint.
 
   Raises:
-    ValueError: a bad ``step`` or ``keep``, an existing ``step``, or a state
-      leaf or config that cannot be stored.
+    ValueError: a bad ``step`` or ``keep``, an existing ``step`` (also one
+      that another writer saved while this one was writing), or a state leaf
+      or config that cannot be stored.
 
   Example:
     >>> import tempfile, jax, jaxrnn
@@ -283,20 +288,40 @@ def save(
   _record_shards(records, _allgather_text(json.dumps(_written_shards(arrays))))
   path = _epath(directory)
   ocp = _ocp()
-  manager = _manager(path, keep)
-  try:
-    if step in manager.all_steps():
-      raise ValueError(f"checkpoint step {step} already exists in {os.fspath(directory)!r}.")
-    items = {_name(i): a for i, a in enumerate(arrays)}
-    manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(items), meta=ocp.args.JsonSave(meta)),
-      force=True,
-    )
-    manager.wait_until_finished()
-  finally:
-    manager.close()
+  if step in all_steps(path):
+    raise ValueError(f"checkpoint step {step} already exists in {os.fspath(directory)!r}.")
+  token = _allgather_text(uuid.uuid4().hex)[0]  # process 0's: one directory for this save
+  pending = path / f".{step}.{token}{PENDING}"
+  path.mkdir(parents=True, exist_ok=True)
+  items = {_name(i): a for i, a in enumerate(arrays)}
+  args = ocp.args.Composite(state=ocp.args.StandardSave(items), meta=ocp.args.JsonSave(meta))
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    checkpointer.save(pending, args=args)
+  error = None
+  if jax.process_index() == 0:
+    error = _commit(pending, path, step, os.fspath(directory), keep)
+  _agree(error)  # every process returns once the step is in place, or raises the same error
   return str(path / str(step))
+
+
+def _commit(pending, path, step: int, directory: str, keep: int | None) -> str | None:
+  """Renames this save's directory to ``<step>`` and drops the steps past ``keep``; or the
+  error to raise when another writer's ``<step>`` is there already (it stays, whole)."""
+  try:
+    pending.rename(path / str(step))  # refused when another writer's step is in place
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      pending.rmtree()
+    return (
+      f"checkpoint step {step} already exists in {directory!r}: another writer saved it while "
+      f"this one was writing ({type(e).__name__}); the first to finish wins, this save was "
+      "discarded."
+    )
+  if keep is not None:
+    for old in all_steps(path)[:-keep]:
+      with contextlib.suppress(OSError):
+        (path / str(old)).rmtree()
+  return None
 
 
 def all_steps(directory: str | os.PathLike) -> list[int]:
@@ -338,10 +363,15 @@ def _pick_step(path, directory: str, step: int | None) -> int:
   return step
 
 
-def _read_meta(step_dir, where: str) -> dict[str, Any]:
+def _read_meta(step_dir, where: str, step: int) -> dict[str, Any]:
+  """The JSON record of ``step_dir``, read bounded (size, depth), whose step is ``step``."""
+  record = step_dir / "meta" / "metadata"  # where orbax's JsonSave writes it
   try:
-    meta = _ocp().JsonCheckpointHandler().restore(step_dir / "meta")
-  except Exception as e:  # orbax/json raise many types; none of them may escape as-is
+    size = record.stat().length
+    if size > MAX_MANIFEST_BYTES:
+      raise ValueError(f"{size} bytes; expected at most {MAX_MANIFEST_BYTES}")
+    meta = parse_json(record.read_bytes(), "meta/metadata")
+  except Exception as e:  # missing, unreadable or not JSON: none of them may escape as-is
     raise ValueError(
       f"{where}: its record is not valid jaxrnn JSON ({type(e).__name__}: {e})."
     ) from None
@@ -355,6 +385,12 @@ def _read_meta(step_dir, where: str) -> dict[str, Any]:
     raise ValueError(
       f"{where}: format_version={meta.get('format_version')!r}; "
       f"this jaxrnn reads 1 and {FORMAT_VERSION}."
+    )
+  got = meta.get("step")
+  if isinstance(got, bool) or not isinstance(got, int) or got != step:
+    raise ValueError(
+      f"{where}: its record says step {got!r}; expected {step}, the step of its directory "
+      "(the record was altered or moved)."
     )
   return meta
 
@@ -376,7 +412,7 @@ def read_metadata(directory: str | os.PathLike, step: int | None = None) -> dict
   """
   path = _check_directory(directory)
   step = _pick_step(path, os.fspath(directory), step)
-  return _read_meta(path / str(step), f"checkpoint {os.fspath(directory)!r} step {step}")
+  return _read_meta(path / str(step), f"checkpoint {os.fspath(directory)!r} step {step}", step)
 
 
 def restore(
@@ -467,7 +503,7 @@ def _read_local(directory, step, expected_model, flat) -> tuple[dict[str, Any], 
   directory = os.fspath(directory)
   step = _pick_step(path, directory, step)
   where = f"checkpoint {directory!r} step {step}"
-  meta = _read_meta(path / str(step), where)
+  meta = _read_meta(path / str(step), where, step)
   _check_model(meta, expected_model, where)
   records = meta.get("leaves")
   _check_leaves(records, flat, where)
@@ -565,7 +601,7 @@ def _array_reader(state_dir, where: str):
   import tensorstore as ts
 
   try:
-    info = json.loads((state_dir / "_METADATA").read_text())
+    info = parse_json((state_dir / "_METADATA").read_bytes(), "state/_METADATA", max_bytes=1 << 30)
     use_ocdbt, use_zarr3 = bool(info["use_ocdbt"]), bool(info["use_zarr3"])
   except Exception as e:  # missing, truncated or replaced: the arrays cannot be located
     raise ValueError(

@@ -1,5 +1,6 @@
 """jaxrnn.checkpoint: exact round trip, atomic under SIGKILL, no unpickling, config checks."""
 
+import json
 import os
 import pickle
 import re
@@ -349,3 +350,130 @@ def test_processes_holding_different_values_are_refused():
   differ = [json.dumps([[0, [[0, 2]], "aa"]]), json.dumps([[0, [[0, 2]], "bb"]])]
   with pytest.raises(ValueError, match=r"state leaf \.w \[0:2\] differs between processes"):
     checkpoint._record_shards([{"path": ".w"}], differ)
+
+
+def _edit_record(directory, step, edit):
+  path = directory / str(step) / "meta" / "metadata"
+  record = json.loads(path.read_text())
+  edit(record)
+  path.write_text(json.dumps(record))
+
+
+def test_a_record_whose_step_disagrees_with_its_directory_is_refused(tmp_path):
+  """Why 6: a record edited from step 5 to 7 restored as step 7 while latest_step said 5."""
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  checkpoint.save(tmp_path, 5, params, model=cell)
+  _edit_record(tmp_path, 5, lambda r: r.update(step=7))
+  assert checkpoint.latest_step(tmp_path) == 5
+  match = r"step 5: its record says step 7; expected 5, the step of its directory"
+  with pytest.raises(ValueError, match=match):
+    checkpoint.restore(tmp_path, params, model=cell)
+  with pytest.raises(ValueError, match=match):
+    checkpoint.read_metadata(tmp_path)
+  _edit_record(tmp_path, 5, lambda r: r.update(step=True))  # True == 1, and still not a step
+  with pytest.raises(ValueError, match=r"its record says step True; expected 5"):
+    checkpoint.restore(tmp_path, params, model=cell)
+
+
+def test_a_deep_or_oversized_record_is_a_value_error(tmp_path):
+  """Why 8, for records: bounded like manifests (nesting depth and size)."""
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  checkpoint.save(tmp_path, 1, params, model=cell)
+  record = tmp_path / "1" / "meta" / "metadata"
+  record.write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+  with pytest.raises(ValueError, match=r"record is not valid jaxrnn JSON .*nested more than 64"):
+    checkpoint.restore(tmp_path, params, model=cell)
+  with open(record, "r+b") as f:
+    f.truncate((16 << 20) + 1)  # sparse
+  with pytest.raises(
+    ValueError, match=r"record is not valid jaxrnn JSON .*16777217 bytes; expected"
+  ):
+    checkpoint.restore(tmp_path, params, model=cell)
+
+
+def test_two_writers_of_one_step_never_share_a_directory_and_the_first_wins(tmp_path, monkeypatch):
+  """Why 7: two writers of one step shared one temporary directory and left a damaged step.
+
+  Writer B saves step 3 whole while writer A has written its own copy and is about to rename
+  it: A finds the step taken, discards its copy and raises; B's checkpoint restores exactly.
+  """
+  cell = jaxrnn.gru(4)
+  a = cell.init(jax.random.key(0), 2)
+  b = jax.tree.map(lambda x: x + 1, a)
+  commit, pending = checkpoint._commit, []
+
+  def commit_after_another_writer(*args):
+    monkeypatch.setattr(checkpoint, "_commit", commit)
+    pending.append(sorted(os.listdir(tmp_path)))  # A's own directory, written
+    checkpoint.save(tmp_path, 3, b, model=cell)  # writer B, start to end
+    return commit(*args)
+
+  monkeypatch.setattr(checkpoint, "_commit", commit_after_another_writer)
+  match = r"step 3 already exists in .*: another writer saved it while this one was writing"
+  with pytest.raises(ValueError, match=match):
+    checkpoint.save(tmp_path, 3, a, model=cell)
+  (mine,) = pending[0]
+  assert re.fullmatch(r"\.3\.[0-9a-f]{32}\.jaxrnn-pending", mine)
+  assert sorted(os.listdir(tmp_path)) == ["3"]  # A's copy is gone, B's step is whole
+  restored, info = checkpoint.restore(tmp_path, a, model=cell)
+  assert info["step"] == 3
+  _assert_same(b, restored)
+
+
+_RACER = textwrap.dedent(
+  """
+  import os, sys, time, jax, jaxrnn
+  from jaxrnn import checkpoint
+  directory, go, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+  cell = jaxrnn.gru(4)
+  params = jax.tree.map(lambda x: x + k, cell.init(jax.random.key(0), 2))
+  checkpoint.save(directory + f"/warm{k}", 0, params, model=cell)  # orbax's first save is slow
+  open(f"{go}.ready{k}", "w").close()
+  while not os.path.exists(go):
+    time.sleep(0.001)
+  for step in range(6):
+    try:
+      checkpoint.save(directory + "/shared", step, params, model=cell)
+      print(step, "saved", flush=True)
+    except ValueError as e:
+      assert "already exists" in str(e), e
+      print(step, "refused", flush=True)
+  """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_saving_the_same_steps_leave_one_whole_checkpoint_each(tmp_path):
+  """Why 7, for real: two processes save steps 0..5 into one directory at once."""
+  go = tmp_path / "go"
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", _RACER, str(tmp_path), str(go), str(k)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    for k in (0, 1)
+  ]
+  while not all(os.path.exists(f"{go}.ready{k}") for k in (0, 1)):
+    assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
+    time.sleep(0.01)
+  go.touch()
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+  said = [dict(line.split() for line in out.splitlines()) for out, _ in outs]
+  cell = jaxrnn.gru(4)
+  params = cell.init(jax.random.key(0), 2)
+  shared = tmp_path / "shared"
+  assert checkpoint.all_steps(shared) == list(range(6))
+  assert not [n for n in os.listdir(shared) if "pending" in n]
+  refused = 0
+  for step in range(6):
+    restored, _ = checkpoint.restore(shared, params, model=cell, step=step)
+    (winner,) = [k for k in (0, 1) if said[k][str(step)] == "saved"]
+    _assert_same(jax.tree.map(lambda x, w=winner: x + w, params), restored)
+    refused += said[1 - winner][str(step)] == "refused"
+  print(f"6 steps, each saved whole by one writer; {refused} refused to the other")

@@ -113,7 +113,8 @@ def test_weights_stored_alongside_and_manifest(saved):
   assert manifest["resets"] == {"available": True, "reason": None}
   assert {s["stored_as"] for s in manifest["params"]} == {"float32"}
   assert [s["name"] for s in manifest["state"]] == ["0.h", "0.c", "1.h", "1.c"]
-  with np.load(path / "params.npz", allow_pickle=False) as npz:
+  assert manifest["format_version"] == 3
+  with np.load(path / manifest["params_file"], allow_pickle=False) as npz:
     for (k, v), leaf in zip(_named_state(params).items(), jax.tree.leaves(params), strict=True):
       np.testing.assert_array_equal(npz[f"param:{k}"], np.asarray(leaf))
       np.testing.assert_array_equal(npz[f"param:{k}"], np.asarray(v))
@@ -253,34 +254,52 @@ def _set(keys, value):
   return edit
 
 
-def _truncate(name):
+def file_name(path, key):
+  """The name of an artifact's file: ``"params"`` or a function's key (``"apply"``)."""
+  if key == "manifest.json":
+    return key
+  manifest = json.loads((path / "manifest.json").read_text())
+  return manifest["params_file"] if key == "params" else manifest["functions"][key]
+
+
+def _truncate(key):
   def corrupt(path):
+    name = file_name(path, key)
     data = (path / name).read_bytes()
     (path / name).write_bytes(data[: len(data) // 2])
 
   return corrupt
 
 
-def _rehash(name, data):
-  def corrupt(path):
-    (path / name).write_bytes(data)
-    _edit_manifest(path, _set(["files", name], loading.sha256(path / name)))
+def rehash(path, name, data):
+  """Replaces the file ``name`` by ``data``, its sha256 and size rewritten in the manifest."""
+  (path / name).write_bytes(data)
+  _edit_manifest(path, _set(["files", name], loading.sha256(path / name)))
+  _edit_manifest(path, _set(["sizes", name], len(data)))
 
-  return corrupt
+
+def _rehash(key, data):
+  return lambda path: rehash(path, file_name(path, key), data)
 
 
 @pytest.mark.parametrize(
   "corrupt, match",
   [
-    (_truncate("apply.jaxexport"), r"apply.jaxexport: sha256 is \w+; expected \w+ from manifest"),
-    (_truncate("params.npz"), r"params.npz: sha256 is \w+; expected \w+ from manifest.json"),
+    (_truncate("apply"), r"apply\.\w{16}\.jaxexport: \d+ bytes; expected \d+ from manifest.json"),
+    (_truncate("params"), r"params\.\w{16}\.npz: \d+ bytes; expected \d+ from manifest.json"),
+    (
+      lambda p: (p / file_name(p, "apply")).write_bytes(
+        b"x" * (p / file_name(p, "apply")).stat().st_size
+      ),
+      r"apply\.\w{16}\.jaxexport: sha256 is \w+; expected \w+ from manifest.json \(the file is",
+    ),
     (_truncate("manifest.json"), r"manifest.json: not valid JSON, .*corrupt or truncated"),
-    (lambda p: (p / "step.jaxexport").unlink(), r"step.jaxexport: missing; the manifest"),
-    (_rehash("step.jaxexport", b"\0" * 64), r"step.jaxexport: not a jax.export serialization"),
-    (_rehash("params.npz", b"PK garbage"), r"params.npz: not a readable .npz"),
+    (lambda p: (p / file_name(p, "step")).unlink(), r"step\.\w{16}\.jaxexport: missing; the"),
+    (_rehash("step", b"\0" * 64), r"step\.\w{16}\.jaxexport: not a jax.export serialization"),
+    (_rehash("params", b"PK garbage"), r"params\.\w{16}\.npz: not a readable .npz"),
     (
       lambda p: _edit_manifest(p, _set(["format_version"], 1)),
-      r"field 'format_version' is 1; expected 2",
+      r"field 'format_version' is 1; expected one of \(2, 3\)",
     ),
     (lambda p: _edit_manifest(p, lambda m: m.pop("output")), r"'output.dtype' is missing"),
     (
@@ -289,7 +308,8 @@ def _rehash(name, data):
     ),
     (
       lambda p: _edit_manifest(p, _set(["input", "shape"], ["batch", "time", 4])),
-      r"'input' says float32\(batch, time, 4\), but apply.jaxexport takes float32\(b, t, 3\)",
+      r"'input' says float32\(batch, time, 4\), but apply\.\w{16}\.jaxexport takes "
+      r"float32\(b, t, 3\)",
     ),
     (
       lambda p: _edit_manifest(p, _set(["params", 0, "stored_as"], "uint32")),
@@ -297,7 +317,7 @@ def _rehash(name, data):
     ),
     (
       lambda p: _edit_manifest(p, _set(["params", 0, "shape"], [4, 24])),
-      r"params.npz: param:0.w_ih is float32\[3, 24\]; expected float32\[4, 24\] from manifest",
+      r"params\.\w{16}\.npz: param:0.w_ih is float32\[3, 24\]; expected float32\[4, 24\] from",
     ),
   ],
 )
@@ -374,7 +394,7 @@ def test_bad_save_arguments(saved, tmp_path):
     jaxrnn.export.save(tmp_path, model, params, platforms=("cpu", "gpu"))
   with pytest.raises(ValueError, match=r"bidirectional=True.*expected bidirectional=False"):
     jaxrnn.export.save(tmp_path, model, params, streaming=True)
-  with pytest.raises(ValueError, match=r"holds an artifact already; pass overwrite=True"):
+  with pytest.raises(ValueError, match=r"holds an artifact already \(apply.*\); expected a new"):
     jaxrnn.export.save(path, model, params)
   with pytest.raises(ValueError, match=r"expected a jaxrnn.SequenceModel, got Cell"):
     jaxrnn.export.save(tmp_path, jaxrnn.lstm(3), params)

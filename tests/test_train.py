@@ -370,3 +370,18 @@ def test_sigterm_saves_and_a_sigkill_resumes_bit_identically(tmp_path, optax_pro
     assert np.array_equal(reference[k], resumed[k]), k  # bit for bit
   lines = (run_dir / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(x)["step"] for x in lines] == list(range(1, num_steps + 1))
+
+
+def test_fit_refuses_a_record_whose_step_disagrees_with_its_directory(tmp_path, optax_promotion):
+  """Why 6: a record edited from step 10 to 12 made fit resume at the wrong step, with params
+  that differ from an uninterrupted run's; now fit raises before any step (the true record
+  resumes exactly: test_fit_resumes_in_process)."""
+  train_worker.run(str(tmp_path / "split"), 10)  # stops at 10 (a checkpoint)
+  record = tmp_path / "split" / "ckpt" / "10" / "meta" / "metadata"
+  text = record.read_text()
+  record.write_text(text.replace('"step": 10', '"step": 12'))
+  with pytest.raises(ValueError, match=r"step 10: its record says step 12; expected 10"):
+    train_worker.run(str(tmp_path / "split"), 20)
+  assert json.loads(record.read_text())["step"] == 12  # nothing was saved over it
+  lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(x)["step"] for x in lines] == list(range(1, 11))

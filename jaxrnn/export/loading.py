@@ -10,23 +10,31 @@ built it::
     spec.loader.exec_module(loading)
     artifact = loading.load("model_dir")
 
-An artifact is a directory:
+An artifact is a directory (format 3; ``<id>`` is 16 hex digits, new at every save):
 
     manifest.json             format version, jaxrnn and jax versions, the model's name,
                               config and settings (recorded; load checks the config),
                               the input and output specs (shape pattern such as
                               ["batch", "time", 3] and dtype), names, shapes and dtypes
-                              of params and state, target platforms, and a sha256 of
-                              every other file
-    params.npz                the weights ("param:<name>") and the unbatched initial state
-                              ("state:<name>"), read with np.load(allow_pickle=False); a
-                              dtype that .npy cannot hold (bfloat16, float8) is stored as
-                              its bits, an unsigned view of the same width, and each
-                              entry's "stored_as" in the manifest says which
-    apply.jaxexport           jax.export of apply(params, xs, state) -> (state, ys)
-    apply_masked.jaxexport    the same with seq_lengths and resets
-    step.jaxexport            jax.export of the streaming step(params, state, x, reset)
+                              of params and state, target platforms, and the sha256 and
+                              size of every other file
+    params.<id>.npz           the weights ("param:<name>") and the unbatched initial state
+                              ("state:<name>"), uncompressed .npy entries; a dtype that
+                              .npy cannot hold (bfloat16, float8) is stored as its bits,
+                              an unsigned view of the same width, and each entry's
+                              "stored_as" in the manifest says which
+    apply.<id>.jaxexport      jax.export of apply(params, xs, state) -> (state, ys)
+    apply_masked.<id>.jaxexport  the same with seq_lengths and resets
+    step.<id>.jaxexport       jax.export of the streaming step(params, state, x, reset)
                               (absent for models that cannot stream)
+
+Format 2 (still read) named the files ``params.npz``, ``apply.jaxexport``... and recorded
+no sizes. Whatever the format, `load` trusts nothing a file does not prove: it opens only
+plain files directly inside the directory (never a symlink, never a name with a separator
+or ``..``), checks each file's size and sha256 against the manifest before using a byte of
+it, reads of ``params.npz`` only the entries the manifest lists, each after its header's
+shape and dtype match the manifest's (so nothing larger than declared is allocated), and
+checks every exported function's input and output avals against the manifest's specs.
 
 The functions take the weights as arguments (they are not baked in), with a
 symbolic batch size ``b`` and length ``t``, so one artifact serves every batch
@@ -39,7 +47,10 @@ import functools
 import hashlib
 import io
 import json
+import os
 import pathlib
+import re
+import stat
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -49,14 +60,20 @@ import jax.numpy as jnp
 import numpy as np
 
 FORMAT = "jaxrnn.export"
-FORMAT_VERSION = 2  # 2: input/output specs, "stored_as", apply_masked (seq_lengths and resets)
+# 2: input/output specs, "stored_as", apply_masked (seq_lengths and resets); 3: every file but
+# the manifest named anew at each save ("params_file"), with its size ("sizes"), so that an
+# overwrite replaces the manifest last, in one atomic rename
+FORMAT_VERSION = 3
+READ_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
-PARAMS_FILE = "params.npz"
-FUNCTION_FILES = {
+PARAMS_FILE = "params.npz"  # format 2's name; format 3 records "params_file"
+FUNCTION_FILES = {  # format 2's names; format 3 inserts the save's id before the extension
   "apply": "apply.jaxexport",
   "apply_masked": "apply_masked.jaxexport",
   "step": "step.jaxexport",
 }
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB; checkpoint records are bounded alike
+MAX_JSON_DEPTH = 64  # a stack of bidirectional layers nests about 6 levels deep
 BATCH, TIME = "batch", "time"  # the symbolic dimensions of a shape pattern
 
 State = dict[str, jax.Array]
@@ -274,31 +291,142 @@ def pattern(manifest: dict, key: str) -> tuple[str | int, ...]:
   return shape
 
 
-def read_manifest(path: str | pathlib.Path) -> dict[str, Any]:
-  """Reads and checks ``manifest.json`` (no arrays, no compiled code).
+def json_depth(text: str, limit: int | None = None) -> int:
+  """How deep the arrays and objects of a JSON text nest, counted without parsing it (and no
+  further than ``limit + 1`` levels, where the count stops).
+
+  Example:
+    >>> json_depth('{"a": [1, {"b": "[[["}]}'), json_depth("3")
+    (3, 0)
+  """
+  depth = deepest = 0
+  for match in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]+', text):  # a string, or brackets
+    run = match.group()
+    if run[0] == '"':
+      continue  # strings hold no structure
+    for c in run:
+      depth += 1 if c in "[{" else -1
+      deepest = max(deepest, depth)
+      if limit is not None and deepest > limit:
+        return deepest
+  return deepest
+
+
+def parse_json(
+  data: bytes, where: str, *, max_bytes: int = MAX_MANIFEST_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
+  """JSON from an untrusted file, bounded: at most ``max_bytes``, nested ``max_depth`` deep.
 
   Raises:
-    ValueError: a missing, truncated or malformed manifest, or a format
-      version this loader does not read.
+    ValueError: naming ``where``, for a larger or deeper text, or one that is not UTF-8 JSON
+      (never a `RecursionError` or `MemoryError`).
+
+  Example:
+    >>> parse_json(b'{"a": [1, 2]}', "x.json")
+    {'a': [1, 2]}
+    >>> parse_json(b"[" * 100 + b"]" * 100, "x.json")
+    Traceback (most recent call last):
+    ValueError: x.json: JSON nested more than 64 levels deep; expected at most 64.
   """
-  file = pathlib.Path(path) / MANIFEST
-  if not file.is_file():
-    raise ValueError(f"{path}: no {MANIFEST}; expected a directory written by jaxrnn.export.save.")
+  if len(data) > max_bytes:
+    raise ValueError(f"{where}: {len(data)} bytes; expected at most {max_bytes}.")
   try:
-    manifest = json.loads(file.read_text(encoding="utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    text = bytes(data).decode("utf-8")
+    if json_depth(text, max_depth) > max_depth:
+      raise ValueError(
+        f"{where}: JSON nested more than {max_depth} levels deep; expected at most {max_depth}."
+      )
+    return json.loads(text)
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise ValueError(f"{where}: not valid JSON, the file is corrupt or truncated ({e}).") from None
+
+
+def check_name(name: Any, field: str) -> str:
+  """``name`` if it names a file directly inside a directory: no separator, no ``..``.
+
+  Example:
+    >>> check_name("apply.jaxexport", "functions.apply")
+    'apply.jaxexport'
+    >>> check_name("../x.jaxexport", "functions.apply")
+    Traceback (most recent call last):
+    ValueError: manifest.json: field 'functions.apply' is '../x.jaxexport'; expected the name ...
+  """
+  bad = not isinstance(name, str) or not name or name in (".", "..") or ".." in name
+  if bad or any(c in name for c in "/\\\0:") or pathlib.PurePath(name).is_absolute():
     raise ValueError(
-      f"{file}: not valid JSON, the manifest is corrupt or truncated ({e})."
-    ) from None
+      f"{MANIFEST}: field {field!r} is {name!r}; expected the name of a file directly inside "
+      "the artifact directory (no separator, no '..', not absolute)."
+    )
+  return name
+
+
+class _Vanished(ValueError):
+  """A file the manifest lists is gone: an overwrite may have replaced the artifact meanwhile."""
+
+
+def _refuse_symlinks(root: pathlib.Path) -> None:
+  """``root`` is a directory (itself perhaps a symlink) that holds no symlink."""
+  if not root.is_dir():
+    raise ValueError(f"{root}: no {MANIFEST}; expected a directory written by jaxrnn.export.save.")
+  with os.scandir(root) as entries:
+    links = sorted(e.name for e in entries if e.is_symlink())
+  if links:
+    raise ValueError(
+      f"{root}: holds the symlink {links[0]!r}; expected only plain files (an artifact never "
+      "holds symlinks, and load follows none)."
+    )
+
+
+def _read_plain(root: pathlib.Path, name: str, size: int | None, limit: int | None) -> bytes:
+  """The bytes of the plain file ``root/name``: exactly ``size`` of them, or at most ``limit``."""
+  path = root / name
+  flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+  try:
+    if stat.S_ISLNK(os.lstat(path).st_mode):
+      raise ValueError(f"{path}: a symlink; expected a plain file (load follows no symlink).")
+    fd = os.open(path, flags | getattr(os, "O_BINARY", 0))  # O_NOFOLLOW: no link swapped in
+  except FileNotFoundError:
+    raise _Vanished(f"{path}: missing; the manifest lists it.") from None
+  except OSError as e:
+    raise ValueError(f"{path}: cannot be opened as a plain file ({e.strerror}).") from None
+  with os.fdopen(fd, "rb") as f:
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+      raise ValueError(f"{path}: not a plain file; expected one written by jaxrnn.export.save.")
+    if size is not None and st.st_size != size:
+      raise ValueError(
+        f"{name}: {st.st_size} bytes; expected {size} from {MANIFEST} (the file is corrupt, "
+        "truncated or from another artifact)."
+      )
+    bound = size if size is not None else limit
+    if bound is not None and st.st_size > bound:
+      raise ValueError(f"{name}: {st.st_size} bytes; expected at most {bound}.")
+    if bound is None:
+      return f.read()
+    data = f.read(st.st_size)  # never read(bound): it would allocate the bound up front
+    if len(data) != st.st_size or f.read(1):
+      raise ValueError(f"{name}: changed size while being read; expected {st.st_size} bytes.")
+  return data
+
+
+def _read_manifest(root: pathlib.Path) -> tuple[dict[str, Any], bytes]:
+  """The checked manifest and its bytes, read once (the bytes are what a digest covers)."""
+  _refuse_symlinks(root)
+  if not os.path.lexists(root / MANIFEST):
+    raise ValueError(f"{root}: no {MANIFEST}; expected a directory written by jaxrnn.export.save.")
+  data = _read_plain(root, MANIFEST, None, MAX_MANIFEST_BYTES)
+  manifest = parse_json(data, str(root / MANIFEST))
   if not isinstance(manifest, dict):
-    raise ValueError(f"{file}: holds a {type(manifest).__name__}; expected a JSON object.")
+    raise ValueError(
+      f"{root / MANIFEST}: holds a {type(manifest).__name__}; expected a JSON object."
+    )
   if _field(manifest, "format", str) != FORMAT:
     raise ValueError(f"{MANIFEST}: field 'format' is {manifest['format']!r}; expected {FORMAT!r}.")
   version = _field(manifest, "format_version", int)
-  if version != FORMAT_VERSION:
+  if version not in READ_VERSIONS:
     raise ValueError(
-      f"{MANIFEST}: field 'format_version' is {version}; expected {FORMAT_VERSION} (this loader "
-      "reads only that version)."
+      f"{MANIFEST}: field 'format_version' is {version}; expected one of {READ_VERSIONS} (the "
+      "versions this loader reads)."
     )
   for key, kind in [
     ("jaxrnn_version", str),
@@ -318,7 +446,73 @@ def read_manifest(path: str | pathlib.Path) -> dict[str, Any]:
   pattern(manifest, "output")
   _specs(manifest, "params")
   _specs(manifest, "state")
-  return manifest
+  _file_names(manifest)
+  return manifest, data
+
+
+def _file_names(manifest: dict) -> dict[str, tuple[str, str, int | None]]:
+  """``{key: (file name, sha256, size or None)}`` for params and each function, checked."""
+  version, files = manifest["format_version"], manifest["files"]
+  sizes = _field(manifest, "sizes", dict) if version >= 3 else {}
+  names = {"params": _field(manifest, "params_file", str) if version >= 3 else PARAMS_FILE}
+  for key, name in manifest["functions"].items():
+    if key not in FUNCTION_FILES:
+      raise ValueError(
+        f"{MANIFEST}: field 'functions' names {key!r}; expected keys from {list(FUNCTION_FILES)}."
+      )
+    names[key] = name
+  out = {}
+  for key, name in names.items():
+    field = "params_file" if key == "params" else f"functions.{key}"
+    check_name(name, field)
+    digest, size = files.get(name), sizes.get(name)
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+      raise ValueError(f"{MANIFEST}: field 'files' has no sha256 for {name!r}.")
+    if version >= 3 and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+      raise ValueError(f"{MANIFEST}: field 'sizes' has no size for {name!r}.")
+    out[key] = (name, digest, size)
+  if len({name for name, _, _ in out.values()}) != len(out):
+    raise ValueError(f"{MANIFEST}: names one file for two purposes ({sorted(names.values())}).")
+  return out
+
+
+def read_manifest(path: str | pathlib.Path) -> dict[str, Any]:
+  """Reads and checks ``manifest.json`` (no arrays, no compiled code).
+
+  The manifest is read as `load` reads it: a plain file (not a symlink) of at
+  most ``MAX_MANIFEST_BYTES``, JSON nested at most ``MAX_JSON_DEPTH`` deep,
+  whose file names are plain names inside the directory.
+
+  Raises:
+    ValueError: a missing, truncated, oversized, too deeply nested or malformed
+      manifest, a symlink in the directory, or a format version this loader
+      does not read.
+  """
+  return _read_manifest(pathlib.Path(path))[0]
+
+
+def digest(path: str | pathlib.Path) -> str:
+  """The sha256 of an artifact's ``manifest.json``: the trust anchor `load` takes.
+
+  The manifest holds the sha256 and size of every other file, so this one digest
+  pins the whole artifact: record it where you trust it (next to the code that
+  serves the model) and pass it to ``load(path, expected_digest=...)``.
+
+  Example:
+    >>> import tempfile, jax, jaxrnn
+    >>> model = jaxrnn.rnn_layers("gru", 4)
+    >>> path = tempfile.mkdtemp()
+    >>> _ = jaxrnn.export.save(path, model, model.init(jax.random.key(0), input_size=3))
+    >>> trusted = digest(path)
+    >>> artifact = load(path, expected_digest=trusted)
+    >>> load(path, expected_digest="0" * 64)
+    Traceback (most recent call last):
+    ValueError: manifest.json: sha256 is ...; expected_digest is 000...0 (this is not the ...
+  """
+  _refuse_symlinks(pathlib.Path(path))
+  return hashlib.sha256(
+    _read_plain(pathlib.Path(path), MANIFEST, None, MAX_MANIFEST_BYTES)
+  ).hexdigest()
 
 
 KIND_FIELDS = ("name", "kind", "cell")  # compared first: they say what kind a model is
@@ -354,45 +548,101 @@ def _check_expected(manifest: dict, expected_config: Any, expected_version: Any)
     raise ValueError(f"{MANIFEST}: model config field {field!r} is {got!r}; expected {want!r}.")
 
 
-def _verified_bytes(root: pathlib.Path, name: str, files: dict) -> bytes:
-  file = root / name
-  if name not in files:
-    raise ValueError(f"{MANIFEST}: field 'files' has no sha256 for {name!r}.")
-  if not file.is_file():
-    raise ValueError(f"{file}: missing; the manifest lists it.")
-  data = file.read_bytes()
-  digest = hashlib.sha256(data).hexdigest()
-  if digest != files[name]:
+def _verified_bytes(root: pathlib.Path, entry: tuple[str, str, int | None], limit=None) -> bytes:
+  """A file's bytes once its size (format 3) and sha256 match the manifest's."""
+  name, expected, size = entry
+  data = _read_plain(root, name, size, limit)
+  got = hashlib.sha256(data).hexdigest()
+  if got != expected:
     raise ValueError(
-      f"{name}: sha256 is {digest}; expected {files[name]} from {MANIFEST} (the file is corrupt, "
+      f"{name}: sha256 is {got}; expected {expected} from {MANIFEST} (the file is corrupt, "
       "truncated or from another artifact)."
     )
   return data
 
 
-def _read_arrays(data: bytes, manifest: dict) -> tuple[dict, dict]:
-  """The params and initial state, each array in its own dtype (a stored view undone)."""
+NPZ_ENTRY_OVERHEAD = 4096  # an .npy header and the zip's headers of one entry, at most
+
+
+def _nbytes(spec: Spec) -> int:
+  return int(np.prod(spec.shape, dtype=object)) * spec.stored_as.itemsize
+
+
+def npz_bound(manifest: dict) -> int:
+  """The most bytes a ``params.npz`` holding just the arrays the manifest lists can take."""
+  specs = _specs(manifest, "params") + _specs(manifest, "state")
+  return sum(_nbytes(s) + NPZ_ENTRY_OVERHEAD + 2 * len(s.name) for s in specs) + 1024
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, file: str, spec: Spec, name: str):
+  """One ``.npy`` entry, its header checked against ``spec`` before its data is read."""
+  if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+    raise ValueError(
+      f"{file}: entry {name} is compressed; expected stored .npy entries, as save writes them."
+    )
+  with zf.open(info) as f:
+    try:
+      version = np.lib.format.read_magic(f)
+      read = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+      }
+      if version not in read:
+        raise ValueError(f"version {version}; expected 1.0 or 2.0")
+      shape, fortran, dtype = read[version](f, max_header_size=NPZ_ENTRY_OVERHEAD)
+    except ValueError as e:
+      raise ValueError(f"{file}: entry {name} has a damaged .npy header ({e}).") from None
+    if shape != spec.shape or dtype != spec.stored_as or fortran:
+      raise ValueError(
+        f"{file}: {name} is {dtype}{list(shape)}; expected {spec.stored_as}{list(spec.shape)} "
+        f"from {MANIFEST}."
+      )
+    nbytes = _nbytes(spec)
+    if info.file_size - f.tell() != nbytes:
+      raise ValueError(
+        f"{file}: {name} holds {info.file_size - f.tell()} bytes of data; its header "
+        f"{dtype}{list(shape)} needs {nbytes}."
+      )
+    data = f.read(nbytes)  # zipfile checks the entry's CRC-32 at its end
+  return np.frombuffer(data, spec.stored_as).reshape(spec.shape).view(spec.dtype)
+
+
+def _read_arrays(data: bytes, manifest: dict, file: str) -> tuple[dict, dict]:
+  """The params and initial state, each array in its own dtype (a stored view undone).
+
+  Only the entries the manifest lists are read, each after its header matches the
+  manifest's shape and dtype; an entry it does not list is refused unread.
+  """
+  groups = {"param:": _specs(manifest, "params"), "state:": _specs(manifest, "state")}
+  wanted = {f"{prefix}{spec.name}": spec for prefix, specs in groups.items() for spec in specs}
   try:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-      arrays = {k: npz[k] for k in npz.files}
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    infos = zf.infolist()
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{PARAMS_FILE}: not a readable .npz ({e}).") from None
-  out = []
-  for prefix, key in (("param:", "params"), ("state:", "state")):
-    group = {}
-    for spec in _specs(manifest, key):
-      name = prefix + spec.name
-      if name not in arrays:
-        raise ValueError(f"{PARAMS_FILE}: no array {name!r}; {MANIFEST} lists it.")
-      a = arrays[name]
-      if a.shape != spec.shape or a.dtype != spec.stored_as:
-        raise ValueError(
-          f"{PARAMS_FILE}: {name} is {a.dtype}{list(a.shape)}; expected "
-          f"{spec.stored_as}{list(spec.shape)} from {MANIFEST}."
-        )
-      group[spec.name] = a.view(spec.dtype)
-    out.append(group)
-  return out[0], out[1]
+    raise ValueError(f"{file}: not a readable .npz ({e}).") from None
+  found = [i.filename.removesuffix(".npy") for i in infos]
+  for name in found:
+    if name not in wanted:
+      raise ValueError(f"{file}: holds {name!r}, which {MANIFEST} does not list; refused unread.")
+  if len(set(found)) != len(found):
+    raise ValueError(f"{file}: holds an entry twice; expected each array once.")
+  for name in wanted:
+    if name not in found:
+      raise ValueError(f"{file}: no array {name!r}; {MANIFEST} lists it.")
+  declared = sum(_nbytes(spec) for spec in wanted.values())
+  if declared > len(data):
+    raise ValueError(
+      f"{file}: {MANIFEST} declares {declared} bytes of arrays; the file holds {len(data)}."
+    )
+  arrays = {}
+  try:
+    for info, name in zip(infos, found, strict=True):
+      arrays[name] = _read_entry(zf, info, file, wanted[name], name)
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{file}: not a readable .npz ({e}).") from None
+  return tuple(
+    {spec.name: arrays[prefix + spec.name] for spec in specs} for prefix, specs in groups.items()
+  )
 
 
 def _deserialize(name: str, data: bytes) -> jax.export.Exported:
@@ -426,13 +676,27 @@ def load(
   *,
   expected_config: Any = None,
   expected_version: str | None = None,
+  expected_digest: str | None = None,
 ) -> Artifact:
   """Loads an artifact directory written by `jaxrnn.export.save`.
 
-  Every file is checked against the sha256 in the manifest, and the arrays
-  against the names, shapes and dtypes it lists, before anything runs. An
-  artifact with 64-bit arrays (a float64 model, int64 inputs) loads and runs
-  only with ``jax_enable_x64`` set.
+  Nothing a file does not prove is trusted. Only plain files directly inside
+  ``path`` are opened (``path`` itself may be a symlink; a symlink inside it,
+  or a manifest naming a file with a separator, ``..`` or an absolute path, is
+  refused); the manifest is bounded (`read_manifest`); every file's size and
+  sha256 are checked against the manifest before it is used; of ``params.npz``
+  only the entries the manifest lists are read, each after its header's shape
+  and dtype match the manifest's, so no more is allocated than it declares;
+  and every exported function's input and output avals (params, state,
+  inputs, outputs) and platforms must be the manifest's. An artifact being
+  overwritten meanwhile is read whole, the old one or the new one (`save`
+  replaces the manifest last). An artifact with 64-bit arrays (a float64
+  model, int64 inputs) loads and runs only with ``jax_enable_x64`` set.
+
+  The sha256 digests prove that the files are the ones the manifest lists,
+  not that the manifest is the one you exported: a manifest rewritten along
+  with its files (another model's functions of the same signature) loads
+  unless you pass ``expected_digest``, the `digest` of the artifact you trust.
 
   Args:
     path: the artifact directory.
@@ -442,16 +706,20 @@ def load(
       "gru", "cell_config": {"hidden_size": 8}}``. Numbers compare by value
       (``0`` equals ``0.0``).
     expected_version: if given, the jaxrnn version that must have written it.
+    expected_digest: if given, the sha256 (64 hex digits) that
+      ``manifest.json`` must have, e.g. ``digest(path)`` taken at export.
 
   Returns:
     An `Artifact` ``(apply, init_state, step, manifest)``.
 
   Raises:
-    ValueError: a missing, corrupt or truncated file; a manifest of another
-      format version, or whose config or version differs from the expected
-      ones (the message names the first field that differs, a model's kind
-      first); 64-bit arrays without ``jax_enable_x64``; and, from the returned
-      callables, inputs of the wrong rank, feature shape, dtype or batch size.
+    ValueError: a missing, corrupt, truncated, oversized or unlisted file; a
+      symlink or an escaping name; a manifest of another digest or format
+      version, or whose config or version differs from the expected ones (the
+      message names the first field that differs, a model's kind first); an
+      exported function the manifest does not describe; 64-bit arrays without
+      ``jax_enable_x64``; and, from the returned callables, inputs of the wrong
+      rank, feature shape, dtype or batch size.
 
   Example:
     >>> import tempfile, jax, jaxrnn
@@ -466,14 +734,46 @@ def load(
     Traceback (most recent call last):
     ValueError: manifest.json: model config field 'kind' is 'gru'; expected 'lstm'.
   """
+  if expected_digest is not None and (
+    not isinstance(expected_digest, str) or not re.fullmatch(r"[0-9a-f]{64}", expected_digest)
+  ):
+    raise ValueError(
+      f"expected_digest={expected_digest!r}: expected a sha256 as 64 lowercase hex digits."
+    )
   root = pathlib.Path(path)
-  manifest = read_manifest(root)
+  for attempt in range(3):  # an overwrite that lands meanwhile removes the old files
+    manifest, data = _read_manifest(root)
+    try:
+      return _load(root, manifest, data, expected_config, expected_version, expected_digest)
+    except _Vanished:
+      if attempt == 2 or _read_manifest(root)[1] == data:
+        raise
+  raise AssertionError("unreachable")
+
+
+def _load(root, manifest, data, expected_config, expected_version, expected_digest) -> Artifact:
+  """`load` of one manifest, read once as ``data``."""
+  got = hashlib.sha256(data).hexdigest()
+  if expected_digest is not None and got != expected_digest:
+    raise ValueError(
+      f"{MANIFEST}: sha256 is {got}; expected_digest is {expected_digest} (this is not the "
+      "artifact you trust)."
+    )
   _check_expected(manifest, expected_config, expected_version)
   _check_x64(manifest)
-  params, state0 = _read_arrays(_verified_bytes(root, PARAMS_FILE, manifest["files"]), manifest)
-  exported = _read_functions(root, manifest)
+  files = _file_names(manifest)
+  bound = npz_bound(manifest)
+  if files["params"][2] is not None and files["params"][2] > bound:
+    raise ValueError(
+      f"{MANIFEST}: field 'sizes' gives {files['params'][0]} {files['params'][2]} bytes; the "
+      f"arrays it lists take at most {bound}."
+    )
+  raw = _verified_bytes(root, files["params"], bound)
+  params, state0 = _read_arrays(raw, manifest, files["params"][0])
+  exported = _read_functions(root, manifest, files)
   shape = pattern(manifest, "input")
   _check_input(manifest, shape, exported["apply"], len(params))
+  check_functions(manifest, exported, {k: files[k][0] for k in exported})
   model = _Model(
     params={k: jnp.asarray(v) for k, v in params.items()},  # on device once
     state0=state0,
@@ -490,17 +790,83 @@ def load(
   return Artifact(apply, init_state, functools.partial(_step, model), manifest)
 
 
-def _read_functions(root: pathlib.Path, manifest: dict) -> dict[str, jax.export.Exported]:
-  """The exported functions the manifest lists, each checked against its sha256."""
-  files, functions = manifest["files"], manifest["functions"]
+def _read_functions(root: pathlib.Path, manifest: dict, files: dict) -> dict:
+  """The exported functions the manifest lists, each checked against its size and sha256."""
   exported = {}
   for key in FUNCTION_FILES:
-    if key in functions:
-      exported[key] = _deserialize(functions[key], _verified_bytes(root, functions[key], files))
+    if key in files:
+      exported[key] = _deserialize(files[key][0], _verified_bytes(root, files[key]))
   for key in ("apply", "apply_masked"):
     if key not in exported:
       raise ValueError(f"{MANIFEST}: field 'functions' has no {key!r}.")
   return exported
+
+
+def _aval(shape: Any, dtype: Any) -> str:
+  """An aval as text, symbolic sizes by name: ``float32[b,t,3]``."""
+  return f"{np.dtype(dtype)}[{','.join(str(d) for d in shape)}]"
+
+
+def _signatures(manifest: dict) -> dict[str, tuple[list, list]]:
+  """What each exported function must take and return, by the manifest: ``(name, aval)`` lists."""
+  sym = {BATCH: "b", TIME: "t"}
+  pattern_in, pattern_out = pattern(manifest, "input"), pattern(manifest, "output")
+  dtype_in, dtype_out = manifest["input"]["dtype"], manifest["output"]["dtype"]
+  params = {s.name: _aval(s.shape, s.dtype) for s in _specs(manifest, "params")}
+  state = {s.name: _aval(("b", *s.shape), s.dtype) for s in _specs(manifest, "state")}
+  xs = _aval([sym.get(d, d) for d in pattern_in], dtype_in)
+  ys = _aval([sym.get(d, d) for d in pattern_out], dtype_out)
+  x, y = _aval(["b", *pattern_in[2:]], dtype_in), _aval(["b", *pattern_out[2:]], dtype_out)
+  lengths = _aval(["b"], np.int32)
+  resets, reset = _aval([sym[d] for d in pattern_in[:2]], np.bool_), _aval(["b"], np.bool_)
+  head = [("params", params), ("xs", xs), ("state", state)]
+  return {
+    "apply": (head, [("state", state), ("ys", ys)]),
+    "apply_masked": (
+      head + [("seq_lengths", lengths), ("resets", resets)],
+      [("state", state), ("ys", ys)],
+    ),
+    "step": (
+      [("params", params), ("state", state), ("x", x), ("reset", reset)],
+      [("state", state), ("y", y)],
+    ),
+  }
+
+
+def check_functions(manifest: dict, exported: dict, names: dict[str, str]) -> None:
+  """Every exported function takes and returns exactly what the manifest's specs say.
+
+  Raises:
+    ValueError: naming the function's file, the argument or result, and both avals.
+  """
+  platforms = tuple(manifest["platforms"])
+  for key, exp in exported.items():
+    if tuple(exp.platforms) != platforms:
+      raise ValueError(
+        f"{names[key]}: lowered for platforms {tuple(exp.platforms)}; {MANIFEST} says {platforms}."
+      )
+    ins, outs = _signatures(manifest)[key]
+    for what, tree, avals, want in [
+      ("inputs", exp.in_tree, exp.in_avals, (tuple(v for _, v in ins), {})),
+      ("outputs", exp.out_tree, exp.out_avals, tuple(v for _, v in outs)),
+    ]:
+      spec = jax.tree.structure(want)
+      if tree != spec:
+        raise ValueError(
+          f"{names[key]}: {what} are {tree}; {MANIFEST} describes {key} as {spec} (another "
+          "function, or another model's)."
+        )
+      labels = [
+        label if k is None else f"{label}[{k!r}]"
+        for label, value in (ins if what == "inputs" else outs)
+        for k in (sorted(value) if isinstance(value, dict) else [None])
+      ]
+      for label, aval, expected in zip(labels, avals, jax.tree.leaves(want), strict=True):
+        if _aval(aval.shape, aval.dtype) != expected:
+          raise ValueError(
+            f"{names[key]}: {key} {what[:-1]} {label} is {_aval(aval.shape, aval.dtype)}; "
+            f"{MANIFEST} says {expected}."
+          )
 
 
 def layout(shape: tuple[str | int, ...]) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
-import json
 import os
 import pathlib
+import re
+import secrets
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -17,6 +19,7 @@ import numpy as np
 from jaxrnn import params_check
 from jaxrnn.cells import kernel
 from jaxrnn.cells.base import PyTree
+from jaxrnn.export import _writing
 from jaxrnn.export.loading import (
   BATCH,
   FORMAT,
@@ -25,7 +28,7 @@ from jaxrnn.export.loading import (
   MANIFEST,
   PARAMS_FILE,
   TIME,
-  sha256,
+  read_manifest,
   stored_dtype,
   to_json,
 )
@@ -34,6 +37,13 @@ from jaxrnn.stream import stream
 from jaxrnn.version import __version__
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# The names save writes: format 2's, and format 3's with a save's id (a killed save's
+# leftovers, and the manifest it had not yet moved into place, have these names too).
+OWN_FILES = re.compile(
+  r"(params\.npz|(apply|apply_masked|step)\.jaxexport"
+  r"|(params|apply|apply_masked|step)\.[0-9a-f]{16}\.(npz|jaxexport)"
+  r"|manifest\.json\.[0-9a-f]{16}\.tmp)"
+)
 
 
 def _names(tree: PyTree) -> tuple[list[str], list[Any], Any]:
@@ -125,12 +135,26 @@ def save(
   unbatched initial state. ``manifest.json`` records the jaxrnn and jax
   versions, the model's config and execution settings (``unroll``, ``remat``,
   ``impl``; `load` checks only the config), the input and output specs (shape
-  patterns such as ``["batch", "time", 3]`` and dtypes) and a sha256 of every
-  file. A float64 model is saved and run with ``jax_enable_x64`` set.
-  Load it with `jaxrnn.export.load`, or ``python -m jaxrnn.export``.
+  patterns such as ``["batch", "time", 3]`` and dtypes) and the sha256 and
+  size of every file. A float64 model is saved and run with
+  ``jax_enable_x64`` set. Load it with `jaxrnn.export.load`, or ``python -m
+  jaxrnn.export``.
+
+  The write is atomic and touches no file it did not write: every file but
+  the manifest gets a name of its own (``params.<id>.npz``,
+  ``apply.<id>.jaxexport``, ... with a new 16-hex-digit id per save), then
+  the manifest replaces the old one in one `os.replace`, and only then are
+  the files the old manifest listed removed. A reader (`load`), a kill or a
+  full disk at any moment finds the old artifact or the new one, whole; a
+  failed write removes what it wrote and raises; a killed one can leave
+  unlisted files of its own, which `load` ignores and a later save with
+  ``overwrite`` accepts. Two saves into one path at once each leave a whole
+  artifact and the last manifest renamed wins. `jaxrnn.export.digest` of the
+  saved path is the trust anchor for ``load(..., expected_digest=...)``.
 
   Args:
-    path: a directory to create (or fill, if empty or ``overwrite``).
+    path: a directory to create, or an empty one; with ``overwrite``, one
+      holding an artifact (or only a killed save's leftovers).
     model: a `SequenceModel`.
     params: its parameters.
     platforms: the platforms to lower for, from ``('cpu', 'cuda', 'rocm',
@@ -141,15 +165,18 @@ def save(
     input_spec: instead of ``input_size``, one time step of one sequence as a
       `jax.ShapeDtypeStruct` (or anything with ``shape`` and ``dtype``):
       ``xs`` is then ``(batch, time, *input_spec.shape)`` of its dtype.
-    overwrite: replace an existing artifact in ``path``.
+    overwrite: replace the artifact in ``path``, atomically.
 
   Returns:
     The manifest, as written to ``manifest.json``.
 
   Raises:
     ValueError: a bad ``platforms`` or ``input_spec``; ``streaming=True`` for
-      a model that cannot stream; ``path`` holding an artifact already
-      (without ``overwrite``), or a file; a model that `jax.export` cannot lower.
+      a model that cannot stream; ``path`` a file, or a non-empty directory
+      (without ``overwrite``; with it, one holding files of its own that are
+      not an artifact), named with what it holds; a model that `jax.export`
+      cannot lower.
+    OSError: a failed write (a full disk), after removing what it wrote.
     ImportError: without the ``flatbuffers`` package.
 
   Example:
@@ -164,8 +191,8 @@ def save(
     >>> ys.shape, y.shape, sorted(state), manifest["input"]
     ((2, 5, 8), (4, 8), ['0.h', '1.h'], {'shape': ['batch', 'time', 3], 'dtype': 'float32'})
   """
-  platforms, root = _check_save(model, platforms, streaming, path, overwrite)
   params_check.check(model, params, "export.save", "save(path, model, params, ...)")
+  platforms, root, old = _check_save(model, platforms, streaming, path, overwrite)
   params_flat = _Flat.of(params)
   if not params_flat.leaves:
     raise ValueError("save: params has no arrays.")
@@ -176,7 +203,9 @@ def save(
   no_resets = _no_resets(model)
   functions = _functions(model, step_fn, params_flat, state_flat, x_spec, time_major, no_resets)
   blobs, outputs = _export(functions, platforms)
-  _write_arrays(root, blobs, params_flat, state_flat)
+  token = secrets.token_hex(8)
+  names = {key: FUNCTION_FILES[key].replace(".", f".{token}.") for key in blobs}
+  params_file = PARAMS_FILE.replace(".", f".{token}.")
   head = [TIME, BATCH] if time_major else [BATCH, TIME]
   manifest = {
     "format": FORMAT,
@@ -195,17 +224,22 @@ def save(
     "state": state_flat.specs(),
     "streaming": {"available": step_fn is not None, "reason": reason},
     "resets": {"available": no_resets is None, "reason": no_resets},
-    "functions": {k: FUNCTION_FILES[k] for k in functions},
-    "files": {name: sha256(root / name) for name in [*blobs, PARAMS_FILE]},
+    "functions": names,
+    "params_file": params_file,
   }
-  tmp = root / (MANIFEST + ".tmp")
-  tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-  os.replace(tmp, root / MANIFEST)
-  return manifest
+
+  def finish(info: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    files = {name: digest for name, (digest, _) in info.items()}
+    return {**manifest, "files": files, "sizes": {name: n for name, (_, n) in info.items()}}
+
+  contents: dict[str, Any] = {names[key]: blob for key, blob in blobs.items()}
+  contents[params_file] = functools.partial(_write_npz, p=params_flat, s=state_flat)
+  return _writing.write_artifact(root, contents, finish, token, manifest_name=MANIFEST, old=old)
 
 
-def _check_save(model, platforms, streaming, path, overwrite) -> tuple[tuple[str, ...], Any]:
-  """The eager checks of `save`'s arguments; the platforms and the artifact's root."""
+def _check_save(model, platforms, streaming, path, overwrite) -> tuple[tuple[str, ...], Any, list]:
+  """The eager checks of `save`'s arguments; the platforms, the artifact's root, and the
+  files of the artifact it replaces (to remove once the new one is in place)."""
   if not isinstance(model, SequenceModel):
     raise ValueError(f"save: expected a jaxrnn.SequenceModel, got {type(model).__name__}.")
   platforms = _check_platforms(platforms)
@@ -215,11 +249,29 @@ def _check_save(model, platforms, streaming, path, overwrite) -> tuple[tuple[str
   root = pathlib.Path(path)
   if root.exists() and not root.is_dir():
     raise ValueError(f"save: path={str(root)!r} is a file; expected a directory.")
-  if (root / MANIFEST).exists() and not overwrite:
+  held = sorted(os.listdir(root)) if root.is_dir() else []
+  shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+  if held and not overwrite:
+    what = "an artifact already" if MANIFEST in held else "files"
     raise ValueError(
-      f"save: path={str(root)!r} holds an artifact already; pass overwrite=True to replace it."
+      f"save: path={str(root)!r} holds {what} ({shown}); expected a new or empty directory, "
+      "or pass overwrite=True to replace an artifact."
     )
-  return platforms, root
+  if MANIFEST not in held and not all(OWN_FILES.fullmatch(name) for name in held):
+    raise ValueError(
+      f"save: path={str(root)!r} holds {shown} but no artifact ({MANIFEST}); overwrite=True "
+      "replaces an artifact, never files save did not write."
+    )
+  return platforms, root, _old_files(root) if MANIFEST in held else []
+
+
+def _old_files(root: pathlib.Path) -> list[str]:
+  """The files the artifact in ``root`` lists that save writes (any other name is left alone)."""
+  try:
+    listed = read_manifest(root)["files"]
+  except ValueError:  # unreadable: its files are left in place, unlisted
+    return []
+  return [name for name in listed if OWN_FILES.fullmatch(name)]
 
 
 class _Flat(NamedTuple):
@@ -322,7 +374,7 @@ def _functions(model, step_fn, p: _Flat, s: _Flat, x_spec, time_major, no_resets
 
 
 def _export(functions: dict, platforms: tuple[str, ...]) -> tuple[dict[str, bytes], dict]:
-  """Each function through `jax.export`, serialized by file name; the output spec of apply."""
+  """Each function through `jax.export`, serialized, by key; the output spec of apply."""
   blobs, exported = {}, {}
   for key, (fn, specs) in functions.items():
     try:
@@ -333,20 +385,15 @@ def _export(functions: dict, platforms: tuple[str, ...]) -> tuple[dict[str, byte
       raise ValueError(
         f"save: jax.export could not lower {key} for platforms={platforms}: {type(e).__name__}: {e}"
       ) from e
-    blobs[FUNCTION_FILES[key]] = bytes(exported[key].serialize())
+    blobs[key] = bytes(exported[key].serialize())
   ys = exported["apply"].out_avals[-1]
   names = {"b": BATCH, "t": TIME}
   shape = [d if isinstance(d, int) else names[str(d)] for d in ys.shape]
   return blobs, {"shape": shape, "dtype": str(np.dtype(ys.dtype))}
 
 
-def _write_arrays(root: pathlib.Path, blobs: dict[str, bytes], p: _Flat, s: _Flat) -> None:
-  """The serialized functions and ``params.npz``; the old manifest goes first."""
-  root.mkdir(parents=True, exist_ok=True)
-  (root / MANIFEST).unlink(missing_ok=True)  # an artifact without a manifest never loads
-  for name, blob in blobs.items():
-    (root / name).write_bytes(blob)
+def _write_npz(f: Any, p: _Flat, s: _Flat) -> None:
+  """``params.npz``: the params and the unbatched initial state, uncompressed, as stored."""
   arrays = {f"param:{n}": _stored(a) for n, a in zip(p.names, p.leaves, strict=True)}
   arrays.update({f"state:{n}": _stored(a) for n, a in zip(s.names, s.leaves, strict=True)})
-  with open(root / PARAMS_FILE, "wb") as f:
-    np.savez(f, **arrays)
+  np.savez(f, **arrays)
