@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn import params_check
 from jaxrnn._config import jsonable, model_difference, model_spec
 from jaxrnn.cells.base import PyTree
 from jaxrnn.version import __version__
@@ -268,6 +269,7 @@ def save(
   if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
     raise ValueError(f"keep={keep!r}: expected a positive int or None.")
   step = int(step)
+  params_check.check_state(model, state, "checkpoint.save")
   records, arrays = _stored_leaves(state)
   meta = {
     "format": FORMAT,
@@ -440,6 +442,7 @@ def restore(
   except Exception as e:  # noqa: BLE001 - nothing may leave the other processes waiting
     error = f"checkpoint {directory!r} cannot be read ({type(e).__name__}: {str(e)[:300]})."
   _agree(error)
+  params_check.check_state(model, target, "checkpoint.restore")  # after the record's check
   leaves = [_assemble(plan) for plan in plans]
   return jax.tree_util.tree_unflatten(treedef, leaves), meta
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from jaxrnn import cells
+from jaxrnn import cells, params_check
 from jaxrnn.cells.base import Static
 from jaxrnn.scan import scan
 
@@ -62,6 +62,10 @@ class SequenceModel(Static):
       if values["step"] is None:
         raise ValueError("SequenceModel needs apply, or a step to derive apply from by scan.")
       values["apply"] = _apply_from_step(values["init"], values["initial_carry"], values["step"])
+    v = values  # apply and step check their argument order, params and carry
+    v["apply"] = params_check.checked(v["name"], v["init"], v["initial_carry"], v["apply"], "apply")
+    if v["step"] is not None:
+      v["step"] = params_check.checked(v["name"], v["init"], v["initial_carry"], v["step"], "step")
 
 
 def _apply_from_step(init, initial_carry, step):

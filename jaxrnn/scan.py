@@ -10,19 +10,59 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxrnn import params_check
 from jaxrnn.cells import kernel
 from jaxrnn.cells.base import Cell, PyTree
 
 IMPLS = ("auto", "step", "fused")
 
 
-def _batch_and_time(xs: jax.Array, time_major: bool) -> tuple[tuple[int, ...], int]:
-  if xs.ndim < 2:
+ORDER = "scan(cell, params, xs, carry=None, ...)"
+
+
+def _batch_and_time(
+  xs: jax.Array, time_major: bool, features: int = 1
+) -> tuple[tuple[int, ...], int]:
+  """``(batch_shape, T)`` of ``xs``, whose last ``features`` axes are one step's input."""
+  if xs.ndim < 1 + features:
     layout = "(T, *batch, input_size)" if time_major else "(*batch, T, input_size)"
-    raise ValueError(f"xs has shape {xs.shape} (rank {xs.ndim}); expected rank >= 2, {layout}.")
+    raise ValueError(
+      f"xs has shape {xs.shape} (rank {xs.ndim}); expected rank >= {1 + features}, {layout}."
+    )
+  end = xs.ndim - features
   if time_major:
-    return tuple(xs.shape[1:-1]), xs.shape[0]
-  return tuple(xs.shape[:-2]), xs.shape[-2]
+    return tuple(xs.shape[1:end]), xs.shape[0]
+  return tuple(xs.shape[: end - 1]), xs.shape[end - 1]
+
+
+def feature_ndim(cell: Cell, params: PyTree, xs: jax.Array, carry: PyTree, time_major: bool) -> int:
+  """How many trailing axes of ``xs`` one step reads: 1 (features) for floating inputs.
+
+  Integer (or boolean) inputs, such as token ids, may have none: ``(*batch, T)``. Then
+  the carry, when given, says where the batch ends (its leaves' axes beyond the unbatched
+  initial carry's); without one, the step is traced abstractly on 1 feature axis, then on
+  none, and the first on which it returns a carry of its input's shapes is taken.
+  """
+  if jnp.issubdtype(xs.dtype, jnp.inexact) or xs.ndim < 2:
+    return 1
+  if carry is not None:
+    try:
+      unbatched = jax.eval_shape(lambda p: cell.initial_carry(p, ()), params)
+      leaf, leaf0 = jax.tree.leaves(carry)[0], jax.tree.leaves(unbatched)[0]
+    except Exception:  # noqa: BLE001 - the usual checks then say what is wrong
+      return 1
+    return max(0, xs.ndim - 1 - (jnp.ndim(leaf) - len(leaf0.shape)))
+  for features in (1, 0):
+    batch_shape, _ = _batch_and_time(xs, time_major, features)
+    x = jax.ShapeDtypeStruct(batch_shape + xs.shape[xs.ndim - features :], xs.dtype)
+    try:
+      c = jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params)  # noqa: B023
+      new, _ = jax.eval_shape(cell.step, params, c, x)
+    except Exception:  # noqa: BLE001 - this split does not fit the step
+      continue
+    if jax.tree.map(lambda a: a.shape, new) == jax.tree.map(lambda a: a.shape, c):
+      return features
+  return 1
 
 
 def check_seq_lengths(seq_lengths: Any, batch_shape: tuple[int, ...], length: int) -> jax.Array:
@@ -202,11 +242,18 @@ def scan(
   """
   run = _runner(cell, impl, noise, return_carries)
   unroll = _check_unroll(unroll)
+  params_check.check_arrays("scan", ORDER, xs=xs)
+  params_check.check(cell, params, "scan", ORDER, (xs, carry))
+  params_check.check_carry(cell, params, carry, "scan")
   xs = jnp.asarray(xs) if not isinstance(xs, jax.Array | jax.core.Tracer) else xs
-  batch_shape, length = _batch_and_time(xs, time_major)
+  features = feature_ndim(cell, params, xs, carry, time_major)
+  batch_shape, length = _batch_and_time(xs, time_major, features)
   if jax.export.is_symbolic_dim(length):  # jax.export: lax.scan unrolls concrete lengths only
     unroll, remat = 1, None
-  check_input_size(params, xs)
+  if features != 1:  # token ids: a user's step, looped
+    run = _run_steps
+  else:
+    check_input_size(params, xs)
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
   else:
@@ -214,7 +261,7 @@ def scan(
   if seq_lengths is not None:
     seq_lengths = check_seq_lengths(seq_lengths, batch_shape, length)
 
-  xs_t = xs if time_major else jnp.moveaxis(xs, -2, 0)
+  xs_t = xs if time_major else jnp.moveaxis(xs, len(batch_shape), 0)
   chunk = remat_chunk(remat, length)
   xs_t, mask = _time_mask(xs_t, seq_lengths, length, chunk, batch_shape)
   resets = _time_resets(resets, mask, batch_shape, length, xs_t.shape[0], time_major, reverse)
@@ -232,7 +279,9 @@ def scan(
 def _runner(cell: Cell, impl: str, noise: Any, return_carries: bool):
   """The loop `scan` runs: the cell's kernel on one flat batch axis, or its step."""
   if not isinstance(cell, Cell):
-    raise ValueError(f"cell must be a jaxrnn.Cell, got {type(cell).__name__}.")
+    raise ValueError(
+      f"cell must be a jaxrnn.Cell, got {type(cell).__name__}; the arguments go {ORDER}."
+    )
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
   if impl == "fused" and cell.sequence is None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn import cells
+from jaxrnn import cells, params_check
 from jaxrnn.cells.base import Cell, PyTree
 from jaxrnn.model import SequenceModel
 
@@ -43,6 +43,22 @@ class Stream(NamedTuple):
   step: Callable[..., tuple[PyTree, jax.Array]]
 
 
+ORDER = "step(params, state, x, reset=None)"
+
+
+def _batch_shape(state: PyTree, init: PyTree) -> tuple[int, ...]:
+  """The state's batch shape: its first leaf's axes before the unbatched carry's own.
+
+  Read off the carry, not off ``x``, so that a model on token ids ``(*batch,)`` streams
+  like one on features ``(*batch, input_size)``.
+  """
+  leaves, leaves0 = jax.tree.leaves(state), jax.tree.leaves(init)
+  if not leaves:
+    return ()
+  shape = tuple(jnp.shape(leaves[0]))
+  return shape[: len(shape) - jnp.ndim(leaves0[0])]
+
+
 def _check_reset(reset: Any, batch_shape: tuple[int, ...]) -> jax.Array:
   if not isinstance(reset, jax.Array | jax.core.Tracer):
     reset = np.asarray(reset)
@@ -50,7 +66,7 @@ def _check_reset(reset: Any, batch_shape: tuple[int, ...]) -> jax.Array:
     raise ValueError(f"reset has dtype {reset.dtype}; expected bool (True restarts a row).")
   if tuple(reset.shape) != batch_shape:
     raise ValueError(
-      f"reset has shape {tuple(reset.shape)}; expected the batch shape of x, {batch_shape}."
+      f"reset has shape {tuple(reset.shape)}; expected the state's batch shape, {batch_shape}."
     )
   return jnp.asarray(reset)
 
@@ -103,12 +119,12 @@ def stream(model: SequenceModel | Cell) -> Stream:
     return initial_carry(params, cells.base.as_batch_shape(batch_shape))
 
   def step(params: PyTree, state: PyTree, x: Any, reset: Any = None) -> tuple[PyTree, jax.Array]:
+    params_check.check_arrays("stream.step", ORDER, x=x)
+    params_check.check(model, params, "stream.step", ORDER, (state, x))
+    params_check.check_carry(model, params, state, "stream.step", "state")
     if not isinstance(x, jax.Array | jax.core.Tracer):
       x = jnp.asarray(x)
-    if x.ndim < 1:
-      raise ValueError(f"x has shape {x.shape}; expected (*batch, input_size).")
     if reset is not None:
-      reset = _check_reset(reset, tuple(x.shape[:-1]))
       # The unbatched initial carry, broadcast: works for symbolic batch sizes too.
       init = initial_carry(params, ())
       if jax.tree.structure(state) != jax.tree.structure(init):
@@ -116,6 +132,7 @@ def stream(model: SequenceModel | Cell) -> Stream:
           f"state has structure {jax.tree.structure(state)}; expected the model's carry, "
           f"{jax.tree.structure(init)}."
         )
+      reset = _check_reset(reset, _batch_shape(state, init))
 
       def restart(s, s0):
         mask = jnp.reshape(reset, reset.shape + (1,) * (s.ndim - reset.ndim))

@@ -49,6 +49,7 @@ __all__ = [
   "make_tbptt_step",
   "make_train_step",
   "split_windows",
+  "window_keys",
 ]
 
 
@@ -298,6 +299,32 @@ def split_windows(stream: PyTree, window: int, *, time_axis: int = 1) -> PyTree:
   return jax.tree.map(cut, stream)
 
 
+def window_keys(key: jax.Array, num_windows: int) -> jax.Array:
+  """One key per window: ``jax.random.fold_in(key, i)`` for window ``i`` of a call.
+
+  A typed key (`jax.random.key`) or a raw ``uint32[2]`` one (`jax.random.PRNGKey`).
+
+  Raises:
+    ValueError: for ``key`` that is not one PRNG key.
+
+  Example:
+    >>> import jax
+    >>> from jaxrnn.train import window_keys
+    >>> keys = window_keys(jax.random.key(0), 3)
+    >>> same = jax.random.key_data(keys[1]) == jax.random.key_data(
+    ...     jax.random.fold_in(jax.random.key(0), 1))
+    >>> keys.shape, bool(same.all())
+    ((3,), True)
+  """
+  typed = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+  if jnp.shape(key) != (() if typed else (2,)):
+    raise ValueError(
+      f"key has shape {jnp.shape(key)} and dtype {jnp.result_type(key)}; expected one PRNG "
+      "key, jax.random.key(seed) (the step folds each window's index into it)."
+    )
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_windows, dtype=jnp.uint32))
+
+
 def make_tbptt_step(
   loss_fn: Callable[[PyTree, PyTree, PyTree], tuple[jax.Array, PyTree]],
   optimizer: optax.GradientTransformation,
@@ -307,7 +334,7 @@ def make_tbptt_step(
   time_axis: int = 1,
   jit: bool = True,
 ) -> Callable[..., tuple[TrainState, PyTree, dict[str, jax.Array]]]:
-  """Truncated BPTT: ``step(state, carry, stream) -> (state, carry, metrics)``.
+  """Truncated BPTT: ``step(state, carry, stream, key=None) -> (state, carry, metrics)``.
 
   The stream is cut into windows of ``window`` steps (`split_windows`). For
   each window in turn (a `jax.lax.scan` over windows, one compiled program):
@@ -322,8 +349,16 @@ def make_tbptt_step(
   to `jaxrnn.scan` (or a model's ``apply``); a reset at a window's first step
   replaces the carry handed over from the previous window.
 
+  Randomness (dropout per window, as AWD-LSTM trains): pass ``key`` to the step; window
+  ``i`` of the call gets ``jax.random.fold_in(key, i)`` (`window_keys`) and the loss is
+  called as ``loss_fn(params, carry, batch, key)``, so each window draws its own masks and
+  the same ``key`` draws the same ones again. Give each call (each stretch of the stream)
+  its own ``key``, e.g. ``jax.random.fold_in(run_key, call_index)``. Without a key the
+  loss is called as before, ``loss_fn(params, carry, batch)``.
+
   Args:
-    loss_fn: ``loss_fn(params, carry, batch) -> (loss, carry)`` on one window.
+    loss_fn: ``loss_fn(params, carry, batch) -> (loss, carry)`` on one window, or
+      ``loss_fn(params, carry, batch, key)`` when the step is given a ``key``.
     optimizer: an ``optax.GradientTransformation``.
     window: steps per window (must divide the stream's length).
     max_grad_norm: global-norm clip per window update; None: no clipping.
@@ -331,12 +366,13 @@ def make_tbptt_step(
     jit: compile with `jax.jit`.
 
   Returns:
-    ``step(state, carry, stream)``; ``metrics`` holds `make_train_step`'s
+    ``step(state, carry, stream, key=None)``; ``metrics`` holds `make_train_step`'s
     entries, each of shape ``(num_windows,)`` (each window's update is guarded
     against non-finite values on its own).
 
   Raises:
-    ValueError: a bad ``window``, ``optimizer`` or ``max_grad_norm``.
+    ValueError: a bad ``window``, ``optimizer`` or ``max_grad_norm``; the step raises it
+      for a ``key`` that is not one PRNG key.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, jaxrnn
@@ -359,18 +395,22 @@ def make_tbptt_step(
   if isinstance(window, bool) or not isinstance(window, int) or window < 1:
     raise ValueError(f"window={window!r}: expected a positive int.")
 
-  def one_window(state_carry, batch):
+  def one_window(state_carry, inputs):
     state, carry = state_carry
+    batch, key = inputs
     carry = jax.lax.stop_gradient(carry)  # the gradient stops at the window's edge
-    (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, carry, batch)
+    extra = () if key is None else (key,)  # without a key: the old loss_fn(params, carry, batch)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, new_carry), grads = grad_fn(state.params, carry, batch, *extra)
     state, metrics = _guarded_step(optimizer, max_grad_norm, state, loss, grads)
     # a skipped window passes its incoming carry on, not a non-finite one
     new_carry = jax.tree.map(lambda n, o: jnp.where(metrics["nonfinite"], o, n), new_carry, carry)
     return (state, jax.lax.stop_gradient(new_carry)), metrics
 
-  def step(state: TrainState, carry: PyTree, stream: PyTree):
+  def step(state: TrainState, carry: PyTree, stream: PyTree, key: jax.Array | None = None):
     windows = split_windows(stream, window, time_axis=time_axis)
-    (state, carry), metrics = jax.lax.scan(one_window, (state, carry), windows)
+    keys = None if key is None else window_keys(key, jax.tree.leaves(windows)[0].shape[0])
+    (state, carry), metrics = jax.lax.scan(one_window, (state, carry), (windows, keys))
     return state, carry, metrics
 
   return jax.jit(step) if jit else step

@@ -241,12 +241,16 @@ def test_params_of_the_wrong_kind_are_named():
   lstm, gru = jaxrnn.lstm(4), jaxrnn.gru(4)
   p_lstm, p_gru = lstm.init(jax.random.key(0), I), gru.init(jax.random.key(0), I)
   xs = jnp.ones((B, T, I))
-  with pytest.raises(ValueError, match=r"gru.initial_carry: params is a LSTMParams; expected GRU"):
+  with pytest.raises(ValueError, match=r"scan: params is a LSTMParams\(.*\); expected GRUParams"):
     jaxrnn.scan(gru, p_lstm, xs)
-  with pytest.raises(ValueError, match=r"lstm.step: params is a GRUParams; expected LSTMParams"):
-    jaxrnn.scan(lstm, p_gru, xs, lstm.initial_carry(p_lstm, (B,)))
+  with pytest.raises(ValueError, match=r"gru.initial_carry: params is a LSTMParams; expected GRU"):
+    gru.initial_carry(p_lstm, (B,))
+  with pytest.raises(ValueError, match=r"lstm.step: params is a GRUParams\(.*\); expected LSTMP"):
+    lstm.step(p_gru, lstm.initial_carry(p_lstm, (B,)), xs[:, 0])
   model = jaxrnn.rnn_layers("lstm", 4, num_layers=2)
-  with pytest.raises(ValueError, match=r"params is a LSTMParams; expected a tuple of 2 per-layer"):
+  with pytest.raises(
+    ValueError, match=r"params is a LSTMParams\(.*\); expected a tuple of 2 \(LSTMParams, LSTMP"
+  ):
     model.apply(p_lstm, xs)
 
 

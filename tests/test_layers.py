@@ -219,7 +219,7 @@ def test_bad_apply_raises():
   xs = jnp.ones((B, T, I))
   with pytest.raises(ValueError, match=r"dropout_rate=0.2 needs a key"):
     model.apply(params, xs)
-  with pytest.raises(ValueError, match=r"params has 1 layers; this stack has 2"):
+  with pytest.raises(ValueError, match=r"is a tuple of 1 \(LSTMParams\); expected a tuple of 2"):
     model.apply(params[:1], xs, deterministic=True)
   with pytest.raises(ValueError, match=r"xs has 5 features .* expect input_size=3"):
     model.apply(params, jnp.ones((B, T, 5)), deterministic=True)

@@ -222,9 +222,9 @@ def test_bad_step_inputs(rng):
     s.step(params, state, x, np.zeros((3,), bool))
   with pytest.raises(ValueError, match=r"x has 2 features .* expect input_size=3"):
     s.step(params, state, jnp.ones((B, 2)))
-  with pytest.raises(ValueError, match=r"carry has 1 layers; this stack has 2"):
+  with pytest.raises(ValueError, match=r"state is a tuple of 1 \(LSTMCarry\); expected a tuple of"):
     s.step(params, state[:1], x)
-  with pytest.raises(ValueError, match=r"state has structure .*; expected the model's carry"):
+  with pytest.raises(ValueError, match=r"state is a LSTMCarry\(h, c\); expected a tuple of 2 \(LS"):
     s.step(params, state[0], x, np.zeros((B,), bool))
-  with pytest.raises(ValueError, match=r"x has shape \(\); expected \(\*batch, input_size\)"):
+  with pytest.raises(ValueError, match=r"lstm.step: x has shape \(\); expected \(\*batch, 3\)"):
     s.step(params, state, 1.0)

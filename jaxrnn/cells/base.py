@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import params_check
 from jaxrnn.cells import kernel
 
 PyTree = Any
@@ -45,7 +46,7 @@ class Static:
     missing = [f for f in self.FIELDS if f not in values]
     if missing:
       raise ValueError(f"{type(self).__name__} is missing {missing}.")
-    given = tuple(values[f] for f in self.FIELDS)
+    given = tuple(params_check.raw(values[f]) for f in self.FIELDS)  # keyed by the user's
     self._check(values)
     object.__setattr__(self, "_values", tuple(values[f] for f in self.FIELDS))
     object.__setattr__(self, "_key", ("functions",) + given)
@@ -178,6 +179,11 @@ class Cell(Static):
   FIELDS = ("init", "initial_carry", "step", "name", "config", "sequence", "masked_step")
   DEFAULTS = {"name": "custom", "config": (), "sequence": None, "masked_step": None}
   __slots__ = ()
+
+  def _check(self, values: dict[str, Any]) -> None:
+    super()._check(values)  # then step checks its argument order, params and carry
+    v = values
+    v["step"] = params_check.checked(v["name"], v["init"], v["initial_carry"], v["step"], "step")
 
 
 class CellKind(NamedTuple):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrnn import params_check
 from jaxrnn.cells import kernel
 from jaxrnn.cells.base import PyTree
 from jaxrnn.export.loading import (
@@ -164,6 +165,7 @@ def save(
     ((2, 5, 8), (4, 8), ['0.h', '1.h'], {'shape': ['batch', 'time', 3], 'dtype': 'float32'})
   """
   platforms, root = _check_save(model, platforms, streaming, path, overwrite)
+  params_check.check(model, params, "export.save", "save(path, model, params, ...)")
   params_flat = _Flat.of(params)
   if not params_flat.leaves:
     raise ValueError("save: params has no arrays.")
