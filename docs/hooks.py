@@ -35,4 +35,6 @@ class ExamplesSection(griffe.Extension):
 
   def on_object(self, *, obj, **kwargs):
     if obj.docstring is not None:
-      obj.docstring.value = re.sub(r"^(\s*)Example:\s*$", r"\1Examples:", obj.docstring.value, flags=re.M)
+      obj.docstring.value = re.sub(
+        r"^(\s*)Example:\s*$", r"\1Examples:", obj.docstring.value, flags=re.M
+      )
