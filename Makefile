@@ -42,13 +42,14 @@ results: $(VENV)/.experiments
 	$(PY) -m experiments.all --out results
 
 # The documentation site into site/ (git-ignored); --strict: a broken link, anchor or API
-# reference fails the build. (NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0.)
+# reference fails the build. Never --quiet: it drops the warnings that --strict counts, and
+# a broken link then builds. (NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0.)
 docs: $(VENV)/.docs
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The site is built first (seconds); the pages' code blocks run inside pytest (doctests).
 test: $(VENV)/.dev $(VENV)/.docs
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 	$(PY) -m pytest -q -n 2
 
 lint: $(VENV)/.dev
