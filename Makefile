@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # only on purpose: `make results` (and `make bench OUT=results` for the benchmark's tables).
 OUT    ?= runs
 
-.PHONY: run test test-slow lint bench experiments results clean
+.PHONY: run test test-slow docs lint bench experiments results clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.core: pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.core
 	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.docs: $(VENV)/.core
+	$(PIP) install --quiet -e '.[docs]'
 	touch $@
 
 $(VENV)/.experiments: $(VENV)/.core
@@ -37,8 +41,16 @@ results: $(VENV)/.experiments
 	$(PY) -m experiments.default --out results
 	$(PY) -m experiments.all --out results
 
-# The quick set: pyproject's addopts exclude the tests marked slow.
-test: $(VENV)/.dev
+# The documentation site into site/ (git-ignored); --strict: a broken link, anchor or API
+# reference fails the build. Never --quiet: it drops the warnings that --strict counts, and
+# a broken link then builds. (NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0.)
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The quick set (pyproject's addopts exclude the tests marked slow). The site is built first
+# (seconds); the pages' code blocks run inside pytest (doctests).
+test: $(VENV)/.dev $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 	$(PY) -m pytest -q -n 2
 
 # Only the slow tests (many kill trials of a save, concurrent checkpoint writers).
@@ -50,4 +62,4 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check jaxrnn tests experiments
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build site *.egg-info

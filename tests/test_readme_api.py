@@ -1,9 +1,10 @@
-"""The README's API table against the code: every public signature, every argument, every default.
+"""The API page's tables against the code: every public signature, every argument, every default.
 
 Each public function of `jaxrnn` (and of its submodules train, checkpoint, loop,
-sharding, export, testing) and each public NamedTuple-like type must appear in the README's
-"The public API" section as a code span ``name(arg, *, kw=default, ...)`` whose
-arguments, in order, with the keyword-only marker and the defaults, are the code's.
+sharding, export, testing) and each public NamedTuple-like type must appear in the
+documentation site's API page (docs/api.md, above its generated reference) as a code span
+``name(arg, *, kw=default, ...)`` whose arguments, in order, with the keyword-only marker
+and the defaults, are the code's.
 """
 
 import importlib
@@ -76,22 +77,25 @@ def readme_signature(text: str) -> list[tuple[str, object]]:
   return out
 
 
+API_PAGE = ROOT / "docs" / "api.md"
+
+
 def documented() -> dict[str, list[str]]:
-  """``{name: [argument text, ...]}`` of the code spans ``name(...)`` in the API section."""
-  readme = (ROOT / "README.md").read_text()
-  section = readme.split("### The public API\n", 1)[1].split("\n## ", 1)[0]
+  """``{name: [argument text, ...]}`` of the code spans ``name(...)`` in the API page's tables
+  (everything above its generated reference, ``## Reference``)."""
+  section = API_PAGE.read_text().split("\n## Reference\n", 1)[0]
   spans: dict[str, list[str]] = {}
   for name, args in re.findall(r"`([A-Za-z_][\w.]*)\(([^`]*)\)`", section):
     spans.setdefault(name, []).append(args)
   return spans
 
 
-def test_every_public_signature_is_in_the_readme_api_table_as_in_the_code():
+def test_every_public_signature_is_in_the_api_page_as_in_the_code():
   spans = documented()
   names = public_names()
   assert len(names) > 60  # the whole surface, not an empty list
   missing = [n for n in names if n not in spans]
-  assert not missing, f"not in the README's API table: {missing}"
+  assert not missing, f"not in docs/api.md's tables: {missing}"
   wrong = {}
   for name in names:
     expected = code_signature(resolve(name))
@@ -101,7 +105,7 @@ def test_every_public_signature_is_in_the_readme_api_table_as_in_the_code():
           args,
           ", ".join(n if d is inspect.Parameter.empty else f"{n}={d!r}" for n, d in expected),
         )
-  assert not wrong, f"README signature != code signature: {wrong}"
+  assert not wrong, f"docs/api.md signature != code signature: {wrong}"
 
 
 def test_signature_parsing():
