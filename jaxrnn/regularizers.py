@@ -39,7 +39,6 @@ import jax.numpy as jnp
 from jaxrnn.cells import kernel
 
 PyTree = Any
-DROPOUTS = ("input_dropout", "recurrent_dropout", "weight_drop")
 
 
 def _check_rate(name: str, rate: Any) -> float:
