@@ -73,13 +73,13 @@ def normalized_projections(params, h_in: jax.Array, x: jax.Array, groups: int, e
   return gi, gh, n_x, n_h
 
 
-def projection_grads(params, xs, h_in, d_gi, d_gh, d_hh, n_x, n_h):
+def projection_grads(params, xs, h_prev, h_mask, d_gi, d_gh, d_hh, n_x, n_h):
   """The projections' gradients over all rows, and ``d_xs``.
 
   Args:
     params: the cell's params (``w_ih``, ``w_hh`` and the ``ln_ih``, ``ln_hh`` gains).
-    xs: the inputs ``(T, N, I)``; ``h_in`` the recurrent product's inputs ``(T, N, H)``
-      (the previous ``h``, times recurrent dropout's mask).
+    xs: the inputs ``(T, N, I)``; ``h_prev`` the previous hidden states ``(T, N, H)``;
+      ``h_mask`` recurrent dropout's mask ``(N, H)`` or None.
     d_gi, d_gh: the cotangents of `normalized_projections`' ``gi`` and ``gh``.
     d_hh: the cotangent of ``h_in @ w_hh`` (``layer_norm_vjp`` of ``d_gh``).
     n_x, n_h: the projections' saved ``(xhat, rstd)``.
@@ -89,6 +89,7 @@ def projection_grads(params, xs, h_in, d_gi, d_gh, d_hh, n_x, n_h):
     gradients (matmuls and sums over all ``T * N`` rows), and the inputs' cotangent.
   """
   (xhat_x, rstd_x), (xhat_h, _) = n_x, n_h
+  h_in = h_prev if h_mask is None else h_prev * h_mask[None]
   d_ih = kernel.rows(layer_norm_vjp(d_gi, params.ln_ih_gain, xhat_x, rstd_x))
   grads = dict(
     w_ih=kernel.rows(xs).T @ d_ih,

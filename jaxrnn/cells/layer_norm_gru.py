@@ -83,18 +83,18 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   it, over all rows: the gate gradients rebuilt from ``dh``, both norms' VJPs, the weight
   and input gradients as matmuls, every gain and bias gradient as one sum.
   """
-  prev, (acts, (xhat_x, rstd_x), (xhat_h, rstd_h)) = saved
+  prev, (acts, n_x, n_h) = saved
+  xhat_h, rstd_h = n_h
   p, h_mask = params, noise.h_mask
   d_in, d_rec, z = _slopes(p, prev.h, acts, xhat_h)
-  norm = (lambda d, xh, rh: layer_norm_vjp(d, p.ln_hh_gain, xh, rh), (xhat_h, rstd_h))
+  norm = (lambda d, xh, rh: layer_norm_vjp(d, p.ln_hh_gain, xh, rh), n_h)
   ct0, dh, to_reset = hidden_loop(
     p.w_hh, d_rec, z, mask, resets, cotangents, noise, reverse, unroll, norm
   )
   dh3 = jnp.concatenate([dh, dh, dh], axis=-1)
   d_gi, d_gh = d_in * dh3, d_rec * dh3
   d_hh = layer_norm_vjp(d_gh, p.ln_hh_gain, xhat_h, rstd_h)
-  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
-  dense, d_xs = projection_grads(p, xs, h_in, d_gi, d_gh, d_hh, (xhat_x, rstd_x), (xhat_h, rstd_h))
+  dense, d_xs = projection_grads(p, xs, prev.h, h_mask, d_gi, d_gh, d_hh, n_x, n_h)
   grads = type(p)(**dense)
   return grads, ct0, d_xs, kernel.reset_total(to_reset)
 

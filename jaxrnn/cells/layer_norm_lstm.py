@@ -97,7 +97,8 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   norm's VJP, the weight and input gradients as matmuls, and every gain and bias gradient
   as one sum (``sum(dz * xhat)``, ``sum(dz)``) from the saved ``xhat``.
   """
-  prev, (acts, (xhat_x, rstd_x), (xhat_h, rstd_h), (xhat_c, rstd_c)) = saved
+  prev, (acts, n_x, n_h, (xhat_c, rstd_c)) = saved
+  xhat_h, rstd_h = n_h
   p, h_mask = params, noise.h_mask
   ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(p.w_hh)
@@ -124,8 +125,7 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   dc, dh, d_hh, to_reset = outs
   dz = slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1)
   d_cn = dh * k_n
-  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
-  dense, d_xs = projection_grads(p, xs, h_in, dz, dz, d_hh, (xhat_x, rstd_x), (xhat_h, rstd_h))
+  dense, d_xs = projection_grads(p, xs, prev.h, h_mask, dz, dz, d_hh, n_x, n_h)
   grads = type(p)(
     **dense,
     b=None if p.b is None else jnp.sum(kernel.rows(dz), axis=0),
