@@ -25,7 +25,8 @@ from jaxrnn.cells.gru import GRUParams, gru
 from jaxrnn.cells.indrnn import IndRNNParams, indrnn, indrnn_constrain
 from jaxrnn.cells.layer_norm_gru import LayerNormGRUParams, layer_norm_gru
 from jaxrnn.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
-from jaxrnn.cells.lstm import LSTMCarry, LSTMParams, lstm
+from jaxrnn.cells.base import LSTMCarry
+from jaxrnn.cells.lstm import LSTMParams, lstm
 from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
 from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm

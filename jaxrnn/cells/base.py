@@ -240,6 +240,13 @@ class HiddenCarry(NamedTuple):
   h: Array
 
 
+class LSTMCarry(NamedTuple):
+  """Carry of the LSTMs: hidden state ``h`` ``(*batch, P or H)``, cell ``c`` ``(*batch, H)``."""
+
+  h: Array
+  c: Array
+
+
 RECURRENT_INITS = ("uniform", "orthogonal", "identity")
 
 
@@ -293,11 +300,16 @@ def hidden_scale(hidden_size: int) -> float:
   return 1.0 / math.sqrt(hidden_size)
 
 
+def rowwise(v: Array, z: Array) -> Array:
+  """``v`` ``(F,)`` reshaped to broadcast explicitly against ``z`` ``(..., F)``."""
+  return jnp.reshape(v, (1,) * (z.ndim - 1) + v.shape)
+
+
 def add_bias(z: Array, b: Array | None) -> Array:
   """``z + b`` with ``b`` of shape ``(F,)`` broadcast explicitly over the batch."""
   if b is None:
     return z
-  return z + jnp.reshape(b, (1,) * (z.ndim - 1) + b.shape)
+  return z + rowwise(b, z)
 
 
 def check_step_input(

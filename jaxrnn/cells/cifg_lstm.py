@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.cells import base, factory, kernel
-from jaxrnn.cells.lstm import LSTMCarry
-from jaxrnn.cells.peephole_lstm import block_gates, dense_grads, slopes_loop
+from jaxrnn.cells._backward import slopes_backward
+from jaxrnn.cells._gates import block_gates
+from jaxrnn.cells.base import LSTMCarry
 
 
 class CIFGLSTMParams(NamedTuple):
@@ -49,16 +50,14 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   A step's backward is linear in its cotangents ``(dh, dc)`` with coefficients from the
   forward values only (`_slopes`, computed for all ``T * N`` rows before the loop), so the
-  loop is `jaxrnn.cells.peephole_lstm.slopes_loop`; the weight and input gradients are
-  matmuls over all rows after it (`jaxrnn.cells.peephole_lstm.dense_grads`).
+  loop is `jaxrnn.cells._backward.slopes_loop`; the weight and input gradients are
+  matmuls over all rows after it (`jaxrnn.cells._backward.dense_grads`).
   """
   prev, acts = saved
-  local = _slopes(prev.c, acts)
-  ct0, dz, to_reset = slopes_loop(
-    params.w_hh, local, mask, resets, cotangents, noise, reverse, unroll
+  dense, ct0, d_xs, d_reset, _ = slopes_backward(
+    params, xs, prev.h, _slopes(prev.c, acts), mask, resets, cotangents, noise, reverse, unroll
   )
-  dense, d_xs = dense_grads(params, xs, prev.h, noise.h_mask, dz)
-  return type(params)(**dense), ct0, d_xs, kernel.reset_total(to_reset)
+  return type(params)(**dense), ct0, d_xs, d_reset
 
 
 def _slopes(c_prev: jax.Array, acts: jax.Array):

@@ -11,6 +11,7 @@ import numpy as np
 from jax import lax
 
 from jaxrnn.cells import base, factory, kernel, torch_layout
+from jaxrnn.cells._backward import dense_grads
 from jaxrnn.cells.base import HiddenCarry
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -117,14 +118,8 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   inputs = (ct_ys, h_new, mask, resets, noise.keep)
   ct0, (da, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  da_rows = kernel.rows(da)
-  grads = params._replace(
-    w_ih=kernel.rows(xs).T @ da_rows,
-    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ da_rows,
-    b=None if params.b is None else jnp.sum(da_rows, axis=0),
-  )
-  d_xs = (da_rows @ params.w_ih.T).reshape(xs.shape)
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  dense, d_xs = dense_grads(params, xs, prev.h, h_mask, da)
+  return params._replace(**dense), ct0, d_xs, kernel.reset_total(to_reset)
 
 
 _CORES = {

@@ -10,6 +10,8 @@ import numpy as np
 from jax import lax
 
 from jaxrnn.cells import base, factory, kernel, torch_layout
+from jaxrnn.cells._backward import b_hn_grad, dense_grads
+from jaxrnn.cells._gates import gru_gates, projections
 from jaxrnn.cells.base import HiddenCarry
 
 
@@ -40,16 +42,9 @@ def update(params: GRUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
   ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only, as
   Keras's ``recurrent_dropout``; the interpolation ``z * h`` reads ``h`` itself.
   """
-  gi = base.add_bias(x @ params.w_ih, params.b)
-  gh = (carry.h if h_mask is None else carry.h * h_mask) @ params.w_hh
-  i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
-  h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-  r = jax.nn.sigmoid(i_r + h_r)
-  z = jax.nn.sigmoid(i_z + h_z)
-  hn = base.add_bias(h_n, params.b_hn)
-  n = jnp.tanh(i_n + r * hn)
-  h = (1.0 - z) * n + z * carry.h
-  return HiddenCarry(h), h, jnp.concatenate([r, z, n, hn], axis=-1)
+  gi, gh = projections(params, carry.h, x, h_mask)
+  h, gates = gru_gates(gi, gh, carry.h, params.b_hn)
+  return HiddenCarry(h), h, jnp.concatenate(gates, axis=-1)
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
@@ -77,15 +72,8 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   inputs = (ct_ys, prev.h, acts, mask, resets, noise.keep)
   ct0, (d_gi, d_gh, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  gi_rows, gh_rows = kernel.rows(d_gi), kernel.rows(d_gh)
-  hidden = params.w_hh.shape[0]
-  grads = type(params)(
-    w_ih=kernel.rows(xs).T @ gi_rows,
-    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ gh_rows,
-    b=None if params.b is None else jnp.sum(gi_rows, axis=0),
-    b_hn=None if params.b_hn is None else jnp.sum(gh_rows[:, 2 * hidden :], axis=0),
-  )
-  d_xs = (gi_rows @ params.w_ih.T).reshape(xs.shape)
+  dense, d_xs = dense_grads(params, xs, prev.h, h_mask, d_gi, d_gh)
+  grads = type(params)(**dense, b_hn=b_hn_grad(params, d_gh))
   return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxrnn.cells import base, factory, kernel
-from jaxrnn.cells.base import HiddenCarry
-from jaxrnn.cells.layer_norm_lstm import (
+from jaxrnn.cells._backward import hidden_loop
+from jaxrnn.cells._gates import gru_gates
+from jaxrnn.cells._layer_norm import (
   affine,
-  check_bool,
-  check_epsilon,
-  gain_grad,
+  check_flags,
+  init_projections,
   layer_norm_vjp,
-  normalize,
+  normalized_projections,
+  projection_grads,
+  step_and_kernel,
 )
-from jaxrnn.cells.mgu import hidden_loop
+from jaxrnn.cells.base import HiddenCarry
 
 
 class LayerNormGRUParams(NamedTuple):
@@ -67,19 +68,9 @@ def update(
   projection)`` (`normalize`), what `backward` needs. ``h_mask`` (recurrent dropout)
   multiplies ``h`` in the recurrent product only.
   """
-  groups = 3 if per_gate else 1
-  p, dt = params, x.dtype
   h_in = carry.h if h_mask is None else carry.h * h_mask
-  n_x = normalize(x @ p.w_ih, groups, epsilon)
-  n_h = normalize(h_in @ p.w_hh, groups, epsilon)
-  gi = affine(n_x[0], p.ln_ih_gain, p.ln_ih_bias, dt)
-  gh = affine(n_h[0], p.ln_hh_gain, p.ln_hh_bias, dt)
-  i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
-  h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-  r = jax.nn.sigmoid(i_r + h_r)
-  z = jax.nn.sigmoid(i_z + h_z)
-  n = jnp.tanh(i_n + r * h_n)
-  h = (1.0 - z) * n + z * carry.h
+  gi, gh, n_x, n_h = normalized_projections(params, h_in, x, 3 if per_gate else 1, epsilon)
+  h, (r, z, n, _) = gru_gates(gi, gh, carry.h)
   return HiddenCarry(h), h, (jnp.concatenate([r, z, n], axis=-1), n_x, n_h)
 
 
@@ -87,32 +78,24 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
 
   The gate algebra's coefficients depend on the forward values only (`_slopes`, for all
-  ``T * N`` rows before the loop); the loop (`jaxrnn.cells.mgu.hidden_loop`) holds the
+  ``T * N`` rows before the loop); the loop (`jaxrnn.cells._backward.hidden_loop`) holds the
   recurrent norm's VJP (`layer_norm_vjp`) and ``d_hh @ w_hh.T`` and stacks ``dh``. After
   it, over all rows: the gate gradients rebuilt from ``dh``, both norms' VJPs, the weight
   and input gradients as matmuls, every gain and bias gradient as one sum.
   """
-  prev, (acts, (xhat_x, rstd_x), (xhat_h, rstd_h)) = saved
+  prev, (acts, n_x, n_h) = saved
+  xhat_h, rstd_h = n_h
   p, h_mask = params, noise.h_mask
   d_in, d_rec, z = _slopes(p, prev.h, acts, xhat_h)
-  norm = (lambda d, xh, rh: layer_norm_vjp(d, p.ln_hh_gain, xh, rh), (xhat_h, rstd_h))
+  norm = (lambda d, xh, rh: layer_norm_vjp(d, p.ln_hh_gain, xh, rh), n_h)
   ct0, dh, to_reset = hidden_loop(
     p.w_hh, d_rec, z, mask, resets, cotangents, noise, reverse, unroll, norm
   )
   dh3 = jnp.concatenate([dh, dh, dh], axis=-1)
   d_gi, d_gh = d_in * dh3, d_rec * dh3
-  d_ih = kernel.rows(layer_norm_vjp(d_gi, p.ln_ih_gain, xhat_x, rstd_x))
-  d_hh = kernel.rows(layer_norm_vjp(d_gh, p.ln_hh_gain, xhat_h, rstd_h))
-  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
-  grads = type(p)(
-    w_ih=kernel.rows(xs).T @ d_ih,
-    w_hh=kernel.rows(h_in).T @ d_hh,
-    ln_ih_gain=gain_grad(d_gi, xhat_x),
-    ln_ih_bias=jnp.sum(kernel.rows(d_gi), axis=0),
-    ln_hh_gain=gain_grad(d_gh, xhat_h),
-    ln_hh_bias=jnp.sum(kernel.rows(d_gh), axis=0),
-  )
-  d_xs = (d_ih @ p.w_ih.T).reshape(xs.shape)
+  d_hh = layer_norm_vjp(d_gh, p.ln_hh_gain, xhat_h, rstd_h)
+  dense, d_xs = projection_grads(p, xs, prev.h, h_mask, d_gi, d_gh, d_hh, n_x, n_h)
+  grads = type(p)(**dense)
   return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 
@@ -190,25 +173,13 @@ def layer_norm_gru(
     ((5, 4), (12,))
   """
   config = factory.config(locals())  # first: exactly the factory's arguments
-  check_bool("per_gate", per_gate)
-  check_epsilon(epsilon)
-  scale = base.hidden_scale(hidden_size)
+  check_flags(epsilon, per_gate=per_gate)
   H = hidden_size
 
   def init(key, input_size):
-    base.check_input_size(input_size)
-    k_ih, k_hh = jax.random.split(key)
-    ones, zeros = jnp.ones((3 * H,), dtype), jnp.zeros((3 * H,), dtype)
-    return LayerNormGRUParams(
-      w_ih=base.uniform(k_ih, (input_size, 3 * H), scale, dtype),
-      w_hh=base.uniform(k_hh, (H, 3 * H), scale, dtype),
-      ln_ih_gain=ones,
-      ln_ih_bias=zeros,
-      ln_hh_gain=ones,
-      ln_hh_bias=zeros,
-    )
+    return LayerNormGRUParams(**init_projections(key, input_size, H, 3, dtype))
 
-  step_math, sequence = _kernel(per_gate, float(epsilon))
+  step_math, sequence = step_and_kernel(update, backward, per_gate, float(epsilon))
   return factory.library_cell(
     KIND,
     init=init,
@@ -217,13 +188,6 @@ def layer_norm_gru(
     masks_product=True,  # h also enters z * h
     config=config,  # every argument of the factory, as called
   )
-
-
-@functools.cache
-def _kernel(per_gate: bool, epsilon: float):
-  """``(update, sequence)`` for one ``(per_gate, epsilon)``, made once: the step and its kernel."""
-  step_math = functools.partial(update, per_gate=per_gate, epsilon=epsilon)
-  return step_math, kernel.sequence_kernel(step_math, backward)
 
 
 KIND = base.CellKind("layer_norm_gru", layer_norm_gru, LayerNormGRUParams, HiddenCarry, None)

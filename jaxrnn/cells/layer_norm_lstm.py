@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -10,7 +9,19 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxrnn.cells import base, factory, kernel
-from jaxrnn.cells.lstm import LSTMCarry, gates, gates_slope
+from jaxrnn.cells._gates import gates, gates_slope
+from jaxrnn.cells._layer_norm import (
+  affine,
+  check_flags,
+  gain_grad,
+  init_projections,
+  layer_norm_vjp,
+  normalize,
+  normalized_projections,
+  projection_grads,
+  step_and_kernel,
+)
+from jaxrnn.cells.base import LSTMCarry
 
 
 class LayerNormLSTMParams(NamedTuple):
@@ -49,60 +60,6 @@ class LayerNormLSTMParams(NamedTuple):
   hidden_size = base.HIDDEN_ROWS
 
 
-def normalize(z: jax.Array, groups: int, epsilon: float) -> tuple[jax.Array, jax.Array]:
-  """``z`` ``(..., F)`` standardized over ``groups`` equal blocks of its columns: ``(xhat, rstd)``.
-
-  Each block of ``F / groups`` columns is shifted to mean 0 and scaled to (biased) variance 1:
-  ``xhat = (z - mean) * rstd`` ``(..., F)`` with ``rstd = 1 / sqrt(var + epsilon)``
-  ``(..., groups, 1)``, both in at least float32 (as flax's ``LayerNorm``).
-  """
-  stat_dtype = jnp.dtype(jnp.float32) if jnp.finfo(z.dtype).bits < 32 else z.dtype
-  zs = z.astype(stat_dtype).reshape(z.shape[:-1] + (groups, z.shape[-1] // groups))
-  mean = jnp.mean(zs, axis=-1, keepdims=True)
-  centred = zs - mean
-  var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-  rstd = jax.lax.rsqrt(var + jnp.asarray(epsilon, stat_dtype))
-  return (centred * rstd).reshape(z.shape), rstd
-
-
-def affine(xhat: jax.Array, gain: jax.Array, bias: jax.Array | None, dtype: Any) -> jax.Array:
-  """``xhat * gain + bias`` in ``dtype`` (``gain``, ``bias`` ``(F,)``)."""
-  return base.add_bias(xhat.astype(dtype) * _row(gain, xhat), bias)
-
-
-def layer_norm(
-  z: jax.Array, gain: jax.Array, bias: jax.Array, groups: int, epsilon: float
-) -> jax.Array:
-  """Layer normalization of ``z`` ``(..., F)`` over ``groups`` equal blocks of its columns.
-
-  Each block of ``F / groups`` columns is shifted to mean 0 and scaled to (biased)
-  variance 1, ``(z - mean) / sqrt(var + epsilon)``, then ``* gain + bias`` (both
-  ``(F,)``). The statistics are computed in at least float32 (`normalize`); the
-  result has ``z``'s dtype.
-  """
-  return affine(normalize(z, groups, epsilon)[0], gain, bias, z.dtype)
-
-
-def layer_norm_vjp(dy: jax.Array, gain: jax.Array, xhat: jax.Array, rstd: jax.Array) -> jax.Array:
-  """The cotangent of `layer_norm`'s input ``z`` for its output's ``dy`` ``(..., F)``.
-
-  With ``(xhat, rstd)`` from `normalize` and ``dyhat = dy * gain``, per block:
-  ``dz = rstd * (dyhat - mean(dyhat) - xhat * mean(dyhat * xhat))``, in ``rstd``'s dtype
-  (the statistics'); the result has ``dy``'s dtype.
-  """
-  groups = rstd.shape[-2]
-  blocks = dy.shape[:-1] + (groups, dy.shape[-1] // groups)
-  g = (dy * _row(gain, dy)).astype(rstd.dtype).reshape(blocks)
-  xh = xhat.reshape(blocks)
-  mean_g = jnp.mean(g, axis=-1, keepdims=True)
-  mean_gx = jnp.mean(g * xh, axis=-1, keepdims=True)
-  return (rstd * (g - mean_g - xh * mean_gx)).reshape(dy.shape).astype(dy.dtype)
-
-
-def _row(v: jax.Array, z: jax.Array) -> jax.Array:
-  return jnp.reshape(v, (1,) * (z.ndim - 1) + v.shape)
-
-
 def update(
   params: LayerNormLSTMParams,
   carry: LSTMCarry,
@@ -118,19 +75,14 @@ def update(
   projection, of c')`` (`normalize`), what `backward` needs. ``h_mask`` (recurrent dropout)
   multiplies ``h`` where it enters ``h @ w_hh``, its only use.
   """
-  groups = 4 if per_gate else 1
-  p, dt = params, x.dtype
+  p = params
   h_in = carry.h if h_mask is None else carry.h * h_mask
-  n_x = normalize(x @ p.w_ih, groups, epsilon)
-  n_h = normalize(h_in @ p.w_hh, groups, epsilon)
-  z = affine(n_x[0], p.ln_ih_gain, p.ln_ih_bias, dt) + affine(
-    n_h[0], p.ln_hh_gain, p.ln_hh_bias, dt
-  )
-  acts = gates(base.add_bias(z, p.b))
+  gi, gh, n_x, n_h = normalized_projections(p, h_in, x, 4 if per_gate else 1, epsilon)
+  acts = gates(base.add_bias(gi + gh, p.b))
   i, f, g, o = jnp.split(acts, 4, axis=-1)
   c = f * carry.c + i * g
   n_c = normalize(c, 1, epsilon)
-  h = o * jnp.tanh(affine(n_c[0], p.ln_c_gain, p.ln_c_bias, dt))
+  h = o * jnp.tanh(affine(n_c[0], p.ln_c_gain, p.ln_c_bias, x.dtype))
   return LSTMCarry(h, c), h, (acts, n_x, n_h, n_c)
 
 
@@ -145,7 +97,8 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   norm's VJP, the weight and input gradients as matmuls, and every gain and bias gradient
   as one sum (``sum(dz * xhat)``, ``sum(dz)``) from the saved ``xhat``.
   """
-  prev, (acts, (xhat_x, rstd_x), (xhat_h, rstd_h), (xhat_c, rstd_c)) = saved
+  prev, (acts, n_x, n_h, (xhat_c, rstd_c)) = saved
+  xhat_h, rstd_h = n_h
   p, h_mask = params, noise.h_mask
   ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(p.w_hh)
@@ -172,21 +125,13 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   dc, dh, d_hh, to_reset = outs
   dz = slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1)
   d_cn = dh * k_n
-  d_ih = kernel.rows(layer_norm_vjp(dz, p.ln_ih_gain, xhat_x, rstd_x))
-  sum_dz = jnp.sum(kernel.rows(dz), axis=0)
-  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
+  dense, d_xs = projection_grads(p, xs, prev.h, h_mask, dz, dz, d_hh, n_x, n_h)
   grads = type(p)(
-    w_ih=kernel.rows(xs).T @ d_ih,
-    w_hh=kernel.rows(h_in).T @ kernel.rows(d_hh),
-    b=None if p.b is None else sum_dz,
-    ln_ih_gain=gain_grad(dz, xhat_x),
-    ln_ih_bias=sum_dz,
-    ln_hh_gain=gain_grad(dz, xhat_h),
-    ln_hh_bias=sum_dz,
+    **dense,
+    b=None if p.b is None else jnp.sum(kernel.rows(dz), axis=0),
     ln_c_gain=gain_grad(d_cn, xhat_c),
     ln_c_bias=jnp.sum(kernel.rows(d_cn), axis=0),
   )
-  d_xs = (d_ih @ p.w_ih.T).reshape(xs.shape)
   return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 
@@ -202,21 +147,6 @@ def _slopes(params: LayerNormLSTMParams, c_prev: jax.Array, acts: jax.Array, xha
   tc = jnp.tanh(affine(xhat_c, params.ln_c_gain, params.ln_c_bias, acts.dtype))
   slopes = jnp.concatenate([g, c_prev, i, tc], axis=-1) * gates_slope(acts)
   return o * (1.0 - tc * tc), slopes, f
-
-
-def gain_grad(d: jax.Array, xhat: jax.Array) -> jax.Array:
-  """A gain's gradient ``sum(d * xhat)`` over all rows ``(T, N)``, in ``d``'s dtype."""
-  return jnp.sum(kernel.rows(d.astype(xhat.dtype) * xhat), axis=0).astype(d.dtype)
-
-
-def check_epsilon(epsilon: Any) -> None:
-  if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not epsilon > 0:
-    raise ValueError(f"epsilon={epsilon!r}: expected a positive float (e.g. 1e-5).")
-
-
-def check_bool(name: str, value: Any) -> None:
-  if not isinstance(value, bool):
-    raise ValueError(f"{name}={value!r}: expected True or False.")
 
 
 def layer_norm_lstm(
@@ -288,42 +218,24 @@ def layer_norm_lstm(
     ((5, 4), (5, 4), (5, 4))
   """
   config = factory.config(locals())  # first: exactly the factory's arguments
-  check_bool("per_gate", per_gate)
-  check_bool("use_bias", use_bias)
-  check_epsilon(epsilon)
+  check_flags(epsilon, per_gate=per_gate, use_bias=use_bias)
   if isinstance(forget_bias, bool) or not isinstance(forget_bias, int | float):
     raise ValueError(f"forget_bias={forget_bias!r}: expected a float.")
-  scale = base.hidden_scale(hidden_size)
   H = hidden_size
 
   def init(key, input_size):
-    base.check_input_size(input_size)
-    k_ih, k_hh = jax.random.split(key)
     b = None
     if use_bias:
       b = jnp.zeros((4 * H,), dtype).at[H : 2 * H].add(forget_bias)  # in init, nowhere else
-    ones, zeros = jnp.ones((4 * H,), dtype), jnp.zeros((4 * H,), dtype)
     return LayerNormLSTMParams(
-      w_ih=base.uniform(k_ih, (input_size, 4 * H), scale, dtype),
-      w_hh=base.uniform(k_hh, (H, 4 * H), scale, dtype),
+      **init_projections(key, input_size, H, 4, dtype),
       b=b,
-      ln_ih_gain=ones,
-      ln_ih_bias=zeros,
-      ln_hh_gain=ones,
-      ln_hh_bias=zeros,
       ln_c_gain=jnp.ones((H,), dtype),
       ln_c_bias=jnp.zeros((H,), dtype),
     )
 
-  step_math, sequence = _kernel(per_gate, float(epsilon))
+  step_math, sequence = step_and_kernel(update, backward, per_gate, float(epsilon))
   return factory.library_cell(KIND, init=init, update=step_math, sequence=sequence, config=config)
-
-
-@functools.cache
-def _kernel(per_gate: bool, epsilon: float):
-  """``(update, sequence)`` for one ``(per_gate, epsilon)``, made once: the step and its kernel."""
-  step_math = functools.partial(update, per_gate=per_gate, epsilon=epsilon)
-  return step_math, kernel.sequence_kernel(step_math, backward)
 
 
 KIND = base.CellKind("layer_norm_lstm", layer_norm_lstm, LayerNormLSTMParams, LSTMCarry, None)

@@ -82,8 +82,13 @@ def library_cell(kind, coefficients, config) -> base.Cell:
 
   ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
   ``torch.nn.Linear``'s default; ``config`` holds every factory argument (``hidden_size``,
-  ``use_bias``, ``log_space``, ``dtype``...).
+  ``use_bias``, ``log_space``, ``dtype``...), checked here.
+
+  Raises:
+    ValueError: for a non-positive ``hidden_size`` or a non-bool flag.
   """
+  base.check_positive("hidden_size", config["hidden_size"])
+  check_flags(log_space=config["log_space"], use_bias=config["use_bias"])
   H, dtype, log_space = config["hidden_size"], config["dtype"], config["log_space"]
   blocks = dict(kind.params.gate_columns)["w_ih"]
   coefficients = functools.partial(coefficients, log_space=log_space)

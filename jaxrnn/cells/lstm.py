@@ -10,13 +10,9 @@ import numpy as np
 from jax import lax
 
 from jaxrnn.cells import base, factory, kernel, torch_layout
-
-
-class LSTMCarry(NamedTuple):
-  """Carry of the LSTM: hidden state ``h`` ``(*batch, P or H)``, cell ``c`` ``(*batch, H)``."""
-
-  h: jax.Array
-  c: jax.Array
+from jaxrnn.cells._backward import dense_grads
+from jaxrnn.cells._gates import gates, gates_slope
+from jaxrnn.cells.base import LSTMCarry  # also jaxrnn.cells.lstm.LSTMCarry, where it was
 
 
 class LSTMParams(NamedTuple):
@@ -45,29 +41,6 @@ class LSTMParams(NamedTuple):
   @property
   def hidden_size(self) -> int:
     return self.w_hh.shape[-1] // 4
-
-
-def gates(z: jax.Array) -> jax.Array:
-  """``[sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)]`` over ``z`` ``(..., 4H)`` in one pass.
-
-  ``sigmoid(x) = (1 + tanh(x / 2)) / 2``, so one tanh over all 4H columns (the
-  i, f, o columns scaled by 1/2, an exact scaling) serves every gate: a single
-  elementwise loop instead of four slices, four kernels and a concatenation,
-  which on XLA:CPU is what costs most inside the time loop.
-  """
-  four_h = z.shape[-1]
-  col = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
-  is_g = (col >= four_h // 2) & (col < 3 * four_h // 4)
-  t = jnp.tanh(jnp.where(is_g, z, 0.5 * z))
-  return jnp.where(is_g, t, 0.5 * t + 0.5)
-
-
-def gates_slope(acts: jax.Array) -> jax.Array:
-  """d act / d z for `gates`: ``1 - a^2`` on the g columns, ``a (1 - a)`` elsewhere."""
-  four_h = acts.shape[-1]
-  col = lax.broadcasted_iota(jnp.int32, acts.shape, acts.ndim - 1)
-  is_g = (col >= four_h // 2) & (col < 3 * four_h // 4)
-  return jnp.where(is_g, 1.0 - acts * acts, acts * (1.0 - acts))
 
 
 def update(params: LSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
@@ -110,19 +83,13 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   inputs = (ct_ys, prev.c, acts, mask, resets, noise.keep)
   ct0, (dz, dh_out, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  dz_rows = kernel.rows(dz)
   d_w_proj = None
   if proj is not None:
     i, f, g, o = jnp.split(acts, 4, axis=-1)
     h_cell = o * jnp.tanh(f * prev.c + i * g)
     d_w_proj = kernel.rows(h_cell).T @ kernel.rows(dh_out)
-  grads = type(params)(
-    w_ih=kernel.rows(xs).T @ dz_rows,
-    w_hh=kernel.rows(prev.h if h_mask is None else prev.h * h_mask[None]).T @ dz_rows,
-    b=None if params.b is None else jnp.sum(dz_rows, axis=0),
-    w_proj=d_w_proj,
-  )
-  d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
+  dense, d_xs = dense_grads(params, xs, prev.h, h_mask, dz)
+  grads = type(params)(**dense, w_proj=d_w_proj)
   return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 

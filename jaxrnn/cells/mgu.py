@@ -6,9 +6,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells._backward import b_hn_grad, dense_grads, hidden_loop
+from jaxrnn.cells._gates import projections
 from jaxrnn.cells.base import HiddenCarry
 
 
@@ -43,8 +44,7 @@ def update(params: MGUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
 
   ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only.
   """
-  gi = base.add_bias(x @ params.w_ih, params.b)
-  gh = (carry.h if h_mask is None else carry.h * h_mask) @ params.w_hh
+  gi, gh = projections(params, carry.h, x, h_mask)
   i_f, i_n = jnp.split(gi, 2, axis=-1)
   h_f, h_n = jnp.split(gh, 2, axis=-1)
   f = jax.nn.sigmoid(i_f + h_f)
@@ -59,8 +59,8 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   A step's backward is linear in ``dh`` with coefficients from the forward values only
   (`_slopes`, computed for all ``T * N`` rows before the loop), so the loop is
-  `hidden_loop`; the gate gradients are rebuilt from its stacked ``dh`` after it, and the
-  weight and input gradients are matmuls over all rows.
+  `jaxrnn.cells._backward.hidden_loop`; the gate gradients are rebuilt from its stacked
+  ``dh`` after it, and the weight and input gradients are matmuls over all rows.
   """
   prev, acts = saved
   h_mask = noise.h_mask
@@ -70,16 +70,9 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
     params.w_hh, d_rec, f, mask, resets, cotangents, noise, reverse, unroll
   )
   dh2 = jnp.concatenate([dh, dh], axis=-1)
-  gi_rows, gh_rows = kernel.rows(d_in * dh2), kernel.rows(d_rec * dh2)
-  hidden = params.w_hh.shape[0]
-  h_in = prev.h if h_mask is None else prev.h * h_mask[None]
-  grads = type(params)(
-    w_ih=kernel.rows(xs).T @ gi_rows,
-    w_hh=kernel.rows(h_in).T @ gh_rows,
-    b=None if params.b is None else jnp.sum(gi_rows, axis=0),
-    b_hn=None if params.b_hn is None else jnp.sum(gh_rows[:, hidden:], axis=0),
-  )
-  d_xs = (gi_rows @ params.w_ih.T).reshape(xs.shape)
+  d_gh = d_rec * dh2
+  dense, d_xs = dense_grads(params, xs, prev.h, h_mask, d_in * dh2, d_gh)
+  grads = type(params)(**dense, b_hn=b_hn_grad(params, d_gh))
   return grads, ct0, d_xs, kernel.reset_total(to_reset)
 
 
@@ -93,45 +86,6 @@ def _slopes(h_prev: jax.Array, acts: jax.Array) -> tuple[jax.Array, jax.Array]:
   a_n = (1.0 - f) * (1.0 - n * n)
   a_f = (h_prev - n + a_n * hn) * f * (1.0 - f)
   return jnp.concatenate([a_f, a_n], axis=-1), jnp.concatenate([a_f, a_n * f], axis=-1)
-
-
-def hidden_loop(w_hh, slopes, k_h, mask, resets, cotangents, noise, reverse, unroll, norm=None):
-  """The backward loop of a GRU-like cell whose step's VJP is linear in ``dh``.
-
-  With ``slopes`` ``(T, N, G * H)`` the recurrent projection's derivatives by ``dh`` and
-  ``k_h`` ``(T, N, H)`` the direct path ``dh_{t-1} / dh`` (the kept fraction of ``h``), each
-  step: ``d_rec = slopes * [dh, ..., dh]`` (through ``norm(d_rec, *norm_inputs)``, a
-  normalization's VJP, when given as ``(norm, norm_inputs)``), ``dh_{t-1} = (d_rec @
-  w_hh.T) * h_mask + dh * k_h``; lengths, resets and zoneout as in
-  `jaxrnn.cells.lstm.backward`.
-
-  Returns:
-    ``(d_carry0, dh, to_reset)``: the initial carry's cotangent, every step's ``dh``
-    ``(T, N, H)`` (zero where invalid) and the per-step cotangents of the reset carry.
-  """
-  h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
-  w_hh_t = kernel.transposed(w_hh)
-  vjp, norm_inputs = (None, ()) if norm is None else norm
-  blocks = w_hh.shape[-1] // w_hh.shape[0]
-
-  def body(ct, inputs):
-    dy, slopes, k_h, m, restart, keep, *extra = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    (dh,), straight = kernel.zone_split(keep, HiddenCarry(dh))
-    dh = kernel.zeros_where_invalid(m, dh)
-    d_rec = slopes * jnp.concatenate([dh] * blocks, axis=-1)
-    d_rec = d_rec if vjp is None else vjp(d_rec, *extra)
-    d_h_in = d_rec @ w_hh_t
-    d_prev = (d_h_in if h_mask is None else d_h_in * h_mask) + dh * k_h
-    d_prev = kernel.add_zoned(HiddenCarry(d_prev), straight)
-    new = HiddenCarry(kernel.where_valid(m, d_prev.h, ct.h))
-    new, to_reset = kernel.reset_split(restart, new)
-    return new, (dh, to_reset)
-
-  inputs = (ct_ys, slopes, k_h, mask, resets, noise.keep, *norm_inputs)
-  ct0, (dh, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  return ct0, dh, to_reset
 
 
 sequence = kernel.sequence_kernel(update, backward)

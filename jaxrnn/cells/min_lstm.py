@@ -85,10 +85,7 @@ def min_lstm(
     >>> ys.shape, bool((ys > 0).all())
     ((5, 7, 4), True)
   """
-  config = dict(locals())  # first: exactly the factory's arguments
-  base.check_positive("hidden_size", hidden_size)
-  linear_scan.check_flags(log_space=log_space, use_bias=use_bias)
-  return linear_scan.library_cell(KIND, coefficients, config)
+  return linear_scan.library_cell(KIND, coefficients, dict(locals()))  # the factory's arguments
 
 
 KIND = base.CellKind("min_lstm", min_lstm, MinLSTMParams, HiddenCarry, None)

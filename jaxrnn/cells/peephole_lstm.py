@@ -6,10 +6,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel
-from jaxrnn.cells.lstm import LSTMCarry
+from jaxrnn.cells._backward import slopes_backward
+from jaxrnn.cells._gates import block_gates
+from jaxrnn.cells.base import LSTMCarry, rowwise
 
 
 class PeepholeLSTMParams(NamedTuple):
@@ -44,24 +45,6 @@ class PeepholeLSTMParams(NamedTuple):
   hidden_size = base.HIDDEN_ROWS
 
 
-def block_gates(z: jax.Array, blocks: int, tanh_block: int) -> jax.Array:
-  """Sigmoid on every ``H``-column block of ``z`` ``(..., blocks * H)`` but ``tanh_block``.
-
-  The one-tanh-pass form of `jaxrnn.cells.lstm.gates`: ``sigmoid(x) = (1 + tanh(x / 2)) / 2``,
-  so a single tanh over all columns (the sigmoid ones scaled by 1/2) serves every gate.
-  """
-  h = z.shape[-1] // blocks
-  col = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
-  is_tanh = (col >= tanh_block * h) & (col < (tanh_block + 1) * h)
-  t = jnp.tanh(jnp.where(is_tanh, z, 0.5 * z))
-  return jnp.where(is_tanh, t, 0.5 * t + 0.5)
-
-
-def rowwise(v: jax.Array, z: jax.Array) -> jax.Array:
-  """``v`` ``(F,)`` reshaped to broadcast explicitly against ``z`` ``(..., F)``."""
-  return jnp.reshape(v, (1,) * (z.ndim - 1) + v.shape)
-
-
 def update(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
   """One peephole-LSTM step, the cell's math in one place: ``(carry, y, ([i, f, g], o))``."""
   h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
@@ -83,16 +66,15 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   Every step's backward is linear in its cotangents ``(dh, dc)``, with coefficients that
   depend on the forward values only (`_slopes`); those are computed for all ``T * N`` rows
-  before the loop (`slopes_loop`). After it, the weight and input gradients are matmuls
-  over all rows (`dense_grads`) and each peephole's gradient one sum
-  (``sum(dz_i * c_{t-1})``, ...).
+  before the loop (`jaxrnn.cells._backward.slopes_loop`). After it, the weight and input
+  gradients are matmuls over all rows (`jaxrnn.cells._backward.dense_grads`) and each
+  peephole's gradient one sum (``sum(dz_i * c_{t-1})``, ...).
   """
   prev, (ifg, o) = saved
   c, *local = _slopes(params, prev.c, ifg, o)
-  ct0, dz, to_reset = slopes_loop(
-    params.w_hh, local, mask, resets, cotangents, noise, reverse, unroll
+  dense, ct0, d_xs, d_reset, dz = slopes_backward(
+    params, xs, prev.h, local, mask, resets, cotangents, noise, reverse, unroll
   )
-  dense, d_xs = dense_grads(params, xs, prev.h, noise.h_mask, dz)
   dz_i, dz_f, _, dz_o = jnp.split(dz, 4, axis=-1)
   grads = type(params)(
     **dense,
@@ -100,56 +82,7 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
     w_cf=jnp.sum(kernel.rows(dz_f * prev.c), axis=0),
     w_co=jnp.sum(kernel.rows(dz_o * c), axis=0),
   )
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
-
-
-def slopes_loop(w_hh, local, mask, resets, cotangents, noise, reverse, unroll):
-  """The backward loop of an LSTM variant whose step's VJP is linear in ``(dh, dc)``.
-
-  ``local = (k_h, slopes, k_c)``, ``(T, N, F)`` leaves from the forward values, computed
-  before the loop: at each step ``dc = dc' + dh * k_h``, ``dz = slopes * [dc, ..., dc, dh]``
-  (every gate block but the last, the output gate's, takes ``dc``), ``dh_{t-1} = dz @
-  w_hh.T`` (times recurrent dropout's mask) and ``dc_{t-1} = dc * k_c``; lengths, resets
-  and zoneout as in `jaxrnn.cells.lstm.backward`.
-
-  Returns:
-    ``(d_carry0, dz, to_reset)``: the initial carry's cotangent, ``dz`` ``(T, N, G * H)``
-    and the per-step cotangents of the reset carry (`kernel.reset_total` sums them).
-  """
-  h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
-  w_hh_t = kernel.transposed(w_hh)
-
-  def body(ct, inputs):
-    dy, k_h, slopes, k_c, m, restart, keep = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
-    dc = dc_out + dh * k_h
-    blocks = slopes.shape[-1] // dc.shape[-1]
-    dz = kernel.zeros_where_invalid(m, slopes * jnp.concatenate([dc] * (blocks - 1) + [dh], -1))
-    d_h_in = dz @ w_hh_t
-    d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
-    d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * k_c), straight)
-    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
-    new, to_reset = kernel.reset_split(restart, new)
-    return new, (dz, to_reset)
-
-  inputs = (ct_ys, *local, mask, resets, noise.keep)
-  ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  return ct0, dz, to_reset
-
-
-def dense_grads(params, xs, h_prev, h_mask, dz):
-  """``({w_ih, w_hh, b} gradients, d_xs)`` of ``z = x @ w_ih + (h_prev * h_mask) @ w_hh + b``
-  from ``dz`` ``(T, N, G * H)``: one matmul (or sum) each over all ``T * N`` rows."""
-  dz_rows = kernel.rows(dz)
-  h_in = h_prev if h_mask is None else h_prev * h_mask[None]
-  dense = dict(
-    w_ih=kernel.rows(xs).T @ dz_rows,
-    w_hh=kernel.rows(h_in).T @ dz_rows,
-    b=None if params.b is None else jnp.sum(dz_rows, axis=0),
-  )
-  return dense, (dz_rows @ params.w_ih.T).reshape(xs.shape)
+  return grads, ct0, d_xs, d_reset
 
 
 def _slopes(params: PeepholeLSTMParams, c_prev: jax.Array, ifg: jax.Array, o: jax.Array):
