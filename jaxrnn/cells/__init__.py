@@ -18,14 +18,13 @@ from jaxrnn.cells import min_gru as _min_gru
 from jaxrnn.cells import min_lstm as _min_lstm
 from jaxrnn.cells import peephole_lstm as _peephole_lstm
 from jaxrnn.cells import slstm as _slstm
-from jaxrnn.cells.base import Cell, CellKind, HiddenCarry
+from jaxrnn.cells.base import Cell, CellKind, HiddenCarry, LSTMCarry
 from jaxrnn.cells.cifg_lstm import CIFGLSTMParams, cifg_lstm
 from jaxrnn.cells.elman import ElmanParams, elman
 from jaxrnn.cells.gru import GRUParams, gru
 from jaxrnn.cells.indrnn import IndRNNParams, indrnn, indrnn_constrain
 from jaxrnn.cells.layer_norm_gru import LayerNormGRUParams, layer_norm_gru
 from jaxrnn.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
-from jaxrnn.cells.base import LSTMCarry
 from jaxrnn.cells.lstm import LSTMParams, lstm
 from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
