@@ -267,7 +267,8 @@ def scan(
   chunk = remat_chunk(remat, length)
   xs_t, mask = _time_mask(xs_t, seq_lengths, length, chunk, batch_shape)
   if mask is not None:  # padding never reaches a value or a gradient, NaN or inf included
-    xs_t = jnp.where(mask[..., None], xs_t, jnp.zeros_like(xs_t))
+    valid = mask.reshape(mask.shape + (1,) * (xs_t.ndim - mask.ndim))  # over the features
+    xs_t = jnp.where(valid, xs_t, jnp.zeros_like(xs_t))
   resets = _time_resets(resets, mask, batch_shape, length, xs_t.shape[0], time_major, reverse)
   reset_carry = None if resets is None else cell.initial_carry(params, batch_shape)
   h_mask, keep = _check_noise(noise, carry, length, xs_t.shape[0])

@@ -191,8 +191,8 @@ def save(
     >>> ys.shape, y.shape, sorted(state), manifest["input"]
     ((2, 5, 8), (4, 8), ['0.h', '1.h'], {'shape': ['batch', 'time', 3], 'dtype': 'float32'})
   """
-  params_check.check(model, params, "export.save", "save(path, model, params, ...)")
   platforms, root, old = _check_save(model, platforms, streaming, path, overwrite)
+  params_check.check(model, params, "export.save", "save(path, model, params, ...)")
   params_flat = _Flat.of(params)
   if not params_flat.leaves:
     raise ValueError("save: params has no arrays.")
