@@ -152,7 +152,13 @@ def sequence(coefficients: Coefficients, log_space: bool = False, readout: Reado
 
   def run(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
     del unroll
-    (h0,), treedef = jax.tree.flatten(carry)
+    leaves, treedef = jax.tree.flatten(carry)
+    if len(leaves) != 1:
+      raise ValueError(
+        f"the carry has {len(leaves)} leaves ({treedef}); expected one, the state h of "
+        "h' = a h + b, for a cell that declares coefficients."
+      )
+    h0 = leaves[0]
     a, b = coefficients(params, xs)
     if xs.shape[0] == 0:
       return carry, b if readout is None else readout(params, b, xs)
