@@ -208,7 +208,8 @@ def scan(
       gradients. Resets past a row's length are ignored.
     impl: ``"auto"`` uses the cell's whole-sequence kernel with a hand-written
       VJP when it has one (the built-in cells do; `jaxrnn.cells.kernel`), which
-      makes the gradient faster; ``"step"`` always runs `jax.lax.scan` over
+      makes the gradient faster; a cell that declares ``coefficients`` runs as one
+      `jaxrnn.linear_recurrence` (`whole_sequence`); ``"step"`` always runs `jax.lax.scan` over
       ``cell.step`` (needed for forward-mode autodiff, `jax.jvp` / `jax.jacfwd`);
       ``"fused"`` insists on the kernel. All three compute the same values.
     noise: a `jaxrnn.cells.kernel.Noise` of recurrent-dropout and zoneout masks, or
@@ -427,7 +428,7 @@ def _run_steps(
 
 
 def _run_kernel(
-  cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk, sequence=None
+  cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk, *, sequence
 ):
   xs_t = inputs[0]
   # The kernel works on one flat batch axis; check shapes with the cell's own step first.

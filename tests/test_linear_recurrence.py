@@ -201,3 +201,15 @@ def test_user_cell_takes_the_parallel_path(monkeypatch, reverse):
   assert calls == ["associative"]
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_avoids_the_associative_scan_that_does_not_fit(monkeypatch):
+  calls = []
+  recurrence = linear_scan.recurrence
+  monkeypatch.setattr(linear_scan, "recurrence", lambda *a: calls.append(a[-1]) or recurrence(*a))
+  monkeypatch.setitem(linear_scan.METHODS, jax.default_backend(), "associative")
+  a = jnp.full((B, T, 2), 0.5)  # 144 bytes: the associative scan needs about 4.5 times that
+  for free, expected in ((10**6, "associative"), (600, "sequential"), (None, "associative")):
+    monkeypatch.setattr(linear_scan, "free_device_bytes", lambda free=free: free)
+    jaxrnn.linear_recurrence(a, a)
+    assert calls.pop() == expected, free

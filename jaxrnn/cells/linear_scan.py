@@ -1,5 +1,10 @@
 """Cells whose recurrence is linear in the carry, ``h_t = a_t h_{t-1} + b_t``, and their scan.
 
+`linear_recurrence` is the public primitive (`jaxrnn.linear_recurrence`: any state shape,
+real or complex, lengths, resets and reverse as `jaxrnn.scan` has them); `sequence` is the
+whole-sequence kernel of minGRU, minLSTM and of any `Cell` that declares ``coefficients``;
+both fold masks and resets into the coefficients (`fold`) and run `recurrence`.
+
 When a cell's gates read only the input (minGRU and minLSTM, Feng et al. 2024), its
 coefficients ``a_t`` and ``b_t`` for the whole sequence are one matmul over all
 ``T * N`` rows, and the recurrence is an associative scan over ``(a, b)`` pairs under
@@ -168,7 +173,7 @@ def sequence(coefficients: Coefficients, log_space: bool = False, readout: Reado
     r = None if resets is None else resets[..., None]
     reset_h = None if resets is None else jax.tree.leaves(reset_carry)[0][None]
     a, b = fold(a, b, valid, r, reset_h)
-    h, last = recurrence(a, b, h0.astype(b.dtype), reverse, method())
+    h, last = recurrence(a, b, h0.astype(b.dtype), reverse, method(a))
     ys = h if readout is None else readout(params, h, xs)
     ys = ys if valid is None else jnp.where(valid, ys, jnp.zeros_like(ys))
     return jax.tree.unflatten(treedef, [last]), ys
@@ -202,9 +207,36 @@ METHODS = {"cpu": "sequential"}
 METHOD_NAMES = ("associative", "sequential")
 
 
-def method() -> str:
-  """``"associative"`` or ``"sequential"``, per backend (`METHODS`; default associative)."""
-  return METHODS.get(jax.default_backend(), "associative")
+# The associative scan's temporaries over one coefficient array's bytes, measured with
+# `linear_recurrence` at (32, 4096, 256) float32 (XLA:CPU memory_analysis): 446 MiB forward,
+# 573 MiB forward+backward, over 128 MiB; the sequential scan's: 256 MiB, 2x, both ways.
+ASSOCIATIVE_TEMPORARIES = 4.5
+
+
+def method(a: jax.Array | None = None) -> str:
+  """``"associative"`` or ``"sequential"``, per backend (`METHODS`; default associative).
+
+  With the coefficients ``a``, the associative scan is kept only where its temporaries
+  (`ASSOCIATIVE_TEMPORARIES` times ``a``'s bytes) fit the device's free memory
+  (`free_device_bytes`); otherwise the sequential scan, which needs about half.
+  """
+  how = METHODS.get(jax.default_backend(), "associative")
+  if how == "associative" and a is not None:
+    free = free_device_bytes()
+    if free is not None and ASSOCIATIVE_TEMPORARIES * a.size * a.dtype.itemsize > free:
+      return "sequential"
+  return how
+
+
+def free_device_bytes() -> int | None:
+  """The default device's free memory (``memory_stats``), None where it reports none (CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # noqa: BLE001 - a backend without memory stats
+    return None
+  if not stats or "bytes_limit" not in stats:
+    return None
+  return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -336,7 +368,8 @@ def linear_recurrence(
   ``"sequential"`` is `jax.lax.scan`; ``"associative"`` is `jax.lax.associative_scan`
   (depth ``log2 T``, about twice the sequential temporaries). ``"auto"`` is the measured
   best for the backend, `METHODS`: sequential on CPU, associative elsewhere (unmeasured
-  here; the reason parallel scans exist).
+  here; the reason parallel scans exist) unless its temporaries, about 4.5 times ``a``'s
+  bytes, exceed the device's free memory: then sequential (`method`).
 
   Args:
     a, b: the coefficients, broadcastable to one shape as above.
@@ -365,8 +398,8 @@ def linear_recurrence(
     >>> h.shape, hs.shape, [round(float(v), 3) for v in hs[1, :, 0]]
     ((2, 3), (2, 5, 3), [1.0, 1.5, 0.0, 0.0, 0.0])
   """
-  how = _check_method(method)
   a, b, h0, batch, T = _check_recurrence(a, b, h0, resets, seq_lengths, time_major)
+  how = _check_method(method, a)
   move = (lambda v: v) if time_major else (lambda v: jnp.moveaxis(v, len(batch), 0))
   a, b = move(a), move(b)
   pad = (1,) * (a.ndim - 1 - len(batch))  # the state axes, for broadcasting
@@ -384,11 +417,11 @@ def linear_recurrence(
   return last, hs if time_major else jnp.moveaxis(hs, 0, len(batch))
 
 
-def _check_method(name: Any) -> str:
+def _check_method(name: Any, a: jax.Array) -> str:
   """The method to run: `method` () for ``"auto"``; a `ValueError` for an unknown one."""
   if name not in METHODS_ARG:
     raise ValueError(f"method={name!r}: expected one of {METHODS_ARG}.")
-  return method() if name == "auto" else name
+  return method(a) if name == "auto" else name
 
 
 def _check_recurrence(a, b, h0, resets, seq_lengths, time_major):
