@@ -213,3 +213,21 @@ def test_auto_avoids_the_associative_scan_that_does_not_fit(monkeypatch):
     monkeypatch.setattr(linear_scan, "free_device_bytes", lambda free=free: free)
     jaxrnn.linear_recurrence(a, a)
     assert calls.pop() == expected, free
+
+
+def test_coefficients_need_a_one_leaf_carry():
+  def initial_carry(params, batch_shape=()):
+    zeros = jnp.zeros(tuple(batch_shape) + (2,))
+    return {"h": zeros, "n": zeros}
+
+  def step(params, carry, x):
+    return {"h": carry["h"] + x, "n": carry["n"]}, carry["h"] + x
+
+  cell = jaxrnn.Cell(
+    lambda key, input_size: {"w": jnp.zeros((input_size, 2))},
+    initial_carry,
+    step,
+    coefficients=lambda params, x: (jnp.ones_like(x), x),
+  )
+  with pytest.raises(ValueError, match="the carry has 2 leaves"):
+    jaxrnn.scan(cell, cell.init(None, 2), jnp.ones((1, 3, 2)))
