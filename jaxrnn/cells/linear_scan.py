@@ -354,7 +354,7 @@ def linear_recurrence(
   saving only ``a`` and ``hs``; it is itself differentiable. Forward-mode autodiff
   (`jax.jvp`) is not supported (a `jax.custom_vjp`).
 
-  Methods, measured (/tmp script, XLA:CPU on 2 shared cores, float32 ``(32, T, 256)``,
+  Methods, measured (jit of this function, XLA:CPU on 2 shared cores, float32 ``(32, T, 256)``,
   median of 5; temporaries from ``jax.jit(f).lower(a, b).compile().memory_analysis()``,
   the 128 MiB per ``(32, 4096, 256)`` array of arguments and outputs on top):
 
