@@ -7,6 +7,7 @@ from jaxrnn import (
   testing,  # a submodule: jaxrnn.testing.check_cell
 )
 from jaxrnn.cells import *  # noqa: F403  (the names in jaxrnn.cells.CELLS are public here)
+from jaxrnn.cells.linear_scan import linear_recurrence
 from jaxrnn.interop import carry_from_torch, carry_to_torch, from_torch, to_torch
 from jaxrnn.layers import (
   BidirectionalCarry,
@@ -31,6 +32,7 @@ __all__ = [
   "carry_to_torch",
   "export",
   "from_torch",
+  "linear_recurrence",
   "loop",
   "recurrent",
   "rnn_layers",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 from jax import lax
 
 from jaxrnn import params_check
-from jaxrnn.cells import kernel
+from jaxrnn.cells import kernel, linear_scan
 from jaxrnn.cells.base import Cell, PyTree
 
 IMPLS = ("auto", "step", "fused")
@@ -207,7 +208,8 @@ def scan(
       gradients. Resets past a row's length are ignored.
     impl: ``"auto"`` uses the cell's whole-sequence kernel with a hand-written
       VJP when it has one (the built-in cells do; `jaxrnn.cells.kernel`), which
-      makes the gradient faster; ``"step"`` always runs `jax.lax.scan` over
+      makes the gradient faster; a cell that declares ``coefficients`` runs as one
+      `jaxrnn.linear_recurrence` (`whole_sequence`); ``"step"`` always runs `jax.lax.scan` over
       ``cell.step`` (needed for forward-mode autodiff, `jax.jvp` / `jax.jacfwd`);
       ``"fused"`` insists on the kernel. All three compute the same values.
     noise: a `jaxrnn.cells.kernel.Noise` of recurrent-dropout and zoneout masks, or
@@ -289,15 +291,24 @@ def _runner(cell: Cell, impl: str, noise: Any, return_carries: bool):
     )
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}.")
-  if impl == "fused" and cell.sequence is None:
+  sequence = whole_sequence(cell)
+  if impl == "fused" and sequence is None:
     raise ValueError(f"impl='fused', but the {cell.name!r} cell has no whole-sequence kernel.")
-  noisy = noise is not None and not getattr(cell.sequence, "takes_noise", False)
+  noisy = noise is not None and not getattr(sequence, "takes_noise", False)
   if impl == "fused" and (noisy or return_carries):
     what = "return_carries=True" if return_carries else "recurrent dropout or zoneout"
     raise ValueError(f"impl='fused', but the {cell.name!r} cell's kernel cannot take {what}.")
-  if impl == "step" or cell.sequence is None or noisy:
+  if impl == "step" or sequence is None or noisy:
     return _run_steps
-  return _run_kernel
+  return functools.partial(_run_kernel, sequence=sequence)
+
+
+def whole_sequence(cell: Cell):
+  """The cell's whole-sequence kernel: its ``sequence``, else one built on its
+  ``coefficients`` (`jaxrnn.linear_recurrence`'s method), else None (the step loop)."""
+  if cell.sequence is not None or cell.coefficients is None:
+    return cell.sequence
+  return linear_scan.sequence(cell.coefficients, readout=cell.readout)
 
 
 def _check_noise(noise: Any, carry: PyTree, length: int, padded: int):
@@ -416,7 +427,9 @@ def _run_steps(
   return _chunked(loop, carry, inputs, reverse, chunk)
 
 
-def _run_kernel(cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk):
+def _run_kernel(
+  cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk, *, sequence
+):
   xs_t = inputs[0]
   # The kernel works on one flat batch axis; check shapes with the cell's own step first.
   jax.eval_shape(cell.step, params, carry, jax.ShapeDtypeStruct(xs_t.shape[1:], xs_t.dtype))
@@ -430,8 +443,8 @@ def _run_kernel(cell, params, carry, inputs, reset_carry, h_mask, reverse, unrol
     xs, mask, resets, keep = chunk_inputs
     args = (params, c, xs, mask, reverse, unroll, resets, reset_carry)
     if h_mask is None and keep is None:
-      return cell.sequence(*args)
-    return cell.sequence(*args, kernel.Noise(h_mask, keep))
+      return sequence(*args)
+    return sequence(*args, kernel.Noise(h_mask, keep))
 
   carry, ys = _chunked(loop, carry, inputs, reverse, chunk)
   carry = jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), carry)

@@ -153,6 +153,15 @@ class Cell(Static):
       (recurrent dropout). None (the default) multiplies ``carry.h`` before ``step``,
       which is the same for every cell whose ``h`` enters only its recurrent product;
       a cell that also reads ``h`` elsewhere (the GRU's ``z * h``) brings its own.
+    coefficients: optional, for a cell whose step is linear in its carry, ``h' = a h + b``
+      elementwise: ``coefficients(params, x) -> (a, b)``, each shaped like the carry's one
+      leaf ``h`` ``(*batch, F)`` (real or complex), for ``x`` ``(..., input_size)`` with
+      any leading axes. Without a ``sequence``, `jaxrnn.scan`'s default path then runs
+      the whole sequence as one `jaxrnn.linear_recurrence` over the coefficients of every
+      step (lengths, resets and reverse folded in); ``step`` still serves streaming,
+      export and ``impl="step"``, and must compute the same ``h'`` and output.
+    readout: optional, with ``coefficients``: ``readout(params, h, x) -> y``, the step's
+      output from its new ``h`` and its input, on any leading axes; None outputs ``h``.
 
   What the rest of the library needs to know about a cell it reads from the
   cell's params type: ``input_size`` (a property, checked by `scan`) and
@@ -176,8 +185,14 @@ class Cell(Static):
     ((4, 5, 3), True, [])
   """
 
-  FIELDS = ("init", "initial_carry", "step", "name", "config", "sequence", "masked_step")
-  DEFAULTS = {"name": "custom", "config": (), "sequence": None, "masked_step": None}
+  FIELDS = (
+    *("init", "initial_carry", "step", "name", "config", "sequence", "masked_step"),
+    *("coefficients", "readout"),  # appended: positional construction keeps its order
+  )
+  DEFAULTS = {
+    **{"name": "custom", "config": (), "sequence": None, "masked_step": None},
+    **{"coefficients": None, "readout": None},
+  }
   __slots__ = ()
 
   def _check(self, values: dict[str, Any]) -> None:

@@ -78,7 +78,7 @@ def check_kernel(case: Case) -> str:
   """The default path (the cell's whole-sequence kernel) against ``impl="step"``: values,
   and gradients with respect to params, initial carry and inputs, forward and reverse,
   with lengths, resets and the regularizer masks the kernel takes."""
-  if case.cell.sequence is None:
+  if case.cell.sequence is None and case.cell.coefficients is None:
     return "skipped: the cell has no whole-sequence kernel (its default path is the step loop)"
   noise = _noise(case)
   rng = np.random.default_rng(4)
