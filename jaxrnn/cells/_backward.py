@@ -1,13 +1,17 @@
-"""Backward pieces the hand-written kernels share (see `jaxrnn.cells.kernel`).
+"""The backward loop every whole-sequence kernel shares (see `jaxrnn.cells.kernel`).
 
-The loops of cells whose step's VJP is linear in the carry's cotangents, with the
+`reverse_loop` runs the reverse recurrence once for every cell: lengths, resets, recurrent
+dropout's and zoneout's masks, and the split of the carry's cotangent; a cell supplies its
+step's local VJP (and stacks what its weight gradients need). Two families share a local VJP
+too: `slopes_vjp` for the LSTM variants whose step's VJP is linear in ``(dh, dc)`` with
 coefficients (the "slopes") computed from the forward values for all ``T * N`` rows before
-the loop: `slopes_loop` for the LSTM variants (``(dh, dc)``), `hidden_loop` for the GRU-like
-cells (``dh``); and `dense_grads`, the weight and input gradients as one matmul each over
-all rows after a loop.
+the loop, `hidden_vjp` for the GRU-like cells (linear in ``dh``); and `dense_grads` gives the
+weight and input gradients as one matmul each over all rows after the loop.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,40 +21,52 @@ from jaxrnn.cells import kernel
 from jaxrnn.cells.base import HiddenCarry, LSTMCarry
 
 
-def slopes_loop(w_hh, local, mask, resets, cotangents, noise, reverse, unroll):
-  """The backward loop of an LSTM variant whose step's VJP is linear in ``(dh, dc)``.
+def reverse_loop(step_vjp, local, mask, resets, cotangents, noise, reverse, unroll):
+  """The backward loop of every whole-sequence kernel: the reverse recurrence over time.
 
-  ``local = (k_h, slopes, k_c)``, ``(T, N, F)`` leaves from the forward values, computed
-  before the loop: at each step ``dc = dc' + dh * k_h``, ``dz = slopes * [dc, ..., dc, dh]``
-  (every gate block but the last, the output gate's, takes ``dc``), ``dh_{t-1} = dz @
-  w_hh.T`` (times recurrent dropout's mask) and ``dc_{t-1} = dc * k_c``; lengths, resets
-  and zoneout as in `jaxrnn.cells.lstm.backward`.
+  It applies, once for every cell, what `jaxrnn.cells.kernel.forward` applied: a padded
+  step's output is a constant 0 and its carry passes through (``mask``), a reset sends its
+  carry's cotangent to the reset carry (``resets``), zoneout sends part of it straight to
+  the previous carry (``noise.keep``) and recurrent dropout's mask multiplies the
+  cotangent of the ``h`` that entered the recurrent product (``noise.h_mask``).
+
+  Args:
+    step_vjp: ``step_vjp(ct, local_t) -> (d_h_in, d_prev, out)``, the cell's local VJP of
+      one step: ``ct`` the cotangent of the step's new carry (before zoneout's blend, the
+      output's cotangent already in ``ct.h``), ``local_t`` one step of ``local``;
+      ``d_h_in`` that of the ``h`` that entered the recurrent product (after recurrent
+      dropout's mask), ``d_prev`` that of the incoming carry by every other path (its
+      ``h`` leaf None where ``h`` enters only the recurrent product) and ``out`` what the
+      cell stacks over time for its gradients after the loop (zeroed here where invalid).
+    local: a tree of ``(T, N, F)`` leaves, the forward values ``step_vjp`` reads.
+    mask, resets: boolean ``(T, N)`` or None, as the forward's.
+    cotangents: ``(d_carry, d_ys)``, the cotangents of the kernel's outputs.
+    noise: a `jaxrnn.cells.kernel.Noise`.
+    reverse, unroll: the forward's (the loop runs the other way).
 
   Returns:
-    ``(d_carry0, dz, to_reset)``: the initial carry's cotangent, ``dz`` ``(T, N, G * H)``
-    and the per-step cotangents of the reset carry (`kernel.reset_total` sums them).
+    ``(d_carry0, outs, d_reset_carry)``: the initial carry's cotangent, ``out`` stacked
+    ``(T, ...)`` and the reset carry's cotangent (None without resets).
   """
   h_mask = noise.h_mask
   ct_carry, ct_ys = cotangents
-  w_hh_t = kernel.transposed(w_hh)
 
   def body(ct, inputs):
-    dy, k_h, slopes, k_c, m, restart, keep = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
-    dc = dc_out + dh * k_h
-    blocks = slopes.shape[-1] // dc.shape[-1]
-    dz = kernel.zeros_where_invalid(m, slopes * jnp.concatenate([dc] * (blocks - 1) + [dh], -1))
-    d_h_in = dz @ w_hh_t
-    d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
-    d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * k_c), straight)
-    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
+    dy, local_t, m, restart, keep = inputs
+    dh = kernel.hidden(ct) + kernel.zeros_where_invalid(m, dy)  # a padded output is 0
+    ct_new, straight = kernel.zone_split(keep, kernel.with_hidden(ct, dh))
+    d_h_in, d_prev, out = step_vjp(ct_new, local_t)
+    d_h = d_h_in if h_mask is None else d_h_in * h_mask
+    d_direct = kernel.hidden(d_prev)
+    d_prev = kernel.with_hidden(d_prev, d_h if d_direct is None else d_h + d_direct)
+    d_prev = kernel.add_zoned(d_prev, straight)
+    new = jax.tree.map(functools.partial(kernel.where_valid, m), d_prev, ct)
     new, to_reset = kernel.reset_split(restart, new)
-    return new, (dz, to_reset)
+    return new, (jax.tree.map(functools.partial(kernel.zeros_where_invalid, m), out), to_reset)
 
-  inputs = (ct_ys, *local, mask, resets, noise.keep)
-  ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  return ct0, dz, to_reset
+  inputs = (ct_ys, local, mask, resets, noise.keep)
+  ct0, (outs, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  return ct0, outs, kernel.reset_total(to_reset)
 
 
 def dense_grads(params, xs, h_prev, h_mask, dz, d_rec=None):
@@ -85,55 +101,56 @@ def b_hn_grad(params, d_rec: jax.Array) -> jax.Array | None:
   return jnp.sum(kernel.rows(d_rec)[:, -params.b_hn.shape[-1] :], axis=0)
 
 
-def hidden_loop(w_hh, slopes, k_h, mask, resets, cotangents, noise, reverse, unroll, norm=None):
-  """The backward loop of a GRU-like cell whose step's VJP is linear in ``dh``.
+def slopes_vjp(w_hh):
+  """The local VJP (for `reverse_loop`) of an LSTM variant whose step is linear in ``(dh, dc)``.
 
-  With ``slopes`` ``(T, N, G * H)`` the recurrent projection's derivatives by ``dh`` and
-  ``k_h`` ``(T, N, H)`` the direct path ``dh_{t-1} / dh`` (the kept fraction of ``h``), each
-  step: ``d_rec = slopes * [dh, ..., dh]`` (through ``norm(d_rec, *norm_inputs)``, a
-  normalization's VJP, when given as ``(norm, norm_inputs)``), ``dh_{t-1} = (d_rec @
-  w_hh.T) * h_mask + dh * k_h``; lengths, resets and zoneout as in
-  `jaxrnn.cells.lstm.backward`.
-
-  Returns:
-    ``(d_carry0, dh, to_reset)``: the initial carry's cotangent, every step's ``dh``
-    ``(T, N, H)`` (zero where invalid) and the per-step cotangents of the reset carry.
+  ``local = (k_h, slopes, k_c)``, ``(T, N, F)`` leaves from the forward values: ``dc = dc' +
+  dh * k_h``, ``dz = slopes * [dc, ..., dc, dh]`` (every gate block but the last, the output
+  gate's, takes ``dc``), ``d_h_in = dz @ w_hh.T`` and ``dc_{t-1} = dc * k_c``; ``out`` is ``dz``.
   """
-  h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(w_hh)
-  vjp, norm_inputs = (None, ()) if norm is None else norm
   blocks = w_hh.shape[-1] // w_hh.shape[0]
 
-  def body(ct, inputs):
-    dy, slopes, k_h, m, restart, keep, *extra = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    (dh,), straight = kernel.zone_split(keep, HiddenCarry(dh))
-    dh = kernel.zeros_where_invalid(m, dh)
-    d_rec = slopes * jnp.concatenate([dh] * blocks, axis=-1)
-    d_rec = d_rec if vjp is None else vjp(d_rec, *extra)
-    d_h_in = d_rec @ w_hh_t
-    d_prev = (d_h_in if h_mask is None else d_h_in * h_mask) + dh * k_h
-    d_prev = kernel.add_zoned(HiddenCarry(d_prev), straight)
-    new = HiddenCarry(kernel.where_valid(m, d_prev.h, ct.h))
-    new, to_reset = kernel.reset_split(restart, new)
-    return new, (dh, to_reset)
+  def step_vjp(ct, local):
+    k_h, slopes, k_c = local
+    dc = ct.c + ct.h * k_h
+    dz = slopes * jnp.concatenate([dc] * (blocks - 1) + [ct.h], -1)
+    return dz @ w_hh_t, LSTMCarry(None, dc * k_c), dz
 
-  inputs = (ct_ys, slopes, k_h, mask, resets, noise.keep, *norm_inputs)
-  ct0, (dh, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  return ct0, dh, to_reset
+  return step_vjp
 
 
 def slopes_backward(params, xs, h_prev, local, mask, resets, cotangents, noise, reverse, unroll):
-  """`slopes_loop` over ``local``, then `dense_grads`: an LSTM variant's backward but its own
-  params' gradients.
+  """`reverse_loop` of `slopes_vjp` over ``local``, then `dense_grads`: an LSTM variant's
+  backward but its own params' gradients.
 
   Returns:
     ``(dense, d_carry0, d_xs, d_reset_carry, dz)``: the ``{w_ih, w_hh, b}`` gradients, the
     initial carry's, the inputs' and the reset carry's cotangents, and ``dz`` ``(T, N, G * H)``.
   """
-  ct0, dz, to_reset = slopes_loop(
-    params.w_hh, local, mask, resets, cotangents, noise, reverse, unroll
-  )
+  step_vjp = slopes_vjp(params.w_hh)
+  ct0, dz, d_reset = reverse_loop(step_vjp, local, mask, resets, cotangents, noise, reverse, unroll)
   dense, d_xs = dense_grads(params, xs, h_prev, noise.h_mask, dz)
-  return dense, ct0, d_xs, kernel.reset_total(to_reset), dz
+  return dense, ct0, d_xs, d_reset, dz
+
+
+def hidden_vjp(w_hh, norm=None):
+  """The local VJP (for `reverse_loop`) of a GRU-like cell whose step is linear in ``dh``.
+
+  ``local = (slopes, k_h, *norm_inputs)``: ``slopes`` ``(T, N, G * H)`` the recurrent
+  projection's derivatives by ``dh``, ``k_h`` ``(T, N, H)`` the direct path ``dh_{t-1} / dh``
+  (the kept fraction of ``h``): ``d_rec = slopes * [dh, ..., dh]`` (through ``norm(d_rec,
+  *norm_inputs)``, a normalization's VJP, when given), ``d_h_in = d_rec @ w_hh.T`` and the
+  direct ``dh * k_h``; ``out`` is ``dh``.
+  """
+  w_hh_t = kernel.transposed(w_hh)
+  blocks = w_hh.shape[-1] // w_hh.shape[0]
+
+  def step_vjp(ct, local):
+    slopes, k_h, *extra = local
+    dh = ct.h
+    d_rec = slopes * jnp.concatenate([dh] * blocks, axis=-1)
+    d_rec = d_rec if norm is None else norm(d_rec, *extra)
+    return d_rec @ w_hh_t, HiddenCarry(dh * k_h), dh
+
+  return step_vjp

@@ -50,8 +50,9 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   A step's backward is linear in its cotangents ``(dh, dc)`` with coefficients from the
   forward values only (`_slopes`, computed for all ``T * N`` rows before the loop), so the
-  loop is `jaxrnn.cells._backward.slopes_loop`; the weight and input gradients are
-  matmuls over all rows after it (`jaxrnn.cells._backward.dense_grads`).
+  local VJP is `jaxrnn.cells._backward.slopes_vjp`, run by the shared
+  `jaxrnn.cells._backward.reverse_loop`; the weight and input gradients are matmuls over all
+  rows after it (`jaxrnn.cells._backward.dense_grads`).
   """
   prev, acts = saved
   dense, ct0, d_xs, d_reset, _ = slopes_backward(

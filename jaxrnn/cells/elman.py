@@ -8,10 +8,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel, torch_layout
-from jaxrnn.cells._backward import dense_grads
+from jaxrnn.cells._backward import dense_grads, reverse_loop
 from jaxrnn.cells.base import HiddenCarry
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -99,27 +98,19 @@ def readout(params: ElmanParams, h: jax.Array) -> jax.Array:
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise, *, activation):
-  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`): the step's local VJP
+  run by the shared `jaxrnn.cells._backward.reverse_loop`, then the weight gradients."""
   prev, h_new = saved
-  h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(params.w_hh)
 
-  def body(ct, inputs):
-    dy, h, m, restart, keep = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)
-    (dh,), straight = kernel.zone_split(keep, HiddenCarry(dh))
+  def step_vjp(ct, h):
     slope = 1.0 - h * h if activation == "tanh" else (h > 0).astype(h.dtype)
-    da = kernel.zeros_where_invalid(m, dh * slope)
-    d_h_in = da @ w_hh_t
-    d_prev = kernel.add_zoned(HiddenCarry(d_h_in if h_mask is None else d_h_in * h_mask), straight)
-    new, to_reset = kernel.reset_split(restart, HiddenCarry(kernel.where_valid(m, d_prev.h, ct.h)))
-    return new, (da, to_reset)
+    da = ct.h * slope
+    return da @ w_hh_t, HiddenCarry(None), da
 
-  inputs = (ct_ys, h_new, mask, resets, noise.keep)
-  ct0, (da, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  dense, d_xs = dense_grads(params, xs, prev.h, h_mask, da)
-  return params._replace(**dense), ct0, d_xs, kernel.reset_total(to_reset)
+  ct0, da, d_reset = reverse_loop(step_vjp, h_new, mask, resets, cotangents, noise, reverse, unroll)
+  dense, d_xs = dense_grads(params, xs, prev.h, noise.h_mask, da)
+  return params._replace(**dense), ct0, d_xs, d_reset
 
 
 _CORES = {

@@ -7,10 +7,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel, torch_layout
-from jaxrnn.cells._backward import b_hn_grad, dense_grads
+from jaxrnn.cells._backward import b_hn_grad, dense_grads, reverse_loop
 from jaxrnn.cells._gates import gru_gates, projections
 from jaxrnn.cells.base import HiddenCarry
 
@@ -48,33 +47,29 @@ def update(params: GRUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
-  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`): the step's local VJP
+  run by the shared `jaxrnn.cells._backward.reverse_loop`, then the weight gradients."""
   prev, acts = saved
-  h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(params.w_hh)
 
-  def body(ct, inputs):
-    dy, hp, a, m, restart, keep = inputs
+  def step_vjp(ct, local):
+    hp, a = local
     r, z, n, hn = jnp.split(a, 4, axis=-1)
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)
-    (dh,), straight = kernel.zone_split(keep, HiddenCarry(dh))
+    dh = ct.h
     dn = dh * (1.0 - z) * (1.0 - n * n)
     dr = dn * hn * r * (1.0 - r)
     dzg = dh * (hp - n) * z * (1.0 - z)
-    d_gi = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn], axis=-1))
-    d_gh = kernel.zeros_where_invalid(m, jnp.concatenate([dr, dzg, dn * r], axis=-1))
-    d_h_in = d_gh @ w_hh_t
-    d_prev = (d_h_in if h_mask is None else d_h_in * h_mask) + dh * z
-    d_prev = kernel.add_zoned(HiddenCarry(d_prev), straight).h
-    new, to_reset = kernel.reset_split(restart, HiddenCarry(kernel.where_valid(m, d_prev, ct.h)))
-    return new, (d_gi, d_gh, to_reset)
+    d_gi = jnp.concatenate([dr, dzg, dn], axis=-1)
+    d_gh = jnp.concatenate([dr, dzg, dn * r], axis=-1)
+    return d_gh @ w_hh_t, HiddenCarry(dh * z), (d_gi, d_gh)
 
-  inputs = (ct_ys, prev.h, acts, mask, resets, noise.keep)
-  ct0, (d_gi, d_gh, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  dense, d_xs = dense_grads(params, xs, prev.h, h_mask, d_gi, d_gh)
+  local = (prev.h, acts)
+  ct0, (d_gi, d_gh), d_reset = reverse_loop(
+    step_vjp, local, mask, resets, cotangents, noise, reverse, unroll
+  )
+  dense, d_xs = dense_grads(params, xs, prev.h, noise.h_mask, d_gi, d_gh)
   grads = type(params)(**dense, b_hn=b_hn_grad(params, d_gh))
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  return grads, ct0, d_xs, d_reset
 
 
 sequence = kernel.sequence_kernel(update, backward)

@@ -275,8 +275,10 @@ def sequence_kernel(update: Update, backward: Backward) -> Callable[..., tuple[A
     update: ``update(params, carry, x) -> (carry, y, saved)``, the cell's one step.
     backward: ``backward(params, xs, mask, resets, saved, (d_carry, d_ys), reverse,
       unroll, noise) -> (d_params, d_carry0, d_xs, d_reset_carry)``, the hand-written VJP
-      of the whole loop (`reset_split` and `reset_total` handle the resets, `zone_split`
-      and `add_zoned` zoneout).
+      of the whole loop. The library's cells run their step's local VJP through the one
+      shared reverse loop, `jaxrnn.cells._backward.reverse_loop`, which applies lengths,
+      resets (`reset_split`, `reset_total`), recurrent dropout and zoneout (`zone_split`,
+      `add_zoned`).
 
   Returns:
     ``sequence(params, carry, xs, mask, reverse, unroll, resets=None,

@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base, factory, kernel
-from jaxrnn.cells._backward import hidden_loop
+from jaxrnn.cells import base, factory
+from jaxrnn.cells._backward import hidden_vjp, reverse_loop
 from jaxrnn.cells._gates import gru_gates
 from jaxrnn.cells._layer_norm import (
   affine,
@@ -78,25 +78,25 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
 
   The gate algebra's coefficients depend on the forward values only (`_slopes`, for all
-  ``T * N`` rows before the loop); the loop (`jaxrnn.cells._backward.hidden_loop`) holds the
-  recurrent norm's VJP (`layer_norm_vjp`) and ``d_hh @ w_hh.T`` and stacks ``dh``. After
-  it, over all rows: the gate gradients rebuilt from ``dh``, both norms' VJPs, the weight
-  and input gradients as matmuls, every gain and bias gradient as one sum.
+  ``T * N`` rows before the loop); the step's local VJP (`jaxrnn.cells._backward.hidden_vjp`,
+  run by the shared `jaxrnn.cells._backward.reverse_loop`) holds the recurrent norm's VJP
+  (`layer_norm_vjp`) and ``d_hh @ w_hh.T`` and stacks ``dh``. After the loop, over all rows:
+  the gate gradients rebuilt from ``dh``, both norms' VJPs, the weight and input gradients
+  as matmuls, every gain and bias gradient as one sum.
   """
   prev, (acts, n_x, n_h) = saved
   xhat_h, rstd_h = n_h
   p, h_mask = params, noise.h_mask
   d_in, d_rec, z = _slopes(p, prev.h, acts, xhat_h)
-  norm = (lambda d, xh, rh: layer_norm_vjp(d, p.ln_hh_gain, xh, rh), n_h)
-  ct0, dh, to_reset = hidden_loop(
-    p.w_hh, d_rec, z, mask, resets, cotangents, noise, reverse, unroll, norm
-  )
+  step_vjp = hidden_vjp(p.w_hh, lambda d, xh, rh: layer_norm_vjp(d, p.ln_hh_gain, xh, rh))
+  local = (d_rec, z, xhat_h, rstd_h)
+  ct0, dh, d_reset = reverse_loop(step_vjp, local, mask, resets, cotangents, noise, reverse, unroll)
   dh3 = jnp.concatenate([dh, dh, dh], axis=-1)
   d_gi, d_gh = d_in * dh3, d_rec * dh3
   d_hh = layer_norm_vjp(d_gh, p.ln_hh_gain, xhat_h, rstd_h)
   dense, d_xs = projection_grads(p, xs, prev.h, h_mask, d_gi, d_gh, d_hh, n_x, n_h)
   grads = type(p)(**dense)
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  return grads, ct0, d_xs, d_reset
 
 
 def _slopes(params, h_prev: jax.Array, acts: jax.Array, xhat_h: jax.Array):

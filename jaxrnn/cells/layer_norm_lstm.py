@@ -6,9 +6,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells._backward import reverse_loop
 from jaxrnn.cells._gates import gates, gates_slope
 from jaxrnn.cells._layer_norm import (
   affine,
@@ -90,39 +90,32 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
 
   The gate algebra's coefficients depend on the forward values only (`_slopes`): they are
-  computed for all ``T * N`` rows before the loop. The loop holds what is sequential: the
-  cell norm's and the recurrent norm's VJPs (`layer_norm_vjp`) and ``d_hh @ w_hh.T``, and
-  stacks ``dc``, ``dh`` (H columns each; ``dz`` is rebuilt from them after the loop, which
-  measured faster than stacking its 4H) and ``d_hh``. After it, over all rows: the input
-  norm's VJP, the weight and input gradients as matmuls, and every gain and bias gradient
-  as one sum (``sum(dz * xhat)``, ``sum(dz)``) from the saved ``xhat``.
+  computed for all ``T * N`` rows before the loop. The step's local VJP, run by the shared
+  `jaxrnn.cells._backward.reverse_loop`, holds what is sequential: the cell norm's and the
+  recurrent norm's VJPs (`layer_norm_vjp`) and ``d_hh @ w_hh.T``, and stacks ``dc``, ``dh``
+  (H columns each; ``dz`` is rebuilt from them after the loop, which measured faster than
+  stacking its 4H) and ``d_hh``. After it, over all rows: the input norm's VJP, the weight
+  and input gradients as matmuls, and every gain and bias gradient as one sum (``sum(dz *
+  xhat)``, ``sum(dz)``) from the saved ``xhat``.
   """
   prev, (acts, n_x, n_h, (xhat_c, rstd_c)) = saved
   xhat_h, rstd_h = n_h
   p, h_mask = params, noise.h_mask
-  ct_carry, ct_ys = cotangents
   w_hh_t = kernel.transposed(p.w_hh)
   k_n, slopes, forget = _slopes(p, prev.c, acts, xhat_c)
 
-  def body(ct, inputs):
-    dy, k_n, slopes, forget, xc, rc, xh, rh, m, restart, keep = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
-    dh = kernel.zeros_where_invalid(m, dh)
-    dc = dc_out + layer_norm_vjp(dh * k_n, p.ln_c_gain, xc, rc)
-    dc = kernel.zeros_where_invalid(m, dc)
+  def step_vjp(ct, local):
+    k_n, slopes, forget, xc, rc, xh, rh = local
+    dh = ct.h
+    dc = ct.c + layer_norm_vjp(dh * k_n, p.ln_c_gain, xc, rc)
     dz = slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1)
     d_hh = layer_norm_vjp(dz, p.ln_hh_gain, xh, rh)
-    d_h_in = d_hh @ w_hh_t
-    d_h_in = d_h_in if h_mask is None else d_h_in * h_mask
-    d_prev = kernel.add_zoned(LSTMCarry(d_h_in, dc * forget), straight)
-    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
-    new, to_reset = kernel.reset_split(restart, new)
-    return new, (dc, dh, d_hh, to_reset)
+    return d_hh @ w_hh_t, LSTMCarry(None, dc * forget), (dc, dh, d_hh)
 
-  inputs = (ct_ys, k_n, slopes, forget, xhat_c, rstd_c, xhat_h, rstd_h, mask, resets, noise.keep)
-  ct0, outs = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
-  dc, dh, d_hh, to_reset = outs
+  local = (k_n, slopes, forget, xhat_c, rstd_c, xhat_h, rstd_h)
+  ct0, (dc, dh, d_hh), d_reset = reverse_loop(
+    step_vjp, local, mask, resets, cotangents, noise, reverse, unroll
+  )
   dz = slopes * jnp.concatenate([dc, dc, dc, dh], axis=-1)
   d_cn = dh * k_n
   dense, d_xs = projection_grads(p, xs, prev.h, h_mask, dz, dz, d_hh, n_x, n_h)
@@ -132,7 +125,7 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
     ln_c_gain=gain_grad(d_cn, xhat_c),
     ln_c_bias=jnp.sum(kernel.rows(d_cn), axis=0),
   )
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  return grads, ct0, d_xs, d_reset
 
 
 def _slopes(params: LayerNormLSTMParams, c_prev: jax.Array, acts: jax.Array, xhat_c: jax.Array):

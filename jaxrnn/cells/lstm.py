@@ -7,10 +7,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel, torch_layout
-from jaxrnn.cells._backward import dense_grads
+from jaxrnn.cells._backward import dense_grads, reverse_loop
 from jaxrnn.cells._gates import gates, gates_slope
 from jaxrnn.cells.base import LSTMCarry  # also jaxrnn.cells.lstm.LSTMCarry, where it was
 
@@ -56,41 +55,35 @@ def update(params: LSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
-  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`): the step's local VJP
+  run by the shared `jaxrnn.cells._backward.reverse_loop`, then the weight gradients."""
   prev, acts = saved
-  h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
   proj = params.w_proj
   w_hh_t = kernel.transposed(params.w_hh)
   proj_t = None if proj is None else kernel.transposed(proj)
 
-  def body(ct, inputs):
-    dy, cp, a, m, restart, keep = inputs
+  def step_vjp(ct, local):
+    cp, a = local
     i, f, g, o = jnp.split(a, 4, axis=-1)
     tc = jnp.tanh(f * cp + i * g)
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    (dh, dc_out), straight = kernel.zone_split(keep, LSTMCarry(dh, ct.c))
-    dh_cell = dh if proj is None else dh @ proj_t
-    dc = dc_out + dh_cell * o * (1.0 - tc * tc)
+    dh_cell = ct.h if proj is None else ct.h @ proj_t
+    dc = ct.c + dh_cell * o * (1.0 - tc * tc)
     d_acts = jnp.concatenate([dc * g, dc * cp, dc * i, dh_cell * tc], axis=-1)
-    dz = kernel.zeros_where_invalid(m, d_acts * gates_slope(a))
-    d_h_in = dz @ w_hh_t
-    d_prev = LSTMCarry(d_h_in if h_mask is None else d_h_in * h_mask, dc * f)
-    d_prev = kernel.add_zoned(d_prev, straight)
-    new = LSTMCarry(kernel.where_valid(m, d_prev.h, ct.h), kernel.where_valid(m, d_prev.c, ct.c))
-    new, to_reset = kernel.reset_split(restart, new)
-    return new, (dz, None if proj is None else kernel.zeros_where_invalid(m, dh), to_reset)
+    dz = d_acts * gates_slope(a)
+    return dz @ w_hh_t, LSTMCarry(None, dc * f), (dz, None if proj is None else ct.h)
 
-  inputs = (ct_ys, prev.c, acts, mask, resets, noise.keep)
-  ct0, (dz, dh_out, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  local = (prev.c, acts)
+  ct0, (dz, dh_out), d_reset = reverse_loop(
+    step_vjp, local, mask, resets, cotangents, noise, reverse, unroll
+  )
   d_w_proj = None
   if proj is not None:
     i, f, g, o = jnp.split(acts, 4, axis=-1)
     h_cell = o * jnp.tanh(f * prev.c + i * g)
     d_w_proj = kernel.rows(h_cell).T @ kernel.rows(dh_out)
-  dense, d_xs = dense_grads(params, xs, prev.h, h_mask, dz)
+  dense, d_xs = dense_grads(params, xs, prev.h, noise.h_mask, dz)
   grads = type(params)(**dense, w_proj=d_w_proj)
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  return grads, ct0, d_xs, d_reset
 
 
 sequence = kernel.sequence_kernel(update, backward)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.cells import base, factory, kernel
-from jaxrnn.cells._backward import b_hn_grad, dense_grads, hidden_loop
+from jaxrnn.cells._backward import b_hn_grad, dense_grads, hidden_vjp, reverse_loop
 from jaxrnn.cells._gates import projections
 from jaxrnn.cells.base import HiddenCarry
 
@@ -58,22 +58,23 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
   """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`).
 
   A step's backward is linear in ``dh`` with coefficients from the forward values only
-  (`_slopes`, computed for all ``T * N`` rows before the loop), so the loop is
-  `jaxrnn.cells._backward.hidden_loop`; the gate gradients are rebuilt from its stacked
+  (`_slopes`, computed for all ``T * N`` rows before the loop), so its local VJP is
+  `jaxrnn.cells._backward.hidden_vjp`, run by the shared `jaxrnn.cells._backward.reverse_loop`;
+  the gate gradients are rebuilt from its stacked
   ``dh`` after it, and the weight and input gradients are matmuls over all rows.
   """
   prev, acts = saved
   h_mask = noise.h_mask
   d_in, d_rec = _slopes(prev.h, acts)
   f = jnp.split(acts, 3, axis=-1)[0]  # dh_{t-1} / dh through f * h
-  ct0, dh, to_reset = hidden_loop(
-    params.w_hh, d_rec, f, mask, resets, cotangents, noise, reverse, unroll
-  )
+  step_vjp = hidden_vjp(params.w_hh)
+  local = (d_rec, f)
+  ct0, dh, d_reset = reverse_loop(step_vjp, local, mask, resets, cotangents, noise, reverse, unroll)
   dh2 = jnp.concatenate([dh, dh], axis=-1)
   d_gh = d_rec * dh2
   dense, d_xs = dense_grads(params, xs, prev.h, h_mask, d_in * dh2, d_gh)
   grads = type(params)(**dense, b_hn=b_hn_grad(params, d_gh))
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  return grads, ct0, d_xs, d_reset
 
 
 def _slopes(h_prev: jax.Array, acts: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -66,9 +66,10 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
 
   Every step's backward is linear in its cotangents ``(dh, dc)``, with coefficients that
   depend on the forward values only (`_slopes`); those are computed for all ``T * N`` rows
-  before the loop (`jaxrnn.cells._backward.slopes_loop`). After it, the weight and input
-  gradients are matmuls over all rows (`jaxrnn.cells._backward.dense_grads`) and each
-  peephole's gradient one sum (``sum(dz_i * c_{t-1})``, ...).
+  before the loop, and the shared `jaxrnn.cells._backward.reverse_loop` runs their local VJP
+  (`jaxrnn.cells._backward.slopes_vjp`). After it, the weight and input gradients are
+  matmuls over all rows (`jaxrnn.cells._backward.dense_grads`) and each peephole's gradient
+  one sum (``sum(dz_i * c_{t-1})``, ...).
   """
   prev, (ifg, o) = saved
   c, *local = _slopes(params, prev.c, ifg, o)

@@ -7,9 +7,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells._backward import reverse_loop
 
 
 class SLSTMCarry(NamedTuple):
@@ -154,26 +154,18 @@ def _recurrent_grad(h_rows: jax.Array, dz_rows: jax.Array, heads: int) -> jax.Ar
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
-  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`)."""
+  """The VJP of `update` looped over time (see `jaxrnn.cells.kernel`): `_step_vjp` and the
+  block-diagonal product's transpose run by the shared `jaxrnn.cells._backward.reverse_loop`,
+  then the weight gradients."""
   prev, gates = saved
   h_mask = noise.h_mask
-  ct_carry, ct_ys = cotangents
 
-  def body(ct, inputs):
-    dy, p, s, m, restart, keep = inputs
-    dh = ct.h + kernel.zeros_where_invalid(m, dy)  # a padded step's output is a constant 0
-    ct_new, straight = kernel.zone_split(keep, ct._replace(h=dh))
-    dz, d_prev = _step_vjp(ct_new, p, s)
-    dz = kernel.zeros_where_invalid(m, dz)
-    d_h_in = _recurrent_transpose(dz, params.w_hh)
-    d_prev = d_prev._replace(h=d_h_in if h_mask is None else d_h_in * h_mask)
-    d_prev = kernel.add_zoned(d_prev, straight)
-    new = jax.tree.map(lambda a, b: kernel.where_valid(m, a, b), d_prev, ct)
-    new, to_reset = kernel.reset_split(restart, new)
-    return new, (dz, to_reset)
+  def step_vjp(ct, local):
+    dz, d_prev = _step_vjp(ct, *local)
+    return _recurrent_transpose(dz, params.w_hh), d_prev, dz
 
-  inputs = (ct_ys, prev, gates, mask, resets, noise.keep)
-  ct0, (dz, to_reset) = lax.scan(body, ct_carry, inputs, reverse=not reverse, unroll=unroll)
+  local = (prev, gates)
+  ct0, dz, d_reset = reverse_loop(step_vjp, local, mask, resets, cotangents, noise, reverse, unroll)
   dz_rows = kernel.rows(dz)
   h_in = prev.h if h_mask is None else prev.h * h_mask[None]
   grads = type(params)(
@@ -182,7 +174,7 @@ def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise
     b=None if params.b is None else jnp.sum(dz_rows, axis=0),
   )
   d_xs = (dz_rows @ params.w_ih.T).reshape(xs.shape)
-  return grads, ct0, d_xs, kernel.reset_total(to_reset)
+  return grads, ct0, d_xs, d_reset
 
 
 sequence = kernel.sequence_kernel(update, backward)
