@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxrnn.cells import base, factory, kernel, torch_layout
+from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells._backward import dense_grads
 from jaxrnn.cells.base import HiddenCarry
 

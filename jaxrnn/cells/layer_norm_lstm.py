@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells import base, kernel
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells._gates import gates, gates_slope
 from jaxrnn.cells._layer_norm import (
   affine,

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells import base, kernel
+from jaxrnn.cells import builtin as factory
 
 
 class SLSTMCarry(NamedTuple):
