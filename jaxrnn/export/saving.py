@@ -349,9 +349,7 @@ def _functions(model, step_fn, p: _Flat, s: _Flat, x_spec, time_major, no_resets
 
   def step(params, state, x, reset):
     # Restarts here, not in stream's step, whose reset check reads the batch off x[..., :-1].
-    state0 = s.flat(model.initial_carry(p.unflatten(params), ()))
-    state0 = {k: jnp.broadcast_to(v, state[k].shape) for k, v in state0.items()}
-    state = kernel.reset(reset, state, state0)
+    state = kernel.restart(reset, state, s.flat(model.initial_carry(p.unflatten(params), ())))
     state, y = step_fn(p.unflatten(params), s.unflatten(state), x)
     return s.flat(state), y
 
