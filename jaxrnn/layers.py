@@ -28,10 +28,6 @@ class BidirectionalCarry(NamedTuple):
   backward: PyTree
 
 
-def _time_major(model: SequenceModel) -> bool:
-  return bool(dict(model.config).get("time_major", False))
-
-
 def recurrent(
   cell: cells.Cell,
   *,
@@ -115,6 +111,7 @@ def recurrent(
     step=None if reverse else step,
     settings=settings,
     no_step=REVERSE_REASON if reverse else "",
+    time_major=bool(time_major),
     parts=(cell,),
   )
 
@@ -169,10 +166,10 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
   for m in (forward, backward):
     if not isinstance(m, SequenceModel):
       raise ValueError(f"expected a jaxrnn.SequenceModel, got {type(m).__name__}.")
-  if _time_major(forward) != _time_major(backward):
+  if forward.time_major != backward.time_major:
     raise ValueError(
-      f"forward has time_major={_time_major(forward)} but backward has "
-      f"time_major={_time_major(backward)}; they must agree."
+      f"forward has time_major={forward.time_major} but backward has "
+      f"time_major={backward.time_major}; they must agree."
     )
 
   def init(key, input_size):
@@ -201,7 +198,7 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
   config = pairs(
     forward=(forward.name, forward.config),
     backward=(backward.name, backward.config),
-    time_major=_time_major(forward),
+    time_major=forward.time_major,
   )
   settings = pairs(forward=forward.settings, backward=backward.settings)
   return SequenceModel.library(
@@ -212,6 +209,7 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
     config,
     settings=settings,
     no_step=BIDIRECTIONAL_REASON,
+    time_major=forward.time_major,
     parts=(forward, backward),
   )
 
@@ -317,6 +315,7 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     step=step,
     settings=pairs(layers=tuple(m.settings for m in layers)),
     no_step=no_step,
+    time_major=time_major,
     parts=layers,
   )
 
@@ -335,7 +334,7 @@ def _check_stack(layers: tuple[SequenceModel, ...], dropout_rate: Any) -> bool:
       raise ValueError(f"expected a jaxrnn.SequenceModel, got {type(m).__name__}.")
   if not isinstance(dropout_rate, int | float) or not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate={dropout_rate!r}: expected a number in [0, 1).")
-  layouts = {_time_major(m) for m in layers}
+  layouts = {m.time_major for m in layers}
   if len(layouts) > 1:
     raise ValueError("the layers of a stack disagree on time_major.")
   return layouts.pop()
@@ -470,6 +469,7 @@ def rnn_layers(
     step=model.step,
     settings=pairs(**settings),
     no_step=BIDIRECTIONAL_FLAG_REASON if bidirectional else "",
+    time_major=bool(time_major),
     parts=(model,),
   )
 

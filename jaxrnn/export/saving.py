@@ -198,7 +198,7 @@ def save(
     raise ValueError("save: params has no arrays.")
   x_spec = _input_spec(params, input_spec, input_size)
   state_flat = _Flat.of(model.initial_carry(params, ()))
-  time_major = bool(dict(model.config).get("time_major", False))
+  time_major = bool(getattr(model, "time_major", False))  # a Cell's apply: batch-major
   step_fn, reason = _streaming_step(model, streaming)
   no_resets = _no_resets(model)
   functions = _functions(model, step_fn, params_flat, state_flat, x_spec, time_major, no_resets)
