@@ -94,8 +94,8 @@ def save(
     "metadata": jsonable(dict(metadata or {}), "metadata"),
   }
   record_shards(records, allgather_text(json.dumps(written_shards(arrays))))
-  path = steps.epath(directory)
-  ocp = steps.ocp()
+  path = steps.orbax_path(directory)
+  ocp = steps.orbax_checkpoint()
   if step in steps.all_steps(path):
     raise ValueError(f"checkpoint step {step} already exists in {os.fspath(directory)!r}.")
   token = allgather_text(uuid.uuid4().hex)[0]  # process 0's: one directory for this save

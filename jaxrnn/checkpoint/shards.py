@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxrnn.checkpoint.record import shape_dtype
 from jaxrnn.checkpoint.shared_json import parse_json
-from jaxrnn.checkpoint.steps import ocp as _ocp
+from jaxrnn.checkpoint.steps import orbax_checkpoint
 
 Region = tuple[tuple[int, int], ...]  # [start, stop) per dimension
 
@@ -112,7 +112,7 @@ def show_region(region: Region) -> str:
 
 def array_reader(state_dir, where: str):
   """``name -> opening store`` of the stored arrays, with orbax's read spec and context."""
-  ocp = _ocp()
+  ocp = orbax_checkpoint()
   import tensorstore as ts
 
   try:

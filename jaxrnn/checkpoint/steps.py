@@ -13,7 +13,8 @@ from typing import Any
 PENDING = ".jaxrnn-pending"  # a save's own directory, ".<step>.<id>.jaxrnn-pending", until renamed
 
 
-def ocp():
+def orbax_checkpoint():
+  """The ``orbax.checkpoint`` module, imported on first use (the ``experiments`` extra)."""
   try:
     import orbax.checkpoint as ocp
   except ImportError as e:  # pragma: no cover - depends on the installation
@@ -23,7 +24,7 @@ def ocp():
   return ocp
 
 
-def epath(directory: Any):
+def orbax_path(directory: Any):
   """``directory`` as orbax's path type (`etils.epath.Path`); local paths made absolute."""
   from etils import epath
 
@@ -34,7 +35,7 @@ def epath(directory: Any):
 def check_directory(directory: Any):
   if not isinstance(directory, str | os.PathLike):
     raise ValueError(f"directory={directory!r}: expected a path (str or os.PathLike).")
-  path = epath(directory)
+  path = orbax_path(directory)
   if not path.is_dir():
     what = "a file" if path.exists() else "missing"
     raise ValueError(
@@ -73,10 +74,10 @@ def all_steps(directory: str | os.PathLike) -> list[int]:
     >>> checkpoint.all_steps(tempfile.mkdtemp())
     []
   """
-  path = epath(directory)
+  path = orbax_path(directory)
   if not path.is_dir():
     return []
-  return sorted(int(s) for s in ocp().utils.checkpoint_steps(path))
+  return sorted(int(s) for s in orbax_checkpoint().utils.checkpoint_steps(path))
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
