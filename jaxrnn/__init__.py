@@ -15,9 +15,9 @@ from jaxrnn.layers import (
   SequenceModel,
   bidirectional,
   recurrent,
-  rnn_layers,
   stack,
 )
+from jaxrnn.rnn_stack import rnn_layers
 from jaxrnn.scan import scan
 from jaxrnn.stream import Stream, stream
 from jaxrnn.version import __version__ as __version__

@@ -22,7 +22,6 @@ tqdm and orbax-checkpoint (the ``experiments`` extra) are imported only when
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -35,48 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import checkpoint as _checkpoint
+from jaxrnn import metrics_log as _metrics_log
 from jaxrnn import sharding as _sharding
 from jaxrnn.cells.base import PyTree
 
 __all__ = ["Preempted", "fit"]
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  records = []
-  if not os.path.exists(path):
-    return records
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        break  # a line cut short by a kill: it and anything after it are dropped
-  return records
-
-
-def _rewrite_jsonl(path: str, records: list[dict[str, Any]]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _append_jsonl(path: str | None, record: dict[str, Any]) -> None:
-  if path is None:
-    return
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(record) + "\n")
-
-
-def _to_python(metrics: Mapping[str, Any]) -> dict[str, Any]:
-  out = {}
-  for k, v in jax.device_get(dict(metrics)).items():
-    arr = np.asarray(v)
-    out[k] = arr.item() if arr.ndim == 0 else arr.tolist()
-  return out
 
 
 def _batch_size(batch: PyTree) -> int | None:
@@ -85,31 +47,6 @@ def _batch_size(batch: PyTree) -> int | None:
     if jnp.ndim(leaf) >= 1 and not jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
       return int(jnp.shape(leaf)[0])
   return None
-
-
-class _NoBar:
-  """What `fit` uses of a tqdm bar, doing nothing: the stand-in when tqdm is not installed."""
-
-  def update(self, n):
-    del n
-
-  def set_postfix(self, **kwargs):
-    del kwargs
-
-  def close(self):
-    pass
-
-
-def _progress_bar(*, total, initial, show, desc):
-  """A tqdm bar, quiet when the stream is not a terminal (``disable=None``) or ``show`` is False.
-
-  `_NoBar` when tqdm is not installed.
-  """
-  try:
-    from tqdm.auto import tqdm
-  except ImportError:
-    return _NoBar()
-  return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=None if show else True)
 
 
 def _check_counts(num_steps: Any, checkpoint_every: Any, log_every: Any, eval_every: Any) -> None:
@@ -132,32 +69,6 @@ def _resume(checkpoint_dir: Any, state: PyTree, model: Any) -> tuple[PyTree, int
     return state, 0
   state, info = _checkpoint.restore(checkpoint_dir, state, model=model)
   return state, int(info["step"])
-
-
-def _trim_metrics(metrics_path: Any, start: int) -> str | None:
-  """Cuts the metrics file back to the lines of steps ``<= start``; its path, or None."""
-  if metrics_path is None:
-    return None
-  metrics_path = os.fspath(metrics_path)
-  os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
-  kept = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= start]
-  _rewrite_jsonl(metrics_path, kept)
-  return metrics_path
-
-
-def _train_record(
-  metrics: Mapping[str, Any], step: int, examples: int, since: float
-) -> tuple[dict[str, Any], float]:
-  """The train line of ``step``, with the throughput of ``examples`` since ``since``; now."""
-  record = {"step": step, "split": "train", **_to_python(metrics)}  # waits for the step
-  now = time.perf_counter()
-  record["examples_per_second"] = examples / max(now - since, 1e-9)
-  return record, now
-
-
-def _show(bar: Any, record: dict[str, Any]) -> None:
-  if isinstance(record.get("loss"), float):
-    bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{record['examples_per_second']:.0f}")
 
 
 class Preempted(SystemExit):
@@ -243,19 +154,6 @@ def _place_batch(batch: PyTree, mesh: Any, data_axis: Any) -> PyTree:
   if mesh is None:
     return batch
   return _sharding.shard_batch(batch, mesh, data_axis, process_local=True)
-
-
-def _log(bar, metrics_path, metrics, done, examples, t_last) -> float:
-  """Process 0's training record: to the JSONL file and the progress bar; the new clock."""
-  record, t_last = _train_record(metrics, done, examples, t_last)
-  _append_jsonl(metrics_path, record)
-  _show(bar, record)
-  return t_last
-
-
-def _evaluate(eval_fn, state, done, metrics_path) -> None:
-  evaluation = {"step": done, "split": "eval", **_to_python(eval_fn(state))}
-  _append_jsonl(metrics_path, evaluation)  # metrics_path is None off process 0
 
 
 def _save(checkpoint_dir, step, state, **kwargs) -> None:
@@ -385,10 +283,10 @@ def fit(
     state = _sharding.shard_state(state, mesh, model_axis=model_axis)
   state, start = _resume(checkpoint_dir, state, model)
   lead = jax.process_index() == 0  # the one process that writes metrics and shows progress
-  metrics_path = _trim_metrics(metrics_path, start) if lead else None
+  metrics_path = _metrics_log.trim(metrics_path, start) if lead else None
   skipped = _skips(state)
 
-  bar = _progress_bar(total=num_steps, initial=start, show=progress and lead, desc=desc)
+  bar = _metrics_log.progress_bar(total=num_steps, initial=start, show=progress and lead, desc=desc)
   preempted = _Preemption()
   t_last, examples = time.perf_counter(), 0
   try:
@@ -402,10 +300,10 @@ def fit(
       if done % log_every == 0 or done == num_steps:
         skipped = _check_finite(metrics, on_nonfinite, skipped)
         if lead:
-          t_last = _log(bar, metrics_path, metrics, done, examples, t_last)
+          t_last = _metrics_log.log_train(bar, metrics_path, metrics, done, examples, t_last)
         examples = 0
       if eval_fn is not None and (done == num_steps or (eval_every and done % eval_every == 0)):
-        _evaluate(eval_fn, state, done, metrics_path)
+        _metrics_log.log_eval(eval_fn, state, done, metrics_path)
       if done % checkpoint_every == 0 or done == num_steps or stop:
         skipped = _check_finite(metrics, on_nonfinite, skipped)
         _save(checkpoint_dir, done, state, model=model, metadata=metadata, keep=keep)

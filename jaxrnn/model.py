@@ -41,6 +41,9 @@ class SequenceModel(Static):
     settings: execution settings (``unroll``, ``remat``, ``impl``) as sorted
       pairs: recorded with checkpoints and artifacts, never checked.
     no_step: why ``step`` is None, for the error `jaxrnn.stream` raises.
+    time_major: whether ``apply`` takes ``xs`` as ``(T, *batch, I)`` (default False:
+      ``(*batch, T, I)``); set by the factories, read by `stack`, `bidirectional` and
+      `jaxrnn.export`, never read back from ``config``.
 
   Example:
     >>> import jax, jax.numpy as jnp, jaxrnn
@@ -52,12 +55,31 @@ class SequenceModel(Static):
     ((2, 5, 4), True)
   """
 
-  FIELDS = ("init", "apply", "initial_carry", "name", "config", "step", "settings", "no_step")
-  DEFAULTS = {"name": "custom", "config": (), "step": None, "settings": (), "no_step": ""}
+  FIELDS = (
+    "init",
+    "apply",
+    "initial_carry",
+    "name",
+    "config",
+    "step",
+    "settings",
+    "no_step",
+    "time_major",
+  )
+  DEFAULTS = {
+    "name": "custom",
+    "config": (),
+    "step": None,
+    "settings": (),
+    "no_step": "",
+    "time_major": False,
+  }
   __slots__ = ()
 
   def _check(self, values):
     super()._check(values)
+    if not isinstance(values["time_major"], bool):
+      raise ValueError(f"time_major={values['time_major']!r}: expected a bool.")
     if values["apply"] is None:
       if values["step"] is None:
         raise ValueError("SequenceModel needs apply, or a step to derive apply from by scan.")

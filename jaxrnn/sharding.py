@@ -82,7 +82,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxrnn._mesh import (
+from jaxrnn.cells.base import PyTree
+from jaxrnn.leaf_shardings import (
   AxisName,
   auto,
   axis_names,
@@ -93,7 +94,6 @@ from jaxrnn._mesh import (
   pathstr,
   state_shardings,
 )
-from jaxrnn.cells.base import PyTree
 from jaxrnn.train import TrainState, make_train_step
 
 __all__ = [

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import cells, params_check
+from jaxrnn.cells import kernel
 from jaxrnn.cells.base import Cell, PyTree
 from jaxrnn.model import SequenceModel
 
@@ -135,12 +136,7 @@ def stream(model: SequenceModel | Cell) -> Stream:
           f"{jax.tree.structure(init)}."
         )
       reset = _check_reset(reset, _batch_shape(state, init))
-
-      def restart(s, s0):
-        mask = jnp.reshape(reset, reset.shape + (1,) * (s.ndim - reset.ndim))
-        return jnp.where(mask, jnp.broadcast_to(s0, s.shape), s)
-
-      state = jax.tree.map(restart, state, init)
+      state = kernel.restart(reset, state, init)
     return step_fn(params, state, x)
 
   return Stream(init_state, step)

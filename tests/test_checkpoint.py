@@ -161,7 +161,7 @@ def test_a_record_without_settings_still_restores(tmp_path, monkeypatch):
   params = cell.init(jax.random.key(0), 2)
   old = {"name": "gru", "config": checkpoint.model_spec(cell)["config"]}
   with monkeypatch.context() as m:
-    m.setattr(checkpoint, "model_spec", lambda model: old)
+    m.setattr(checkpoint.saving, "model_spec", lambda model: old)
     checkpoint.save(tmp_path, 0, params, model=cell)
   assert checkpoint.read_metadata(tmp_path)["model"] == old
   model = _ModelLike("gru", cell.config, (("remat", 4),))
@@ -345,11 +345,11 @@ def test_processes_holding_different_values_are_refused():
 
   records = [{"path": ".w"}]
   same = [json.dumps([[0, [[0, 2]], "aa"]])] * 2
-  checkpoint._record_shards(records, same)
+  checkpoint.processes.record_shards(records, same)
   assert records[0]["shards"] == [{"index": [[0, 2]], "sha256": "aa"}]
   differ = [json.dumps([[0, [[0, 2]], "aa"]]), json.dumps([[0, [[0, 2]], "bb"]])]
   with pytest.raises(ValueError, match=r"state leaf \.w \[0:2\] differs between processes"):
-    checkpoint._record_shards([{"path": ".w"}], differ)
+    checkpoint.processes.record_shards([{"path": ".w"}], differ)
 
 
 def _edit_record(directory, step, edit):
@@ -402,15 +402,15 @@ def test_two_writers_of_one_step_never_share_a_directory_and_the_first_wins(tmp_
   cell = jaxrnn.gru(4)
   a = cell.init(jax.random.key(0), 2)
   b = jax.tree.map(lambda x: x + 1, a)
-  commit, pending = checkpoint._commit, []
+  commit, pending = checkpoint.steps.commit, []
 
   def commit_after_another_writer(*args):
-    monkeypatch.setattr(checkpoint, "_commit", commit)
+    monkeypatch.setattr(checkpoint.steps, "commit", commit)
     pending.append(sorted(os.listdir(tmp_path)))  # A's own directory, written
     checkpoint.save(tmp_path, 3, b, model=cell)  # writer B, start to end
     return commit(*args)
 
-  monkeypatch.setattr(checkpoint, "_commit", commit_after_another_writer)
+  monkeypatch.setattr(checkpoint.steps, "commit", commit_after_another_writer)
   match = r"step 3 already exists in .*: another writer saved it while this one was writing"
   with pytest.raises(ValueError, match=match):
     checkpoint.save(tmp_path, 3, a, model=cell)

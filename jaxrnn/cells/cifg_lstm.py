@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells import base, kernel
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells._backward import slopes_backward
 from jaxrnn.cells._gates import block_gates
 from jaxrnn.cells.base import LSTMCarry

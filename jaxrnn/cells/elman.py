@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import base, factory, kernel, torch_layout
+from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells._backward import dense_grads, reverse_loop
 from jaxrnn.cells.base import HiddenCarry
 

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrnn.cells import base, factory, kernel, torch_layout
+from jaxrnn.cells import base, kernel, torch_layout
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells._backward import b_hn_grad, dense_grads, reverse_loop
 from jaxrnn.cells._gates import gru_gates, projections
 from jaxrnn.cells.base import HiddenCarry

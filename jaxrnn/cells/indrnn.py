@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells.base import HiddenCarry
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}

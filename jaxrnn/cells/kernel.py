@@ -165,6 +165,14 @@ def reset(r: jax.Array | None, carry: Any, reset_carry: Any) -> Any:
   return jax.tree.map(lambda c, c0: where_valid(r, c0, c), carry, reset_carry)
 
 
+def restart(r: jax.Array | None, carry: Any, initial: Any) -> Any:
+  """`reset` from an unbatched initial carry (``initial_carry(params, ())``), broadcast to
+  ``carry``'s batch (symbolic batch sizes too): what stream's and export's steps restart from."""
+  if r is None:
+    return carry
+  return reset(r, carry, jax.tree.map(lambda c, c0: jnp.broadcast_to(c0, c.shape), carry, initial))
+
+
 def reset_split(r: jax.Array | None, ct: Any) -> tuple[Any, Any]:
   """The cotangent of a step's incoming carry, split at resets.
 

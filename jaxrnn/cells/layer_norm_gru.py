@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells._backward import hidden_vjp, reverse_loop
 from jaxrnn.cells._gates import gru_gates
 from jaxrnn.cells._layer_norm import (

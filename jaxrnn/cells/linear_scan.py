@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxrnn.cells import base, factory
+from jaxrnn.cells import base
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells.base import HiddenCarry
 
 # coefficients(params, x) -> (a, b), or (log a, log b) in log space, each (..., H).

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import base, factory, kernel
+from jaxrnn.cells import base, kernel
+from jaxrnn.cells import builtin as factory
 from jaxrnn.cells._backward import b_hn_grad, dense_grads, hidden_vjp, reverse_loop
 from jaxrnn.cells._gates import projections
 from jaxrnn.cells.base import HiddenCarry

@@ -198,7 +198,7 @@ def save(
     raise ValueError("save: params has no arrays.")
   x_spec = _input_spec(params, input_spec, input_size)
   state_flat = _Flat.of(model.initial_carry(params, ()))
-  time_major = bool(dict(model.config).get("time_major", False))
+  time_major = bool(getattr(model, "time_major", False))  # a Cell's apply: batch-major
   step_fn, reason = _streaming_step(model, streaming)
   no_resets = _no_resets(model)
   functions = _functions(model, step_fn, params_flat, state_flat, x_spec, time_major, no_resets)
@@ -349,9 +349,7 @@ def _functions(model, step_fn, p: _Flat, s: _Flat, x_spec, time_major, no_resets
 
   def step(params, state, x, reset):
     # Restarts here, not in stream's step, whose reset check reads the batch off x[..., :-1].
-    state0 = s.flat(model.initial_carry(p.unflatten(params), ()))
-    state0 = {k: jnp.broadcast_to(v, state[k].shape) for k, v in state0.items()}
-    state = kernel.reset(reset, state, state0)
+    state = kernel.restart(reset, state, s.flat(model.initial_carry(p.unflatten(params), ())))
     state, y = step_fn(p.unflatten(params), s.unflatten(state), x)
     return s.flat(state), y
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxrnn import cells
 from jaxrnn.cells.torch_layout import numpy_dtype, to_numpy, to_tensor
-from jaxrnn.layers import BidirectionalCarry, BidirectionalParams, SequenceModel, rnn_layers
+from jaxrnn.layers import BidirectionalCarry, BidirectionalParams, SequenceModel
+from jaxrnn.rnn_stack import rnn_layers
 
 CELL_MODULES = {f"{name}Cell": kind for name, kind in cells.TORCH.items()}
 """``torch.nn.LSTMCell``, ``GRUCell``, ``RNNCell``: one step, no layers, no projection."""

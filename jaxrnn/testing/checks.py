@@ -12,7 +12,8 @@ from jax.test_util import check_grads
 
 from jaxrnn import checkpoint, export
 from jaxrnn.cells import kernel
-from jaxrnn.layers import recurrent, rnn_layers
+from jaxrnn.layers import recurrent
+from jaxrnn.rnn_stack import rnn_layers
 from jaxrnn.scan import scan
 from jaxrnn.stream import stream
 from jaxrnn.testing.reference import (
