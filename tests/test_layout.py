@@ -71,3 +71,28 @@ def test_the_check_sees_an_import_of_a_cell():
     "import jaxrnn.cells.mgu\nfrom .slstm import x\nfrom . import elman\n"
   )
   assert _imported_modules(tree) & set(CELL_MODULES) == {"lstm", "gru", "mgu", "slstm", "elman"}
+
+
+def _time_loops(tree: ast.Module) -> list[str]:
+  """The ``lax.scan`` / ``lax.fori_loop`` / ``lax.while_loop`` calls in a module."""
+  loops = ("scan", "fori_loop", "while_loop", "associative_scan")
+  return [
+    ast.unparse(node.func)
+    for node in ast.walk(tree)
+    if isinstance(node, ast.Call)
+    and isinstance(node.func, ast.Attribute)
+    and node.func.attr in loops
+    and ast.unparse(node.func.value) in ("lax", "jax.lax")
+  ]
+
+
+@pytest.mark.parametrize("name", CELL_MODULES)
+def test_no_cell_module_loops_over_time_itself(name):
+  # The forward is the cell's update looped by `kernel.forward`, the backward the shared
+  # `_backward.reverse_loop`, the linear cells' recurrence `linear_scan`'s: one loop each.
+  assert _time_loops(MODULES[name]) == []
+
+
+def test_the_loop_check_sees_a_loop():
+  tree = ast.parse("from jax import lax\ndef f(c, xs):\n  return lax.scan(g, c, xs)\n")
+  assert _time_loops(tree) == ["lax.scan"]
