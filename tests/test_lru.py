@@ -9,6 +9,7 @@ output (no projection: ``w_in`` and ``b_in`` are None here); its weights map as
 0.1.1's ``backward_map`` annotates its output as width N, so it runs only with ``N == H``.
 """
 
+import functools
 import math
 
 import jax
@@ -151,7 +152,7 @@ def memax_rows(m, xs, starts, h0):
     return hs[-1], ys
 
   with jax.numpy_dtype_promotion("standard"):
-    return jax.jit(jax.vmap(row))(xs, starts, h0)
+    return jax.vmap(row)(xs, starts, h0)
 
 
 def test_equals_memax_with_the_same_weights(rng):
@@ -181,26 +182,22 @@ def test_equals_memax_with_the_same_weights(rng):
     h, ys = memax_rows(m, xs[:, ::-1], jnp.asarray(flipped), h0)
     return h, ys[:, ::-1]
 
-  tol = dict(rtol=1e-5, atol=1e-5)
-  for reverse in (False, True):
-    (h, ys), (h_m, ys_m) = ours(params, reverse), theirs(m, reverse)
-    np.testing.assert_allclose(ys, ys_m, **tol)
-    np.testing.assert_allclose(h, h_m, **tol)
-
   import equinox as eqx
 
-  def their_loss(weights):
-    m2 = eqx.tree_at(memax_weights, m, weights)
-    return sum(jnp.sum(jnp.sin(theirs(m2, r)[1])) for r in (False, True))
+  def loss(run, weights):  # both directions: their outputs, and a loss of them to differentiate
+    out = [run(weights, reverse) for reverse in (False, True)]
+    return sum(jnp.sum(jnp.sin(ys)) for _, ys in out), out
 
-  def our_loss(params):
-    return sum(jnp.sum(jnp.sin(ours(params, r)[1])) for r in (False, True))
-
+  ours_loss = functools.partial(loss, ours)
+  theirs_loss = functools.partial(loss, lambda w, r: theirs(eqx.tree_at(memax_weights, m, w), r))
+  (_, got), g = jax.jit(jax.value_and_grad(ours_loss, has_aux=True))(params)
   with jax.numpy_dtype_promotion("standard"):
-    want = from_memax(*jax.grad(their_loss)(memax_weights(m)))
-  g = jax.jit(jax.grad(our_loss))(params)
+    (_, want), g_m = jax.jit(jax.value_and_grad(theirs_loss, has_aux=True))(memax_weights(m))
+  for (h, ys), (h_m, ys_m) in zip(got, want, strict=True):  # forward, then reverse
+    np.testing.assert_allclose(ys, ys_m, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h, h_m, rtol=1e-5, atol=1e-5)
   assert g.w_in is None and g.b_in is None
-  for name, a, e in zip(LRUParams._fields[2:], g[2:], want[2:], strict=True):
+  for name, a, e in zip(LRUParams._fields[2:], g[2:], from_memax(*g_m)[2:], strict=True):
     np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5 * float(jnp.abs(e).max()), err_msg=name)
 
 
