@@ -268,8 +268,8 @@ def test_ring_initialisation():
 
 def test_config_policy_and_errors(rng):
   """The config rebuilds the cell; stacked bidirectional layers project I, then 2H; a bfloat16
-  compute dtype keeps the complex64 carry and stays near float32; bad arguments and a real
-  carry are ValueErrors naming the value."""
+  compute dtype keeps the complex64 carry and stays near float32; bad arguments, zoneout (the
+  output is a readout, not the state) and a real carry are ValueErrors naming the value."""
   cell = jaxrnn.lru(H, state_size=N, r_min=0.5, r_max=0.99, max_phase=1.0)
   assert jaxrnn.lru(**dict(cell.config)) == cell
   model = jaxrnn.rnn_layers("lru", H, num_layers=2, bidirectional=True, state_size=N)
@@ -284,6 +284,8 @@ def test_config_policy_and_errors(rng):
   assert c_low.h.dtype == jnp.complex64 and ys_low.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(ys_low, np.float32), ys, atol=0.1)
 
+  with pytest.raises(ValueError, match="zoneout=0.1: the 'lru' cell's output is a readout"):
+    jaxrnn.rnn_layers("lru", H, zoneout=0.1)  # its output is not its (complex) state
   with pytest.raises(ValueError, match="complex"):
     cell.step(params, HiddenCarry(jnp.zeros((B, N), jnp.float32)), xs[:, 0])
   bad = [
