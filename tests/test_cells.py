@@ -130,6 +130,7 @@ def test_check_grads_float64(cell):
     )
     x = jax.random.normal(jax.random.key(2), (3, 2), jnp.float64)
 
+    @jax.jit  # compiled once: check_grads evaluates it many times
     def f(params, carry, x):
       new, y = cell.step(params, carry, x)
       return jnp.sum(y**2) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(new))
