@@ -292,8 +292,10 @@ def cast_to_compute(
 
   The compute dtype is ``compute_dtype`` or, when None, the params' dtype. Floating
   inputs of another dtype are cast explicitly (no implicit promotion); integer or
-  boolean inputs are a `ValueError`. Casting to the dtype an array already has is
-  a no-op, so the default policy adds nothing to the computation.
+  boolean inputs are a `ValueError`. A complex leaf (a complex carry) is cast to the
+  compute dtype's complex counterpart (complex64, or complex128 for float64), never to a
+  real dtype. Casting to the dtype an array already has is a no-op, so the default policy
+  adds nothing to the computation.
   """
   x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -302,7 +304,12 @@ def cast_to_compute(
       "to the compute dtype; embed integer token ids first)."
     )
   dt = jnp.dtype(compute_dtype) if compute_dtype is not None else kernel.params_dtype(params)
-  cast = lambda a: a if a.dtype == dt else a.astype(dt)  # noqa: E731
+  wide = jnp.dtype(jnp.complex128 if dt == jnp.float64 else jnp.complex64)  # for complex leaves
+
+  def cast(a):  # a complex leaf (a complex carry) keeps its imaginary part
+    to = wide if jnp.iscomplexobj(a) else dt
+    return a if a.dtype == to else a.astype(to)
+
   return jax.tree.map(cast, params), jax.tree.map(cast, carry), cast(x)
 
 
