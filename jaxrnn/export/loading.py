@@ -170,11 +170,12 @@ def stored_dtype(dtype: Any) -> np.dtype:
 
 
 def x64_arrays(manifest: dict) -> list[str]:
-  """The arrays of an artifact that need ``jax_enable_x64`` (64-bit dtypes), by name."""
+  """The arrays of an artifact that need ``jax_enable_x64`` (64-bit dtypes, complex128), by name."""
   entries = [("input", manifest["input"]["dtype"])]
   for key, prefix in (("params", "param:"), ("state", "state:")):
     entries += [(prefix + e["name"], e["dtype"]) for e in manifest[key]]
-  return [name for name, dtype in entries if np.dtype(dtype).itemsize == 8]
+  wide = lambda dt: dt.itemsize == (16 if dt.kind == "c" else 8)  # noqa: E731
+  return [name for name, dtype in entries if wide(np.dtype(dtype))]
 
 
 class _Missing(str):
