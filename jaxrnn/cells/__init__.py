@@ -18,6 +18,7 @@ from jaxrnn.cells import mgu as _mgu
 from jaxrnn.cells import min_gru as _min_gru
 from jaxrnn.cells import min_lstm as _min_lstm
 from jaxrnn.cells import peephole_lstm as _peephole_lstm
+from jaxrnn.cells import s5 as _s5
 from jaxrnn.cells import slstm as _slstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry, LSTMCarry
 from jaxrnn.cells.cifg_lstm import CIFGLSTMParams, cifg_lstm
@@ -32,6 +33,7 @@ from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
 from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm
 from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
+from jaxrnn.cells.s5 import S5Params, s5
 from jaxrnn.cells.slstm import SLSTMCarry, SLSTMParams, slstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
@@ -49,6 +51,7 @@ _MODULES = (
   _min_gru,
   _min_lstm,
   _lru,
+  _s5,
 )
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
@@ -82,6 +85,7 @@ __all__ = [
   "MinGRUParams",
   "MinLSTMParams",
   "PeepholeLSTMParams",
+  "S5Params",
   "SLSTMCarry",
   "SLSTMParams",
   "cifg_lstm",
@@ -97,6 +101,7 @@ __all__ = [
   "min_gru",
   "min_lstm",
   "peephole_lstm",
+  "s5",
   "slstm",
 ]
 CELLS = tuple(__all__)
