@@ -17,6 +17,7 @@ from jaxrnn.cells import mgu as _mgu
 from jaxrnn.cells import min_gru as _min_gru
 from jaxrnn.cells import min_lstm as _min_lstm
 from jaxrnn.cells import peephole_lstm as _peephole_lstm
+from jaxrnn.cells import rg_lru as _rg_lru
 from jaxrnn.cells import slstm as _slstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry, LSTMCarry
 from jaxrnn.cells.cifg_lstm import CIFGLSTMParams, cifg_lstm
@@ -30,6 +31,7 @@ from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
 from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm
 from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
+from jaxrnn.cells.rg_lru import RGLRUCarry, RGLRUParams, rg_lru
 from jaxrnn.cells.slstm import SLSTMCarry, SLSTMParams, slstm
 from jaxrnn.cells.torch_layout import TorchLayout
 
@@ -46,6 +48,7 @@ _MODULES = (
   _slstm,
   _min_gru,
   _min_lstm,
+  _rg_lru,
 )
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
@@ -78,6 +81,8 @@ __all__ = [
   "MinGRUParams",
   "MinLSTMParams",
   "PeepholeLSTMParams",
+  "RGLRUCarry",
+  "RGLRUParams",
   "SLSTMCarry",
   "SLSTMParams",
   "cifg_lstm",
@@ -92,6 +97,7 @@ __all__ = [
   "min_gru",
   "min_lstm",
   "peephole_lstm",
+  "rg_lru",
   "slstm",
 ]
 CELLS = tuple(__all__)
