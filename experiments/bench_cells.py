@@ -9,11 +9,12 @@
   through its step loop (``lstm_step_loop``, ``impl="step"``), which is what a cell without
   a hand-written whole-sequence kernel runs: the cost of having none. Target: every
   LSTM-family variant (`LSTM_FAMILY`) within `LSTM_TARGET` x the LSTM's forward+backward.
-- ``min_cells``: minGRU and minLSTM at B=32, I=H=256, T=1024 and 4096 (`LONG`), each
-  through the associative scan (the parallel path), the sequential loop over the
-  precomputed coefficients and its own step loop, beside jaxrnn's LSTM (its fused
-  kernel). Target: minGRU's default path forward+backward at T=4096 at least
-  `MIN_GRU_TARGET` x faster than the LSTM.
+- ``min_cells``: minGRU, minLSTM and the LRU (N = H) at B=32, I=H=256, T=1024 and 4096
+  (`LONG`), each through the associative scan (the parallel path), the sequential loop over
+  the precomputed coefficients and its own step loop, beside jaxrnn's LSTM (its fused
+  kernel) and, for the LRU, memax's (``memax_lru``, `MIN_PEERS`). Targets: minGRU's default
+  path forward+backward at T=4096 at least `MIN_GRU_TARGET` x faster than the LSTM; the
+  LRU's default path forward+backward at most `LRU_TARGET` x memax's LRU (issue 24).
 
 ``python -m experiments.benchmark --skip speed,breakdown,unroll,remat,streaming`` runs
 only these sections.
@@ -57,6 +58,8 @@ PEERS = {"mgu": "flax_mgu"}  # a cell's nearest JAX peer among the variants
 LSTM_FAMILY = ("layer_norm_lstm", "peephole_lstm", "cifg_lstm", "slstm", "min_lstm")
 LSTM_TARGET = 1.3  # at most this x the LSTM's forward+backward
 MIN_GRU_TARGET = 5.0  # at least this x faster than the LSTM, forward+backward at T=4096
+MIN_PEERS = {"lru": "memax_lru"}  # a min_cells kind's peer, timed in the same rounds
+LRU_TARGET = 0.5  # at most this x memax's LRU, forward+backward
 Build = Callable[[dict, jax.Array], tuple[Callable, Any, str]]
 
 
@@ -80,9 +83,9 @@ def linear_method(method: str | None) -> Iterator[None]:
 
 def kernel_name(cell: jaxrnn.Cell, impl: str, method: str | None) -> str:
   """What `jaxrnn.scan` runs for ``cell``: the step loop, a linear scan, or a fused kernel."""
-  if impl == "step" or cell.sequence is None:
+  if impl == "step" or (cell.sequence is None and cell.coefficients is None):
     return "step loop (autodiff)"
-  if cell.name in ("min_gru", "min_lstm"):
+  if cell.name in ("min_gru", "min_lstm") or cell.coefficients is not None:
     return f"linear scan, {method or linear_scan.method()}"
   return "fused, hand-written VJP"
 
@@ -108,6 +111,26 @@ def flax_mgu(cfg, key):
   return model.apply, params, "flax.linen.RNN (lax.scan, autodiff)"
 
 
+def memax_lru(cfg, key):
+  """memax's LRU (equinox, its own associative scan) with N = H = I, vmapped over the batch
+  (the peer of ``lru``); the gradient is with respect to its eight weights."""
+  import equinox as eqx
+  import jax.numpy as jnp
+  from memax.equinox.semigroups.lru import LRU
+
+  with jax.numpy_dtype_promotion("standard"):  # memax mixes dtypes implicitly
+    model = LRU(cfg["H"], cfg["H"], key)
+  fields = lambda m: (m.nu_log, m.theta_log, m.gamma_log, m.B_re, m.B_im, m.C_re, m.C_im, m.D)  # noqa: E731
+
+  def fwd(weights, xs):
+    with jax.numpy_dtype_promotion("standard"):
+      m = eqx.tree_at(fields, model, weights)
+      row = lambda x: m(m.initialize_carry(), (x, jnp.zeros(x.shape[0], bool)))[1]  # noqa: E731
+      return jax.vmap(row)(xs)
+
+  return fwd, fields(model), "memax (lax.associative_scan, autodiff)"
+
+
 def cell_variants() -> dict[str, Build]:
   """The ``cells`` section's variants: every cell, the LSTM's step loop, flax's MGU."""
   out = {name: jaxrnn_variant(f) for name, f in CELLS.items()}
@@ -115,16 +138,20 @@ def cell_variants() -> dict[str, Build]:
 
 
 def min_variants(
-  log_spaces=(False,), methods=linear_scan.METHOD_NAMES, kinds=("min_gru", "min_lstm")
+  log_spaces=(False,), methods=linear_scan.METHOD_NAMES, kinds=("min_gru", "min_lstm", "lru")
 ) -> dict[str, Build]:
-  """The ``min_cells`` variants: each min cell by ``methods`` and its step loop; the LSTM."""
+  """The ``min_cells`` variants: each min cell by ``methods`` and its step loop (the LRU
+  with N = H, and its peer, `MIN_PEERS`); the LSTM."""
   out = {}
   for kind in kinds:
-    for log in log_spaces:
+    for log in log_spaces if kind != "lru" else (False,):
       name = kind + ("_log" if log else "")
       factory = lambda h, k=kind, log=log: getattr(jaxrnn, k)(h, log_space=log)  # noqa: E731
+      if kind == "lru":
+        factory = lambda h: jaxrnn.lru(h, state_size=h)  # noqa: E731
       out |= {f"{name} {m}": jaxrnn_variant(factory, method=m) for m in methods}
       out[f"{name} step"] = jaxrnn_variant(factory, "step")
+    out |= {MIN_PEERS[kind]: memax_lru} if kind in MIN_PEERS else {}
   return out | {"lstm": jaxrnn_variant(CELLS["lstm"])}
 
 
@@ -172,18 +199,25 @@ def cells_rows(cname: str, cfg: dict, timings: Timings, kernels: dict[str, str])
 def min_rows(T: int, cfg: dict, timings: Timings, kernels: dict[str, str]) -> list[dict]:
   """One row per (variant, mode) of the ``min_cells`` section at length ``T``.
 
-  ``vs_step`` is against the variant's own step loop; the target row is minGRU's default
-  method (`linear_scan.method`), forward+backward, at T=4096.
+  ``vs_step`` is against the variant's own step loop, ``vs_peer`` against its kind's peer
+  (`MIN_PEERS`); the target rows are minGRU's default method (`linear_scan.method`),
+  forward+backward, at T=4096 (against the LSTM), and the LRU's, forward+backward (against
+  its peer, `LRU_TARGET`).
   """
   rows, default = [], f"min_gru {linear_scan.method()}"
   for name, mode in timings.seconds:
     row = dict(variant=name, mode=mode, kernel=kernels[name], **cfg)
     row |= dict(ms=timings.median((name, mode)) * 1e3, round_s=list(timings.seconds[(name, mode)]))
     row |= versus(timings, (name, mode), ("lstm", mode), "vs_lstm")
-    step = name.rsplit(" ", 1)[0] + " step"
+    kind = name.rsplit(" ", 1)[0]
+    step = kind + " step"
     row |= versus(timings, (name, mode), (step, mode), "vs_step") if step in kernels else {}
+    if (MIN_PEERS.get(kind), mode) in timings.seconds:
+      row |= versus(timings, (name, mode), (MIN_PEERS[kind], mode), "vs_peer")
     wanted = name == default and mode == "fwd+bwd" and T == 4096
     row["target_met"] = 1 / row["vs_lstm"] >= MIN_GRU_TARGET if wanted else None
+    if name == f"lru {linear_scan.method()}" and mode == "fwd+bwd" and "vs_peer" in row:
+      row["target_met"] = row["vs_peer"] <= LRU_TARGET
     rows.append(row)
   return rows
 
@@ -264,15 +298,17 @@ def _peer(r: dict | None) -> str:
 def min_markdown(rows: list[dict]) -> str:
   """The ``min_cells`` table: one line per (T, variant), both modes."""
   head = ["T", "variant", "kernel", "fwd ms", "fwd+bwd ms", "fwd / own step loop"]
-  head += ["fwd+bwd / own step loop", "fwd+bwd / LSTM", "LSTM fwd+bwd / it"]
-  head += [f"target (minGRU >= {MIN_GRU_TARGET:g}x faster, T=4096)"]
+  head += ["fwd+bwd / own step loop", "fwd+bwd / LSTM", "LSTM fwd+bwd / it", "fwd+bwd / peer"]
+  head += [f"target (minGRU >= {MIN_GRU_TARGET:g}x faster, T=4096; lru <= {LRU_TARGET:g}x peer)"]
   body = []
   for (T, name), d in _by_variant(rows, "T", "variant").items():
     f, b = d.get("fwd"), d.get("fwd+bwd")
+    peer = MIN_PEERS.get(name.rsplit(" ", 1)[0])
     body.append(
       [T, name, (f or b)["kernel"], f"{f['ms']:.1f}" if f else "-"]
       + [f"{b['ms']:.1f}" if b else "-", _ratio(f, "vs_step"), _ratio(b, "vs_step")]
       + [_ratio(b, "vs_lstm"), f"{1 / b['vs_lstm']:.1f}x" if b else "-"]
+      + [f"{_ratio(b, 'vs_peer')} ({peer})" if b and "vs_peer" in b else "-"]
       + [_target(b) if b else ""]
     )
-  return markdown_table(head, body, "rll" + "r" * 7)
+  return markdown_table(head, body, "rll" + "r" * 8)

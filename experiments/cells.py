@@ -6,7 +6,9 @@ one marked value in each half, the target their sum; a linear readout of the fin
 global-norm clipping 1, batch ``--batch``, ``--hidden`` units, one seed) and its
 library defaults, with two exceptions written down: the sLSTM has ``HEADS`` heads
 (it needs a head count; xLSTM's default) and the IndRNN the bound ``2 ** (1 / T)`` on
-its recurrent weights (the paper's own setting for this task; see `jaxrnn.indrnn`).
+its recurrent weights (the paper's own setting for this task; see `jaxrnn.indrnn`); a
+cell whose ``h`` is complex (the LRU) is read out from its last output, a real linear map of
+its final ``h`` and input.
 Nothing is tuned, so nothing is chosen on the test data. Reported per cell: the test
 MSE on 2000 fresh sequences over the baseline 1/6 (predicting the mean), the parameter
 count, and the time of one training step, every cell's compiled step timed in the same
@@ -55,8 +57,9 @@ def loss_and_predict(cell, args):
   from ``key`` inside the compiled step, and the readout of the final ``h``."""
 
   def predict(params, xs):
-    carry, _ = jaxrnn.scan(cell, params["rnn"], xs)
-    return carry.h @ params["w"] + params["b"]
+    carry, ys = jaxrnn.scan(cell, params["rnn"], xs)
+    h = ys[..., -1, :] if jnp.iscomplexobj(carry.h) else carry.h  # the LRU: its real output
+    return h @ params["w"] + params["b"]
 
   def loss(params, key):
     xs, ys = adding.make_batch(key, args.batch, args.length)
@@ -87,6 +90,7 @@ def train_cell(name: str, args) -> tuple[dict, tuple]:
   xs, ys = adding.make_batch(k_test, args.test_size, args.length)
   mse = float(jax.jit(lambda p: jnp.mean((predict(p, xs) - ys) ** 2))(state.params))
   kernel = "step loop" if cell.sequence is None else "whole-sequence kernel"
+  kernel = "linear recurrence" if cell.coefficients is not None else kernel
   size = sum(int(np.size(a)) for a in jax.tree.leaves(state.params["rnn"]))
   row = dict(cell=name, test_mse=mse, ratio=mse * 6.0, params=size, kernel=kernel)
   print(f"  {name:16} test MSE / baseline {row['ratio']:.4f}  ({size:,} params)", flush=True)

@@ -7,7 +7,6 @@ from jaxrnn import (
   testing,  # a submodule: jaxrnn.testing.check_cell
 )
 from jaxrnn.cells import *  # noqa: F403  (the names in jaxrnn.cells.CELLS are public here)
-from jaxrnn.cells.linear_scan import linear_recurrence
 from jaxrnn.interop import carry_from_torch, carry_to_torch, from_torch, to_torch
 from jaxrnn.layers import (
   BidirectionalCarry,
@@ -17,6 +16,7 @@ from jaxrnn.layers import (
   recurrent,
   stack,
 )
+from jaxrnn.recurrence import linear_recurrence
 from jaxrnn.rnn_stack import rnn_layers
 from jaxrnn.scan import scan
 from jaxrnn.stream import Stream, stream

@@ -85,6 +85,11 @@ def recurrent(
     recurrent_dropout=recurrent_dropout,
     weight_drop=weight_drop,
   )
+  if dict(rates).get("zoneout") and cell.readout is not None:
+    raise ValueError(
+      f"zoneout={zoneout!r}: the {cell.name!r} cell's output is a readout of its state (it "
+      "declares `readout`); expected a cell whose output is its hidden state, or zoneout=0."
+    )
   settings = pairs(unroll=unroll, remat=remat, impl=impl)
 
   def apply(

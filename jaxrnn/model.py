@@ -7,8 +7,8 @@ from typing import Any
 import jax
 
 from jaxrnn import cells, params_check
-from jaxrnn.cells.base import Static
 from jaxrnn.scan import scan
+from jaxrnn.static import Static
 
 
 @jax.tree_util.register_static

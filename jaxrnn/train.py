@@ -33,15 +33,16 @@ sharded over a `jax.sharding.Mesh` the same step computes the global gradient;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jaxrnn import train_state
 from jaxrnn.cells.base import PyTree
+from jaxrnn.train_state import TrainState
 
 __all__ = [
   "TrainState",
@@ -51,108 +52,6 @@ __all__ = [
   "split_windows",
   "window_keys",
 ]
-
-
-class TrainState(NamedTuple):
-  """What a train step reads and returns.
-
-  Attributes:
-    step: int32 scalar, the number of train steps run so far (batches
-      consumed), skipped ones included.
-    params: the model's parameter pytree.
-    opt_state: the optax optimizer's state for ``params``.
-    skipped: int32 scalar, how many steps were skipped by the non-finite guard.
-    first_nonfinite: int32 scalar, the ``step`` (0-based, the value of
-      ``step`` before it) of the first skipped step; -1 if none.
-  """
-
-  step: jax.Array
-  params: PyTree
-  opt_state: PyTree
-  skipped: Any = np.int32(0)
-  first_nonfinite: Any = np.int32(-1)
-
-  @classmethod
-  def create(cls, params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
-    """A state at step 0 with ``optimizer.init(params)``.
-
-    Example:
-      >>> import jax, optax, jaxrnn
-      >>> from jaxrnn.train import TrainState
-      >>> params = jaxrnn.gru(4).init(jax.random.key(0), input_size=2)
-      >>> state = TrainState.create(params, optax.adam(1e-3))
-      >>> int(state.step), state.params.w_hh.shape, int(state.first_nonfinite)
-      (0, (4, 12), -1)
-    """
-    counters = [jnp.zeros((), jnp.int32) for _ in range(2)]  # two buffers: both may be donated
-    step, skipped = counters
-    return cls(step, params, optimizer.init(params), skipped, jnp.full((), -1, jnp.int32))
-
-
-def _check_optimizer(optimizer: Any) -> None:
-  if not isinstance(optimizer, optax.GradientTransformation):
-    raise ValueError(
-      f"optimizer={type(optimizer).__name__}: expected an optax.GradientTransformation "
-      "(e.g. optax.adam(1e-3))."
-    )
-
-
-def _check_max_grad_norm(max_grad_norm: Any) -> None:
-  if max_grad_norm is None:
-    return
-  if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, int | float):
-    raise ValueError(f"max_grad_norm={max_grad_norm!r}: expected a positive number or None.")
-  if not max_grad_norm > 0:
-    raise ValueError(f"max_grad_norm={max_grad_norm!r}: expected a positive number or None.")
-
-
-def _as_metrics(value: Any, name: str) -> dict[str, Any]:
-  if isinstance(value, Mapping):
-    return dict(value)
-  if value is None:
-    return {}
-  return {name: value}
-
-
-def _all_finite(*trees: PyTree) -> jax.Array:
-  """True when no floating-point leaf of ``trees`` holds a NaN or an infinity."""
-  checks = [
-    jnp.all(jnp.isfinite(x))
-    for x in jax.tree.leaves(trees)
-    if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-  ]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
-
-
-def _guarded_step(optimizer, max_grad_norm, state, loss, grads):
-  """Clipping, the optimizer's update, and the non-finite guard: ``(state, metrics)``."""
-  grad_norm = optax.tree.norm(grads)
-  clipped = grads
-  if max_grad_norm is not None:
-    clip = optax.clip_by_global_norm(float(max_grad_norm))
-    clipped, _ = clip.update(grads, clip.init(grads))
-  updates, opt_state = optimizer.update(clipped, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  finite = _all_finite(loss, grads, params, opt_state)
-
-  def keep(new, old):  # in-graph: donated inputs are never returned as they are
-    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-  bad = jnp.logical_not(finite)
-  skipped = state.skipped + bad.astype(jnp.int32)
-  first = jnp.where(bad & (state.first_nonfinite < 0), state.step, state.first_nonfinite)
-  new = TrainState(
-    state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state), skipped, first
-  )
-  metrics = {
-    "loss": loss,
-    "grad_norm": grad_norm,
-    "update_norm": optax.tree.norm(updates),
-    "nonfinite": bad,
-    "skipped": skipped,
-    "first_nonfinite": first,
-  }
-  return new, metrics
 
 
 def make_train_step(
@@ -212,14 +111,14 @@ def make_train_step(
     >>> int(state.step), bool(metrics["nonfinite"]), int(state.skipped), int(state.first_nonfinite)
     (2, True, 1, 1)
   """
-  _check_optimizer(optimizer)
-  _check_max_grad_norm(max_grad_norm)
+  train_state.check_optimizer(optimizer)
+  train_state.check_max_grad_norm(max_grad_norm)
 
   def step(state: TrainState, batch: PyTree):
     out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(state.params, batch)
     loss, aux = out if has_aux else (out, None)
-    state, metrics = _guarded_step(optimizer, max_grad_norm, state, loss, grads)
-    metrics.update(_as_metrics(aux, "aux"))
+    state, metrics = train_state.guarded_update(optimizer, max_grad_norm, state, loss, grads)
+    metrics.update(train_state.as_metrics(aux, "aux"))
     return state, metrics
 
   if jit:
@@ -249,7 +148,7 @@ def make_eval_step(
   """
 
   def eval_step(params, batch):
-    return _as_metrics(metric_fn(params, batch), "loss")
+    return train_state.as_metrics(metric_fn(params, batch), "loss")
 
   return jax.jit(eval_step) if jit else eval_step
 
@@ -390,8 +289,8 @@ def make_tbptt_step(
     >>> int(state.step), metrics["loss"].shape, carry.h.shape
     (5, (5,), (2, 8))
   """
-  _check_optimizer(optimizer)
-  _check_max_grad_norm(max_grad_norm)
+  train_state.check_optimizer(optimizer)
+  train_state.check_max_grad_norm(max_grad_norm)
   if isinstance(window, bool) or not isinstance(window, int) or window < 1:
     raise ValueError(f"window={window!r}: expected a positive int.")
 
@@ -402,7 +301,7 @@ def make_tbptt_step(
     extra = () if key is None else (key,)  # without a key: the old loss_fn(params, carry, batch)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, new_carry), grads = grad_fn(state.params, carry, batch, *extra)
-    state, metrics = _guarded_step(optimizer, max_grad_norm, state, loss, grads)
+    state, metrics = train_state.guarded_update(optimizer, max_grad_norm, state, loss, grads)
     # a skipped window passes its incoming carry on, not a non-finite one
     new_carry = jax.tree.map(lambda n, o: jnp.where(metrics["nonfinite"], o, n), new_carry, carry)
     return (state, jax.lax.stop_gradient(new_carry)), metrics

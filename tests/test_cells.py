@@ -130,6 +130,7 @@ def test_check_grads_float64(cell):
     )
     x = jax.random.normal(jax.random.key(2), (3, 2), jnp.float64)
 
+    @jax.jit  # compiled once: check_grads evaluates it many times
     def f(params, carry, x):
       new, y = cell.step(params, carry, x)
       return jnp.sum(y**2) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(new))
@@ -221,3 +222,21 @@ def test_step_bad_shapes_raise():
     cell.step(params, jaxrnn.LSTMCarry(carry.h, jnp.ones((2, 5))), jnp.ones((2, 3)))
   with pytest.raises(ValueError, match=r"u has shape \(2, 2\); expected \(n \+ x, n\)"):
     jaxrnn.ElmanParams.from_concatenated(jnp.ones((2, 2)))
+
+
+def test_cast_to_compute_keeps_a_complex_carry_complex():
+  """A complex carry is cast to the compute dtype's complex counterpart, its imaginary part
+  kept (casting it to a real dtype would silently drop the state's phase)."""
+  from jaxrnn.cells.base import cast_to_compute
+
+  params = {"w": jnp.ones((2, 2), jnp.float32)}
+  carry = jnp.array([1 + 2j, -3 - 0.5j], jnp.complex64)
+  for compute, want in ((jnp.bfloat16, jnp.complex64), (None, jnp.complex64)):
+    _, c, x = cast_to_compute("c", params, carry, jnp.ones(2, jnp.float32), compute)
+    assert c.dtype == want and x.dtype == (compute or jnp.float32)
+    np.testing.assert_array_equal(np.asarray(c), np.asarray(carry))
+  with jax.enable_x64(True):
+    params64 = {"w": jnp.ones((2, 2), jnp.float64)}
+    _, c, _ = cast_to_compute("c", params64, carry, jnp.ones(2, jnp.float64), None)
+    assert c.dtype == jnp.complex128
+    np.testing.assert_array_equal(np.asarray(c), np.asarray(carry).astype(np.complex128))

@@ -110,6 +110,7 @@ def test_check_grads_float64(method):
     a, b, h0, reset_value, _, _ = inputs(jnp.float64)
     kw = dict(resets=jnp.asarray(RESETS), seq_lengths=jnp.asarray(LENGTHS), method=method)
 
+    @jax.jit  # compiled once: check_grads evaluates it many times
     def f(a, b, h0, rv):
       return jaxrnn.linear_recurrence(a, b, h0, reset_value=rv, reverse=True, **kw)
 

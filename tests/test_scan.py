@@ -126,6 +126,7 @@ def test_gradients_through_masked_scan():
     xs = jax.random.normal(jax.random.key(1), (3, 5, 2), jnp.float64)
     lengths = jnp.array([5, 2, 0])
 
+    @jax.jit  # compiled once: check_grads evaluates it many times
     def loss(params, xs):
       c, ys = jaxrnn.scan(cell, params, xs, seq_lengths=lengths, reverse=True)
       return jnp.sum(ys**2) + jnp.sum(c.c)
@@ -285,6 +286,7 @@ def test_fused_kernel_check_grads(cell, order):
     xs = jax.random.normal(jax.random.key(1), (2, 4, 2), jnp.float64)
     lengths = jnp.array([4, 2])
 
+    @jax.jit  # compiled once: check_grads evaluates it (and its VJPs) many times
     def loss(params, xs):
       c, ys = jaxrnn.scan(cell, params, xs, seq_lengths=lengths, impl="fused")
       return jnp.sum(jnp.sin(ys)) + jnp.sum(c.h**2)

@@ -12,6 +12,7 @@ from jaxrnn.cells import gru as _gru
 from jaxrnn.cells import indrnn as _indrnn
 from jaxrnn.cells import layer_norm_gru as _layer_norm_gru
 from jaxrnn.cells import layer_norm_lstm as _layer_norm_lstm
+from jaxrnn.cells import lru as _lru
 from jaxrnn.cells import lstm as _lstm
 from jaxrnn.cells import mgu as _mgu
 from jaxrnn.cells import min_gru as _min_gru
@@ -26,6 +27,7 @@ from jaxrnn.cells.gru import GRUParams, gru
 from jaxrnn.cells.indrnn import IndRNNParams, indrnn, indrnn_constrain
 from jaxrnn.cells.layer_norm_gru import LayerNormGRUParams, layer_norm_gru
 from jaxrnn.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
+from jaxrnn.cells.lru import LRUParams, lru
 from jaxrnn.cells.lstm import LSTMParams, lstm
 from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
@@ -48,6 +50,7 @@ _MODULES = (
   _slstm,
   _min_gru,
   _min_lstm,
+  _lru,
   _rg_lru,
 )
 
@@ -73,6 +76,7 @@ __all__ = [
   "GRUParams",
   "HiddenCarry",
   "IndRNNParams",
+  "LRUParams",
   "LSTMCarry",
   "LSTMParams",
   "LayerNormGRUParams",
@@ -92,6 +96,7 @@ __all__ = [
   "indrnn_constrain",
   "layer_norm_gru",
   "layer_norm_lstm",
+  "lru",
   "lstm",
   "mgu",
   "min_gru",

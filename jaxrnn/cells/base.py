@@ -11,112 +11,10 @@ import jax.numpy as jnp
 
 from jaxrnn import params_check
 from jaxrnn.cells import kernel
+from jaxrnn.static import Static
 
 PyTree = Any
 Array = jax.Array
-
-
-class Static:
-  """A frozen bundle of functions: a pytree node with no leaves, equal and hashable by a key.
-
-  A value built by a library factory (`library`) is keyed by its name, its complete
-  config, its execution settings and its parts (the cells or models it wraps), so
-  that ``jaxrnn.lstm(4) == jaxrnn.lstm(4)`` and `jax.jit` does not retrace for an
-  equal model. One built directly from bare functions is keyed by the identity of
-  its functions (plus name and config), so two different user cells never compare
-  equal. Subclasses list their fields in ``FIELDS`` and their defaults in
-  ``DEFAULTS``; positional construction follows ``FIELDS``.
-  """
-
-  FIELDS: tuple[str, ...] = ()
-  DEFAULTS: dict[str, Any] = {}
-  __slots__ = ("_key", "_values")
-
-  def __init__(self, *args: Any, **kwargs: Any):
-    if len(args) > len(self.FIELDS):
-      raise ValueError(
-        f"{type(self).__name__} takes at most {len(self.FIELDS)} positional arguments "
-        f"{self.FIELDS}, got {len(args)}."
-      )
-    values = dict(self.DEFAULTS, **dict(zip(self.FIELDS, args, strict=False)))
-    for name, value in kwargs.items():
-      if name not in self.FIELDS:
-        raise ValueError(f"{type(self).__name__} has no field {name!r}; its fields: {self.FIELDS}.")
-      values[name] = value
-    missing = [f for f in self.FIELDS if f not in values]
-    if missing:
-      raise ValueError(f"{type(self).__name__} is missing {missing}.")
-    given = tuple(params_check.raw(values[f]) for f in self.FIELDS)  # keyed by the user's
-    self._check(values)
-    object.__setattr__(self, "_values", tuple(values[f] for f in self.FIELDS))
-    object.__setattr__(self, "_key", ("functions",) + given)
-
-  def _check(self, values: dict[str, Any]) -> None:
-    for name in ("name",):
-      if not isinstance(values[name], str):
-        raise ValueError(f"{name}={values[name]!r}: expected a str.")
-    for name in ("config", "settings"):
-      if name in values:
-        pairs = values[name]
-        if not isinstance(pairs, tuple) or not all(
-          isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs
-        ):
-          raise ValueError(f"{name}={pairs!r}: expected a tuple of (name, value) pairs.")
-
-  @classmethod
-  def library(cls, *args: Any, parts: tuple[Any, ...] = (), **kwargs: Any):
-    """Built by a jaxrnn factory: keyed by name, config, settings and parts, not functions."""
-    self = cls(*args, **kwargs)
-    v = dict(zip(cls.FIELDS, self._values, strict=True))
-    key = ("config", v["name"], v["config"], v.get("settings", ()), tuple(parts))
-    object.__setattr__(self, "_key", key)
-    return self
-
-  def __getattr__(self, name: str) -> Any:
-    fields = type(self).FIELDS
-    if name in fields:
-      return object.__getattribute__(self, "_values")[fields.index(name)]
-    raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-  def __setattr__(self, name: str, value: Any) -> None:
-    raise AttributeError(f"{type(self).__name__} is frozen; use .replace({name}=...).")
-
-  def __eq__(self, other: Any) -> bool:
-    return type(self) is type(other) and self._key == other._key
-
-  def __hash__(self) -> int:
-    return hash((type(self).__name__, self._key))
-
-  def __repr__(self) -> str:
-    return f"{type(self).__name__}(name={self.name!r}, config={dict(self.config)!r})"
-
-  def __reduce__(self):
-    return (_rebuild, (type(self), self._values, self._key))
-
-  def __copy__(self):
-    return self
-
-  def __deepcopy__(self, memo: Any):
-    return self
-
-  def replace(self, **changes: Any):
-    """A copy with some fields changed (what ``NamedTuple._replace`` did).
-
-    The copy is keyed by its functions: it equals only copies with the same functions.
-
-    Example:
-      >>> import jaxrnn
-      >>> cell = jaxrnn.gru(4).replace(name="my_gru")
-      >>> cell.name, cell == jaxrnn.gru(4)
-      ('my_gru', False)
-    """
-    return type(self)(**dict(zip(self.FIELDS, self._values, strict=True), **changes))
-
-
-def _rebuild(cls: type, values: tuple[Any, ...], key: tuple[Any, ...]) -> Static:
-  self = cls(*values)
-  object.__setattr__(self, "_key", key)
-  return self
 
 
 @jax.tree_util.register_static
@@ -394,8 +292,10 @@ def cast_to_compute(
 
   The compute dtype is ``compute_dtype`` or, when None, the params' dtype. Floating
   inputs of another dtype are cast explicitly (no implicit promotion); integer or
-  boolean inputs are a `ValueError`. Casting to the dtype an array already has is
-  a no-op, so the default policy adds nothing to the computation.
+  boolean inputs are a `ValueError`. A complex leaf (a complex carry) is cast to the
+  compute dtype's complex counterpart (complex64, or complex128 for float64), never to a
+  real dtype. Casting to the dtype an array already has is a no-op, so the default policy
+  adds nothing to the computation.
   """
   x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -404,7 +304,12 @@ def cast_to_compute(
       "to the compute dtype; embed integer token ids first)."
     )
   dt = jnp.dtype(compute_dtype) if compute_dtype is not None else kernel.params_dtype(params)
-  cast = lambda a: a if a.dtype == dt else a.astype(dt)  # noqa: E731
+  wide = jnp.dtype(jnp.complex128 if dt == jnp.float64 else jnp.complex64)  # for complex leaves
+
+  def cast(a):  # a complex leaf (a complex carry) keeps its imaginary part
+    to = wide if jnp.iscomplexobj(a) else dt
+    return a if a.dtype == to else a.astype(to)
+
   return jax.tree.map(cast, params), jax.tree.map(cast, carry), cast(x)
 
 

@@ -170,11 +170,13 @@ def stored_dtype(dtype: Any) -> np.dtype:
 
 
 def x64_arrays(manifest: dict) -> list[str]:
-  """The arrays of an artifact that need ``jax_enable_x64`` (64-bit dtypes), by name."""
+  """The arrays of an artifact that need ``jax_enable_x64`` (64-bit dtypes: float64, int64,
+  uint64, complex128; complex64 is two 32-bit parts), by name."""
   entries = [("input", manifest["input"]["dtype"])]
   for key, prefix in (("params", "param:"), ("state", "state:")):
     entries += [(prefix + e["name"], e["dtype"]) for e in manifest[key]]
-  return [name for name, dtype in entries if np.dtype(dtype).itemsize == 8]
+  wide = lambda d: d.itemsize == (16 if d.kind == "c" else 8)  # noqa: E731
+  return [name for name, dtype in entries if wide(np.dtype(dtype))]
 
 
 class _Missing(str):

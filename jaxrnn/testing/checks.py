@@ -26,6 +26,13 @@ from jaxrnn.testing.reference import (
 )
 
 
+def real_parts(tree) -> list[jax.Array]:
+  """The leaves of ``tree``, a complex one as its real and imaginary parts: what a check's
+  real-valued loss sums over (a complex carry's)."""
+  leaves = jax.tree.leaves(tree)
+  return [p for a in leaves for p in ((a.real, a.imag) if jnp.iscomplexobj(a) else (a,))]
+
+
 def check_step(case: Case) -> str:
   """``step``: its carry keeps the initial carry's structure, shapes and dtypes; jitted,
   vmapped and unbatched it gives the batched eager values."""
@@ -88,7 +95,7 @@ def check_kernel(case: Case) -> str:
     kw = dict(seq_lengths=case.lengths, resets=case.resets, noise=noise, reverse=reverse)
     kw.update(unroll=1)  # unrolling changes no value, and multiplies the compile time
     final, ys = scan(case.cell, params, xs, carry, impl=impl, **kw)
-    total = jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(final))
+    total = jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in real_parts(final))
     return total, (final, ys)
 
   @jax.jit
@@ -118,14 +125,15 @@ def check_gradients(case: Case) -> str:
   """`jax.test_util.check_grads` (finite differences, float64) of a loss of the default
   path with lengths and resets, with respect to params, initial carry and inputs."""
   with jax.enable_x64(True):
-    to64 = lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+    wide = lambda a: jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64  # noqa: E731
+    to64 = lambda a: a.astype(wide(a)) if jnp.issubdtype(a.dtype, jnp.inexact) else a  # noqa: E731
     params, carry, xs = jax.tree.map(to64, (case.params, case.carry, case.xs))
 
     @jax.jit
     def loss(params, carry, xs):
       kw = dict(seq_lengths=case.lengths, resets=case.resets, unroll=1)
       final, ys = scan(case.cell, params, xs, carry, **kw)
-      return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c * c) for c in jax.tree.leaves(final))
+      return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c * c) for c in real_parts(final))
 
     try:
       check_grads(loss, (params, carry, xs), order=1, modes=("rev",), eps=1e-4)
@@ -175,15 +183,21 @@ def check_layers(case: Case) -> str:
   return "passed"
 
 
+PLATFORMS = ("cpu", "cuda", "tpu")
+"""What `check_export` lowers for: a cell must lower for each (only cpu runs here)."""
+
+
 def check_export(case: Case) -> str:
-  """An exported and loaded `recurrent` model: its ``apply`` (with lengths and resets) and
-  its streaming ``step`` against the model's."""
+  """An exported and loaded `recurrent` model, lowered for cpu, cuda and tpu: its ``apply``
+  (with lengths and resets) and its streaming ``step`` against the model's, run on cpu."""
   model = recurrent(case.cell)
   xs = np.asarray(case.xs)
   _, want = model.apply(case.params, case.xs, seq_lengths=case.lengths, resets=case.resets)
   _, want_stream = model.apply(case.params, case.xs, resets=case.resets)
   with tempfile.TemporaryDirectory() as path:
-    export.save(path, model, case.params, input_size=xs.shape[-1], streaming=True)
+    export.save(
+      path, model, case.params, input_size=xs.shape[-1], streaming=True, platforms=PLATFORMS
+    )
     artifact = export.load(path, expected_config=model)
   _, got = artifact.apply(xs, seq_lengths=case.lengths, resets=case.resets)
   tol = dict(rtol=case.rtol, atol=case.atol)
@@ -245,7 +259,7 @@ def check_padding(case: Case) -> str:
 
   def loss(params, carry, xs, impl):
     final, ys = scan(case.cell, params, xs, carry, seq_lengths=case.lengths, impl=impl, unroll=1)
-    total = jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c * c) for c in jax.tree.leaves(final))
+    total = jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c * c) for c in real_parts(final))
     return total, (final, ys)
 
   @jax.jit

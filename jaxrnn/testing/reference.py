@@ -64,11 +64,12 @@ def float_dtype(params: PyTree) -> Any:
 
 
 def _randomized(key: jax.Array, tree: PyTree) -> PyTree:
-  """Every floating leaf of ``tree`` replaced by normal noise of its shape and dtype."""
+  """Every floating or complex leaf of ``tree`` replaced by normal noise of its shape and
+  dtype."""
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, max(len(leaves), 1))
   new = [
-    jax.random.normal(k, a.shape, a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    jax.random.normal(k, a.shape, a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a
     for k, a in zip(keys, leaves, strict=False)
   ]
   return jax.tree.unflatten(treedef, new)
@@ -81,9 +82,10 @@ def row(tree: PyTree, b: int) -> PyTree:
 def compare(check, got, want, *, rtol, atol, what, time_axis=None) -> None:
   """Raises `CellCheckError` at the first element where ``got`` and ``want`` differ.
 
-  Elements agree where ``|got - want| <= atol + rtol * |want|`` (NaN only with NaN).
-  ``what`` names the tree (``"ys"``, ``"carry"``); a leaf is named by its path, and
-  with ``time_axis`` the step is the index of the first difference on that axis.
+  Elements agree where ``|got - want| <= atol + rtol * |want|`` (NaN only with NaN; for
+  complex leaves, moduli). ``what`` names the tree (``"ys"``, ``"carry"``); a leaf is named
+  by its path, and with ``time_axis`` the step is the index of the first difference on that
+  axis.
   """
   got_leaves, got_def = jax.tree_util.tree_flatten_with_path(got)
   want_leaves, want_def = jax.tree_util.tree_flatten_with_path(want)
@@ -91,7 +93,8 @@ def compare(check, got, want, *, rtol, atol, what, time_axis=None) -> None:
     raise CellCheckError(check, f"{what} has structure {got_def}; expected {want_def}.")
   for (path, g), (_, w) in zip(got_leaves, want_leaves, strict=True):
     leaf = what + jax.tree_util.keystr(path)
-    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    wide = np.complex128 if np.iscomplexobj(g) or np.iscomplexobj(w) else np.float64
+    g, w = np.asarray(g, wide), np.asarray(w, wide)
     if g.shape != w.shape:
       raise CellCheckError(check, f"{leaf} has shape {g.shape}; expected {w.shape}.", leaf=leaf)
     bad = ~(np.abs(g - w) <= atol + rtol * np.abs(w)) & ~(np.isnan(g) & np.isnan(w))
@@ -104,7 +107,8 @@ def compare(check, got, want, *, rtol, atol, what, time_axis=None) -> None:
 def _raise_difference(check, leaf, g, w, index, time_axis, rtol, atol) -> None:
   step = None if time_axis is None else int(index[time_axis])
   where = f"at index {index}" + ("" if step is None else f" (time step {step})")
-  got, want = float(g[index]), float(w[index])
+  number = complex if np.iscomplexobj(g) else float
+  got, want = number(g[index]), number(w[index])
   raise CellCheckError(
     check,
     f"{leaf} differs {where}: got {got!r}, want {want!r} (|difference| "
