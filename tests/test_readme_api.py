@@ -18,7 +18,11 @@ import jaxrnn
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBMODULES = ("train", "checkpoint", "loop", "sharding", "export", "testing")
-METHODS = ("train.TrainState.create", "ElmanParams.from_concatenated")
+METHODS = (
+  "train.TrainState.create",
+  "ElmanParams.from_concatenated",
+  "RGLRUParams.from_recurrentgemma",
+)
 
 
 def public_names() -> list[str]:

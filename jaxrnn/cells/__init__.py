@@ -18,6 +18,7 @@ from jaxrnn.cells import mgu as _mgu
 from jaxrnn.cells import min_gru as _min_gru
 from jaxrnn.cells import min_lstm as _min_lstm
 from jaxrnn.cells import peephole_lstm as _peephole_lstm
+from jaxrnn.cells import rg_lru as _rg_lru
 from jaxrnn.cells import s5 as _s5
 from jaxrnn.cells import slstm as _slstm
 from jaxrnn.cells.base import Cell, CellKind, HiddenCarry, LSTMCarry
@@ -33,6 +34,7 @@ from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
 from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm
 from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
+from jaxrnn.cells.rg_lru import RGLRUCarry, RGLRUParams, rg_lru
 from jaxrnn.cells.s5 import S5Params, s5
 from jaxrnn.cells.slstm import SLSTMCarry, SLSTMParams, slstm
 from jaxrnn.cells.torch_layout import TorchLayout
@@ -51,6 +53,7 @@ _MODULES = (
   _min_gru,
   _min_lstm,
   _lru,
+  _rg_lru,
   _s5,
 )
 
@@ -85,6 +88,8 @@ __all__ = [
   "MinGRUParams",
   "MinLSTMParams",
   "PeepholeLSTMParams",
+  "RGLRUCarry",
+  "RGLRUParams",
   "S5Params",
   "SLSTMCarry",
   "SLSTMParams",
@@ -101,6 +106,7 @@ __all__ = [
   "min_gru",
   "min_lstm",
   "peephole_lstm",
+  "rg_lru",
   "s5",
   "slstm",
 ]
