@@ -175,6 +175,16 @@ def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:
     raise ValueError(f"{name}={value!r}: expected a positive int.")
 
 
+def check_heads(hidden_size: int, num_heads: Any) -> None:
+  """A `ValueError` unless ``num_heads`` is a positive int that divides ``hidden_size``."""
+  check_positive("num_heads", num_heads)
+  if hidden_size % num_heads:
+    raise ValueError(
+      f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}; expected a "
+      "multiple of num_heads."
+    )
+
+
 def check_input_size(input_size: Any) -> None:
   check_positive("input_size", input_size)
 

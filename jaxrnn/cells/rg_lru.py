@@ -354,12 +354,7 @@ def rg_lru(
     ((5, 7, 4), (5, 4), (5, 1))
   """
   config = factory.config(locals())  # first: exactly the factory's arguments
-  base.check_positive("num_heads", num_heads)
-  if hidden_size % num_heads:
-    raise ValueError(
-      f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}; expected a "
-      "multiple of num_heads."
-    )
+  base.check_heads(hidden_size, num_heads)
   for name, value in (("c", c), ("w_init_variance_scale", w_init_variance_scale)):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
       raise ValueError(f"{name}={value!r}: expected a positive real number.")

@@ -255,12 +255,7 @@ def slstm(
     ((5, 8), (5, 8))
   """
   config = factory.config(locals())  # first: exactly the factory's arguments
-  base.check_positive("num_heads", num_heads)
-  if hidden_size % num_heads:
-    raise ValueError(
-      f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}; expected a "
-      "multiple of num_heads."
-    )
+  base.check_heads(hidden_size, num_heads)
   if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
     raise ValueError(f"forget_bias={forget_bias!r}: expected a real number.")
   scale = base.hidden_scale(hidden_size)
