@@ -9,12 +9,17 @@
   through its step loop (``lstm_step_loop``, ``impl="step"``), which is what a cell without
   a hand-written whole-sequence kernel runs: the cost of having none. Target: every
   LSTM-family variant (`LSTM_FAMILY`) within `LSTM_TARGET` x the LSTM's forward+backward.
-- ``min_cells``: minGRU, minLSTM and the LRU (N = H) at B=32, I=H=256, T=1024 and 4096
-  (`LONG`), each through the associative scan (the parallel path), the sequential loop over
-  the precomputed coefficients and its own step loop, beside jaxrnn's LSTM (its fused
-  kernel) and, for the LRU, memax's (``memax_lru``, `MIN_PEERS`). Targets: minGRU's default
-  path forward+backward at T=4096 at least `MIN_GRU_TARGET` x faster than the LSTM; the
-  LRU's default path forward+backward at most `LRU_TARGET` x memax's LRU (issue 24).
+- ``min_cells``: the linear cells (`MIN_KINDS`: minGRU, minLSTM, the LRU with N = H,
+  the RG-LRU with `experiments.bench_linear.rg_heads` heads, S5 with P = H) at B=32,
+  I=H=256, T=1024 and 4096 (`LONG`), each through the associative scan (the parallel
+  path), the sequential loop over the precomputed coefficients and its own step loop,
+  beside jaxrnn's LSTM (its fused kernel), the cells' peers (memax's LRU, recurrentgemma's
+  RG-LRU with both of its scans), the bare recurrence's floors and each cell's projections
+  (`experiments.bench_linear`). Targets, each on a cell's default path, forward+backward:
+  minGRU at T=4096 at least `MIN_GRU_TARGET` x faster than the LSTM; the LRU at most
+  `LRU_TARGET` x memax's LRU and the RG-LRU at most `RG_LRU_TARGET` x recurrentgemma's
+  faster scan (issue 24); every linear cell within `FLOOR_TARGET` x the `lax.scan` floor
+  plus its own projections (``"{kind} floor+proj"``).
 
 ``python -m experiments.benchmark --skip speed,breakdown,unroll,remat,streaming`` runs
 only these sections.
@@ -30,6 +35,8 @@ from typing import Any
 import jax
 
 import jaxrnn
+from experiments import bench_linear
+from experiments.bench_linear import FLOOR_TARGET
 from experiments.timing import Timings, compile_run, interleaved, markdown_table
 from jaxrnn.cells import linear_scan
 
@@ -37,7 +44,8 @@ M = dict(B=32, T=128, I=128, H=256)
 LONG = dict(B=32, I=256, H=256)
 LONG_LENGTHS = (1024, 4096)
 QUICK = dict(B=2, T=8, I=4, H=8)
-QUICK_LENGTHS = (16, 32)
+QUICK_LENGTHS = (16,)  # one length: the quick run is a smoke test, mostly compilation
+QUICK_LONG = dict(B=2, I=8, H=8)  # min_cells' quick sizes: memax's LRU and the floors need I == H
 MODES = ("fwd", "fwd+bwd")
 HEADS = 4  # sLSTM's heads (xLSTM's default), where H allows
 
@@ -58,8 +66,17 @@ PEERS = {"mgu": "flax_mgu"}  # a cell's nearest JAX peer among the variants
 LSTM_FAMILY = ("layer_norm_lstm", "peephole_lstm", "cifg_lstm", "slstm", "min_lstm")
 LSTM_TARGET = 1.3  # at most this x the LSTM's forward+backward
 MIN_GRU_TARGET = 5.0  # at least this x faster than the LSTM, forward+backward at T=4096
-MIN_PEERS = {"lru": "memax_lru"}  # a min_cells kind's peer, timed in the same rounds
 LRU_TARGET = 0.5  # at most this x memax's LRU, forward+backward
+RG_LRU_TARGET = 1.0  # at most this x recurrentgemma's faster scan, forward+backward
+PEER_TARGETS = {"lru": LRU_TARGET, "rg_lru": RG_LRU_TARGET}
+MIN_KINDS = bench_linear.LINEAR_KINDS
+MIN_FACTORIES: dict[str, Callable[..., jaxrnn.Cell]] = {  # (hidden size, log space) -> cell
+  "min_gru": lambda h, log: jaxrnn.min_gru(h, log_space=log),
+  "min_lstm": lambda h, log: jaxrnn.min_lstm(h, log_space=log),
+  "lru": lambda h, log: jaxrnn.lru(h, state_size=h),
+  "rg_lru": lambda h, log: jaxrnn.rg_lru(h, num_heads=bench_linear.rg_heads(h)),
+  "s5": lambda h, log: jaxrnn.s5(h, state_size=h),
+}
 Build = Callable[[dict, jax.Array], tuple[Callable, Any, str]]
 
 
@@ -85,7 +102,7 @@ def kernel_name(cell: jaxrnn.Cell, impl: str, method: str | None) -> str:
   """What `jaxrnn.scan` runs for ``cell``: the step loop, a linear scan, or a fused kernel."""
   if impl == "step" or (cell.sequence is None and cell.coefficients is None):
     return "step loop (autodiff)"
-  if cell.name in ("min_gru", "min_lstm") or cell.coefficients is not None:
+  if cell.name in bench_linear.LINEAR_KINDS or cell.coefficients is not None:
     return f"linear scan, {method or linear_scan.method()}"
   return "fused, hand-written VJP"
 
@@ -111,26 +128,6 @@ def flax_mgu(cfg, key):
   return model.apply, params, "flax.linen.RNN (lax.scan, autodiff)"
 
 
-def memax_lru(cfg, key):
-  """memax's LRU (equinox, its own associative scan) with N = H = I, vmapped over the batch
-  (the peer of ``lru``); the gradient is with respect to its eight weights."""
-  import equinox as eqx
-  import jax.numpy as jnp
-  from memax.equinox.semigroups.lru import LRU
-
-  with jax.numpy_dtype_promotion("standard"):  # memax mixes dtypes implicitly
-    model = LRU(cfg["H"], cfg["H"], key)
-  fields = lambda m: (m.nu_log, m.theta_log, m.gamma_log, m.B_re, m.B_im, m.C_re, m.C_im, m.D)  # noqa: E731
-
-  def fwd(weights, xs):
-    with jax.numpy_dtype_promotion("standard"):
-      m = eqx.tree_at(fields, model, weights)
-      row = lambda x: m(m.initialize_carry(), (x, jnp.zeros(x.shape[0], bool)))[1]  # noqa: E731
-      return jax.vmap(row)(xs)
-
-  return fwd, fields(model), "memax (lax.associative_scan, autodiff)"
-
-
 def cell_variants() -> dict[str, Build]:
   """The ``cells`` section's variants: every cell, the LSTM's step loop, flax's MGU."""
   out = {name: jaxrnn_variant(f) for name, f in CELLS.items()}
@@ -138,20 +135,21 @@ def cell_variants() -> dict[str, Build]:
 
 
 def min_variants(
-  log_spaces=(False,), methods=linear_scan.METHOD_NAMES, kinds=("min_gru", "min_lstm", "lru")
+  log_spaces=(False,), methods=linear_scan.METHOD_NAMES, kinds=MIN_KINDS, floors=True
 ) -> dict[str, Build]:
-  """The ``min_cells`` variants: each min cell by ``methods`` and its step loop (the LRU
-  with N = H, and its peer, `MIN_PEERS`); the LSTM."""
+  """The ``min_cells`` variants: each of ``kinds`` by ``methods`` and its step loop
+  (`MIN_FACTORIES`; ``log_spaces`` for minGRU and minLSTM), their peers
+  (`experiments.bench_linear.PEERS`), with ``floors`` the floors and each kind's
+  projections (`experiments.bench_linear`); the LSTM."""
   out = {}
   for kind in kinds:
-    for log in log_spaces if kind != "lru" else (False,):
+    for log in log_spaces if kind in ("min_gru", "min_lstm") else (False,):
       name = kind + ("_log" if log else "")
-      factory = lambda h, k=kind, log=log: getattr(jaxrnn, k)(h, log_space=log)  # noqa: E731
-      if kind == "lru":
-        factory = lambda h: jaxrnn.lru(h, state_size=h)  # noqa: E731
+      factory = functools.partial(MIN_FACTORIES[kind], log=log)
       out |= {f"{name} {m}": jaxrnn_variant(factory, method=m) for m in methods}
       out[f"{name} step"] = jaxrnn_variant(factory, "step")
-    out |= {MIN_PEERS[kind]: memax_lru} if kind in MIN_PEERS else {}
+  out |= bench_linear.peer_variants(kinds)
+  out |= bench_linear.floor_variants(kinds) if floors else {}
   return out | {"lstm": jaxrnn_variant(CELLS["lstm"])}
 
 
@@ -165,8 +163,9 @@ def compile_variants(variants: dict[str, Build], cfg: dict, modes=None, seed=0):
   for name, build in variants.items():
     with linear_method(getattr(build, "method", None)):
       fwd, params, kernels[name] = build(cfg, k_p)
+      run = getattr(build, "run", compile_run)  # how the variant is timed
       for mode in modes:
-        runs[(name, mode)] = compile_run(fwd, params, xs, mode)
+        runs[(name, mode)] = run(fwd, params, xs, mode)
   return runs, kernels
 
 
@@ -199,27 +198,55 @@ def cells_rows(cname: str, cfg: dict, timings: Timings, kernels: dict[str, str])
 def min_rows(T: int, cfg: dict, timings: Timings, kernels: dict[str, str]) -> list[dict]:
   """One row per (variant, mode) of the ``min_cells`` section at length ``T``.
 
-  ``vs_step`` is against the variant's own step loop, ``vs_peer`` against its kind's peer
-  (`MIN_PEERS`); the target rows are minGRU's default method (`linear_scan.method`),
-  forward+backward, at T=4096 (against the LSTM), and the LRU's, forward+backward (against
-  its peer, `LRU_TARGET`).
+  A cell's row (``"{kind} {method}"``, ``"{kind} step"``) has ``vs_step`` against its own
+  step loop, ``vs_peer`` against its kind's faster peer (``peer``,
+  `experiments.bench_linear.PEERS`) and ``vs_floor`` against ``"{kind} floor+proj"``, where
+  those were timed; ``targets`` are `min_targets`, and ``target_met`` is whether all of them
+  are met (None: no target).
   """
-  rows, default = [], f"min_gru {linear_scan.method()}"
+  rows = []
   for name, mode in timings.seconds:
     row = dict(variant=name, mode=mode, kernel=kernels[name], **cfg)
     row |= dict(ms=timings.median((name, mode)) * 1e3, round_s=list(timings.seconds[(name, mode)]))
     row |= versus(timings, (name, mode), ("lstm", mode), "vs_lstm")
-    kind = name.rsplit(" ", 1)[0]
-    step = kind + " step"
-    row |= versus(timings, (name, mode), (step, mode), "vs_step") if step in kernels else {}
-    if (MIN_PEERS.get(kind), mode) in timings.seconds:
-      row |= versus(timings, (name, mode), (MIN_PEERS[kind], mode), "vs_peer")
-    wanted = name == default and mode == "fwd+bwd" and T == 4096
-    row["target_met"] = 1 / row["vs_lstm"] >= MIN_GRU_TARGET if wanted else None
-    if name == f"lru {linear_scan.method()}" and mode == "fwd+bwd" and "vs_peer" in row:
-      row["target_met"] = row["vs_peer"] <= LRU_TARGET
+    kind, how = name.rsplit(" ", 1) if " " in name else (name, "")
+    if how in (*linear_scan.METHOD_NAMES, "step"):
+      row |= _min_comparisons(timings, kind, name, mode)
+    row["targets"] = min_targets(T, name, mode, row)
+    row["target_met"] = all(row["targets"].values()) if row["targets"] else None
     rows.append(row)
   return rows
+
+
+def _min_comparisons(timings: Timings, kind: str, name: str, mode: str) -> dict[str, Any]:
+  """A cell row's ``vs_step``, ``peer`` and ``vs_peer``, ``vs_floor``, where timed."""
+  out, base_kind = {}, kind.removesuffix("_log")
+  references = {"vs_step": f"{kind} step", "vs_floor": f"{base_kind} floor+proj"}
+  peer = bench_linear.best_peer(timings, base_kind, mode)
+  references |= {"vs_peer": peer} if peer else {}
+  out |= dict(peer=peer) if peer else {}
+  for field, reference in references.items():
+    if (reference, mode) in timings.seconds:
+      out |= versus(timings, (name, mode), (reference, mode), field)
+  return out
+
+
+def min_targets(T: int, name: str, mode: str, row: dict) -> dict[str, bool]:
+  """The targets a ``min_cells`` row carries, each met or not: on a cell's default path
+  (`linear_scan.method`), forward+backward, minGRU >= `MIN_GRU_TARGET` x faster than the
+  LSTM at T=4096, `PEER_TARGETS` against the faster peer, and `FLOOR_TARGET` x its floor
+  plus projections."""
+  kind, _, how = name.rpartition(" ")
+  if mode != "fwd+bwd" or how != linear_scan.method():
+    return {}
+  targets = {}
+  if kind == "min_gru" and T == 4096:
+    targets[f"LSTM / it >= {MIN_GRU_TARGET:g}x"] = 1 / row["vs_lstm"] >= MIN_GRU_TARGET
+  if kind in PEER_TARGETS and "vs_peer" in row:
+    targets[f"peer <= {PEER_TARGETS[kind]:g}x"] = row["vs_peer"] <= PEER_TARGETS[kind]
+  if "vs_floor" in row:
+    targets[f"floor+proj <= {FLOOR_TARGET:g}x"] = row["vs_floor"] <= FLOOR_TARGET
+  return targets
 
 
 def cells_table(rounds: int, quick: bool) -> list[dict]:
@@ -235,18 +262,22 @@ def cells_table(rounds: int, quick: bool) -> list[dict]:
   return rows
 
 
+_MIN_PRINTED = {"vs_step": "its step loop", "vs_peer": "peer", "vs_floor": "floor+proj"}
+
+
 def min_table(rounds: int, quick: bool, variants: dict[str, Build] | None = None) -> list[dict]:
   """The ``min_cells`` section: at each length, every variant and mode in one set of rounds."""
   rows = []
   for T in QUICK_LENGTHS if quick else LONG_LENGTHS:
-    cfg = dict(QUICK, T=T) if quick else dict(LONG, T=T)
+    cfg = dict(QUICK_LONG, T=T) if quick else dict(LONG, T=T)
     runs, kernels = compile_variants(variants or min_variants(), cfg)
-    group = min_rows(T, cfg, interleaved(runs, rounds), kernels)
+    timings = bench_linear.with_floor_sums(interleaved(runs, rounds), kernels)
+    group = min_rows(T, cfg, timings, kernels)
     for r in group:
-      step = f"  {r['vs_step']:.2f}x its step loop" if "vs_step" in r else ""
+      more = [f"  {r[f]:.2f}x {what}" for f, what in _MIN_PRINTED.items() if f in r]
       print(
-        f"min_cells T={T} {r['variant']:22} {r['mode']:7} {r['ms']:9.2f} ms  "
-        f"{r['vs_lstm']:.2f}x LSTM{step}",
+        f"min_cells T={T} {r['variant']:26} {r['mode']:7} {r['ms']:9.2f} ms  "
+        f"{r['vs_lstm']:.2f}x LSTM{''.join(more)}",
         flush=True,
       )
     rows += group
@@ -296,19 +327,25 @@ def _peer(r: dict | None) -> str:
 
 
 def min_markdown(rows: list[dict]) -> str:
-  """The ``min_cells`` table: one line per (T, variant), both modes."""
+  """The ``min_cells`` table: one line per (T, variant), both modes, each target by name."""
   head = ["T", "variant", "kernel", "fwd ms", "fwd+bwd ms", "fwd / own step loop"]
   head += ["fwd+bwd / own step loop", "fwd+bwd / LSTM", "LSTM fwd+bwd / it", "fwd+bwd / peer"]
-  head += [f"target (minGRU >= {MIN_GRU_TARGET:g}x faster, T=4096; lru <= {LRU_TARGET:g}x peer)"]
+  head += ["fwd / floor+proj", "fwd+bwd / floor+proj", "targets (fwd+bwd, default path)"]
   body = []
   for (T, name), d in _by_variant(rows, "T", "variant").items():
     f, b = d.get("fwd"), d.get("fwd+bwd")
-    peer = MIN_PEERS.get(name.rsplit(" ", 1)[0])
     body.append(
       [T, name, (f or b)["kernel"], f"{f['ms']:.1f}" if f else "-"]
       + [f"{b['ms']:.1f}" if b else "-", _ratio(f, "vs_step"), _ratio(b, "vs_step")]
       + [_ratio(b, "vs_lstm"), f"{1 / b['vs_lstm']:.1f}x" if b else "-"]
-      + [f"{_ratio(b, 'vs_peer')} ({peer})" if b and "vs_peer" in b else "-"]
-      + [_target(b) if b else ""]
+      + [f"{_ratio(b, 'vs_peer')} ({b['peer']})" if b and "vs_peer" in b else "-"]
+      + [_ratio(f, "vs_floor"), _ratio(b, "vs_floor"), _targets(b) if b else ""]
     )
-  return markdown_table(head, body, "rll" + "r" * 8)
+  return markdown_table(head, body, "rll" + "r" * 10)
+
+
+def _targets(r: dict) -> str:
+  """Each target of a row, met or MISSED (a row saved before ``targets``: `_target`)."""
+  if "targets" not in r:
+    return _target(r)
+  return "; ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in r["targets"].items())

@@ -14,9 +14,11 @@ the median over rounds, a ratio the median over rounds of that round's ratio):
 - ``unroll``: the LSTM on M for several ``unroll`` factors (evidence for the default);
 - ``remat``: peak memory and time of the LSTM gradient with and without ``remat``;
 - ``streaming``: one `jaxrnn.stream` step at B=1 (see `experiments.bench_streaming`).
-- ``cells``: every cell at M beside the LSTM, the GRU and flax's MGU; ``min_cells``: minGRU
-  and minLSTM at T=1024 and 4096, associative scan, sequential loop and step loop, beside
-  the LSTM (see `experiments.bench_cells`).
+- ``cells``: every cell at M beside the LSTM, the GRU and flax's MGU; ``min_cells``: the
+  linear cells (minGRU, minLSTM, LRU, RG-LRU, S5) at T=1024 and 4096, associative scan,
+  sequential loop and step loop, beside the LSTM, memax's LRU, recurrentgemma's RG-LRU, the
+  bare recurrence's floors and each cell's projections (see `experiments.bench_cells` and
+  `experiments.bench_linear`).
 
 Writes OUT/benchmark.json, OUT/benchmark.md and OUT/benchmark.png (OUT is ``results/``
 by default). Every row carries its own ``provenance`` (CPU model, CPU count, backend,

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from experiments import bench_cells, benchmark
+from experiments import bench_cells, bench_linear, benchmark
 from experiments.timing import Timings, interleaved, markdown_table
 
 CEILING_FLOPS = 2 * 2048**3  # 2**34
@@ -220,12 +220,40 @@ def test_min_rows_from_known_rounds():
   assert bench_cells.min_rows(1024, {}, t, dict.fromkeys(sec, "k"))[0]["target_met"] is None
 
 
+def test_linear_rows_from_known_rounds():
+  """rg_lru against the faster of recurrentgemma's scans, and each cell against the floor
+  plus its own projections, summed per round: worked out by hand."""
+  default = bench_cells.linear_scan.method()
+  sec = {f"rg_lru {default}": [2.0, 3.0, 4.0], f"s5 {default}": [3.0, 6.0, 4.0]}
+  sec |= {"recurrentgemma_linear": [4.0, 4.0, 4.0], "recurrentgemma_assoc": [2.0, 6.0, 2.0]}
+  sec |= {"floor lax.scan": [1.0, 1.0, 0.5], "rg_lru proj": [0.5] * 3, "s5 proj": [1.0, 0.5, 0.5]}
+  sec |= {"lstm": [1.0, 1.0, 1.0]}
+  kernels = dict.fromkeys(sec, "k")
+  t = bench_linear.with_floor_sums(Timings({(n, "fwd+bwd"): s for n, s in sec.items()}), kernels)
+  rows = {r["variant"]: r for r in bench_cells.min_rows(1024, dict(T=1024), t, kernels)}
+  rg, s5 = rows[f"rg_lru {default}"], rows[f"s5 {default}"]
+  assert rg["peer"] == "recurrentgemma_assoc"  # median 2 s against 4 s
+  assert rg["vs_peer"] == 1.0 and rg["vs_peer_range"] == [0.5, 2.0]  # rounds: 1, 0.5, 2
+  assert rows["rg_lru floor+proj"]["round_s"] == [1.5, 1.5, 1.0]
+  assert rg["vs_floor"] == pytest.approx(2.0)  # rounds: 2/1.5, 3/1.5, 4/1
+  assert rg["targets"] == {"peer <= 1x": True, "floor+proj <= 3x": True} and rg["target_met"]
+  assert s5["vs_floor"] == 4.0 and s5["vs_floor_range"] == [1.5, 4.0]  # 3/2, 6/1.5, 4/1
+  assert s5["targets"] == {"floor+proj <= 3x": False} and "peer" not in s5
+  assert rows["floor lax.scan"]["target_met"] is None and "vs_floor" not in rows["s5 proj"]
+  md = bench_cells.min_markdown(list(rows.values()))
+  assert "| 1.00x (0.50-2.00) (recurrentgemma_assoc) | - | 2.00x (1.33-4.00) |" in md
+  assert "| peer <= 1x: met; floor+proj <= 3x: met |" in md
+  assert "| 4.00x (1.50-4.00) | floor+proj <= 3x: MISSED |" in md
+  sums = "| 1024 | s5 floor+proj | sum per round: floor lax.scan + s5 proj | - | 1500.0 |"
+  assert sums in md  # per round 2, 1.5 and 1 s
+
+
 def test_cell_sections_quick_end_to_end(tmp_path, monkeypatch):
   cells = bench_cells.cell_variants()
   monkeypatch.setattr(bench_cells, "cell_variants", lambda: {k: cells[k] for k in ("lstm", "gru")})
-  few = bench_cells.min_variants(methods=("associative",), kinds=("min_gru",))
+  default = bench_cells.linear_scan.method()
+  few = bench_cells.min_variants(methods=(default,), kinds=("min_gru", "rg_lru"))
   monkeypatch.setattr(bench_cells, "min_variants", lambda: few)
-  monkeypatch.setattr(bench_cells, "QUICK_LENGTHS", (16,))
   monkeypatch.setattr(bench_cells, "MODES", ("fwd+bwd",))
   skip = "speed,breakdown,unroll,remat,streaming"
   result = benchmark.main(["--quick", "--rounds", "1", "--skip", skip, "--out", str(tmp_path)])
@@ -233,15 +261,17 @@ def test_cell_sections_quick_end_to_end(tmp_path, monkeypatch):
     ("lstm", "fwd+bwd"),
     ("gru", "fwd+bwd"),
   }
-  assert {r["variant"] for r in result["min_cells"]} == {
-    "min_gru associative",
-    "min_gru step",
-    "lstm",
-  }
-  assert {r["kernel"] for r in result["min_cells"]} == {
-    "linear scan, associative",
-    "step loop (autodiff)",
-    "fused, hand-written VJP",
-  }
+  cell_rows = {f"{k} {m}" for k in ("min_gru", "rg_lru") for m in (default, "step")}
+  floors = {"floor lax.scan", "floor associative_scan"}
+  floors |= {f"{k} {f}" for k in ("min_gru", "rg_lru") for f in ("proj", "floor+proj")}
+  peers = {"recurrentgemma_linear", "recurrentgemma_assoc"}
+  rows = {r["variant"]: r for r in result["min_cells"]}
+  assert set(rows) == cell_rows | floors | peers | {"lstm"}
+  assert rows[f"rg_lru {default}"]["kernel"] == f"linear scan, {default}"
+  assert rows["min_gru step"]["kernel"] == "step loop (autodiff)"
+  assert rows["lstm"]["kernel"] == "fused, hand-written VJP"
+  assert set(rows[f"rg_lru {default}"]["targets"]) == {"peer <= 1x", "floor+proj <= 3x"}
+  assert rows[f"rg_lru {default}"]["peer"] in peers
   md = (tmp_path / "benchmark.md").read_text()
   assert "| quick | gru | fused, hand-written VJP |" in md and "| 16 | min_gru step |" in md
+  assert "| 16 | rg_lru floor+proj |" in md and "| 16 | floor lax.scan |" in md
