@@ -131,12 +131,16 @@ def check_flags(**flags: Any) -> None:
 
 
 def step(coefficients: tuple[jax.Array, jax.Array], carry: HiddenCarry, log_space: bool):
-  """One step from the step's coefficients: ``(carry, y, None)`` with ``h' = a h + b``."""
-  a, b = coefficients
+  """One step from the step's coefficients: ``(carry, y, None)`` with ``h' = a h + b``.
+
+  The coefficients (in the compute dtype) are cast up to the carry's dtype first, so the
+  recurrence accumulates in it; ``y`` is the new ``h`` in the coefficients' dtype.
+  """
+  a, b = (base.like(v, carry.h) for v in coefficients)
   if log_space:
     a, b = jnp.exp(a), jnp.exp(b)
   h = a * carry.h + b
-  return HiddenCarry(h), h, None
+  return HiddenCarry(h), base.like(h, coefficients[1]), None
 
 
 def sequence(coefficients: Coefficients, log_space: bool = False, readout: Readout | None = None):
@@ -166,20 +170,24 @@ def sequence(coefficients: Coefficients, log_space: bool = False, readout: Reado
         "h' = a h + b, for a cell that declares coefficients."
       )
     h0 = leaves[0]
-    a, b = coefficients(params, xs)
+    a, out = coefficients(params, xs)
     if xs.shape[0] == 0:
-      return carry, b if readout is None else readout(params, b, xs)
+      return carry, out if readout is None else readout(params, out, xs)
+    same_kind = jnp.iscomplexobj(out) == jnp.iscomplexobj(h0)
+    acc = h0.dtype if same_kind else out.dtype  # the carry's dtype (complex if b is)
+    a, b = a.astype(acc), out.astype(acc)
     if log_space:
       a, b = jnp.exp(a), jnp.exp(b)
     valid = None if mask is None else mask[..., None]
     r = None if resets is None else resets[..., None]
     reset_h = None if resets is None else jax.tree.leaves(reset_carry)[0][None]
     a, b = fold(a, b, valid, r, reset_h)
-    h, last = recurrence(a, b, h0.astype(b.dtype), reverse, method(a))
-    ys = h if readout is None else readout(params, h, xs)
+    h, last = recurrence(a, b, h0.astype(acc), reverse, method(a))
+    ys = base.like(h, out) if readout is None else readout(params, h, xs)
     ys = ys if valid is None else jnp.where(valid, ys, jnp.zeros_like(ys))
-    return jax.tree.unflatten(treedef, [last]), ys
+    return jax.tree.unflatten(treedef, [base.like(last, h0)]), ys
 
+  run.mixed_precision = True  # the coefficients go up to the carry's dtype (`kernel.with_policy`)
   return run
 
 

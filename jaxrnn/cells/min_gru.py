@@ -43,6 +43,7 @@ def min_gru(
   log_space: bool = False,
   use_bias: bool = True,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The minGRU cell of Feng et al. 2024 (section 3.1, the paper's plain equations)::
@@ -67,7 +68,8 @@ def min_gru(
     hidden_size: H. The output size is H too (the paper's cell has no output projection).
     log_space: the paper's log-space form (the g activation, log-space coefficients).
     use_bias: whether ``b`` exists.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.

@@ -46,6 +46,7 @@ def min_lstm(
   log_space: bool = False,
   use_bias: bool = True,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The minLSTM cell of Feng et al. 2024 (section 3.2, with its normalised gates)::
@@ -69,7 +70,7 @@ def min_lstm(
   softplus as in the paper's code, then exponentiated into the same scan (as minGRU's).
 
   Args:
-    hidden_size, log_space, use_bias, dtype, compute_dtype: as `jaxrnn.min_gru`'s.
+    hidden_size, log_space, use_bias, dtype, carry_dtype, compute_dtype: as `jaxrnn.min_gru`'s.
 
   Returns:
     A `Cell` with `jaxrnn.min_gru`'s carry, output and initialisation (three gate blocks).

@@ -192,15 +192,16 @@ def _check_shapes(name: str, params: RGLRUParams, carry: Any, x: jax.Array) -> N
 
 
 def _update(params, carry, x, *, c):
-  """One step, both forms: ``(carry, h, None)``."""
-  a, multiplier, gated = gates(params, x, c)
+  """One step, both forms: ``(carry, y, None)``: the gates in ``x``'s (the compute) dtype,
+  cast up to the carry's for the recurrence; ``y`` is the new ``h`` in the compute dtype."""
+  a, multiplier, gated = (base.like(v, carry.h) for v in gates(params, x, c))
   if isinstance(carry, RGLRUCarry):  # a segment start: a zeroed, the multiplier 1
     s = carry.start
     a, multiplier = a * (1 - s), s + (1 - s) * multiplier
     h = a * carry.h + multiplier * gated
-    return RGLRUCarry(h, jnp.zeros_like(s)), h, None
+    return RGLRUCarry(h, jnp.zeros_like(s)), base.like(h, x), None
   h = a * carry.h + multiplier * gated
-  return HiddenCarry(h), h, None
+  return HiddenCarry(h), base.like(h, x), None
 
 
 def _starts(carry, mask, resets, reset_carry, reverse, T):
@@ -230,10 +231,11 @@ def _sequence(c: float):
 
   def run(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
     del unroll  # the recurrence has no loop to unroll
-    a, multiplier, gated = gates(params, xs, c)
+    a, multiplier, out = gates(params, xs, c)
     T = xs.shape[0]
     if T == 0:
-      return carry, gated
+      return carry, out
+    a, multiplier, gated = (base.like(v, carry.h) for v in (a, multiplier, out))
     s, final_start = _starts(carry, mask, resets, reset_carry, reverse, T)
     s = s.astype(a.dtype)
     a, b = a * (1 - s), (s + (1 - s) * multiplier) * gated
@@ -241,10 +243,12 @@ def _sequence(c: float):
     r = None if resets is None else resets[..., None]
     reset_h = None if resets is None else reset_carry.h[None]
     a, b = linear_scan.fold(a, b, valid, r, reset_h)
-    h, last = linear_scan.recurrence(a, b, carry.h.astype(b.dtype), reverse, linear_scan.method(a))
+    h, last = linear_scan.recurrence(a, b, carry.h, reverse, linear_scan.method(a))
+    h = base.like(h, out)  # the outputs in the compute dtype
     ys = h if valid is None else jnp.where(valid, h, jnp.zeros_like(h))
     return RGLRUCarry(last, final_start), ys
 
+  run.mixed_precision = True  # the recurrence in the carry's dtype (`kernel.with_policy`)
   return run
 
 
@@ -281,6 +285,7 @@ def rg_lru(
   w_init_variance_scale: float = 1.0,
   segment_start: str = "recurrentgemma",
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """Griffin's Real-Gated Linear Recurrent Unit (De et al. 2024, section 2.4)::
@@ -326,7 +331,8 @@ def rg_lru(
     w_init_variance_scale: the gates' weights are normal with variance this over the
       fan-in (recurrentgemma's ``BlockDiagonalLinear``).
     segment_start: ``"recurrentgemma"`` or ``"restart"``, as above.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `RGLRUCarry(h, start)` (``"restart"``: `HiddenCarry(h)`), ``h``
