@@ -316,6 +316,19 @@ def resolve_carry_dtype(params_dtype: Any, carry_dtype: Any = None) -> Any:
   return jnp.dtype(jnp.float32) if dt in LOW_PRECISION else dt
 
 
+def check_carry_dtype(carry_dtype: Any) -> None:
+  """A `ValueError` unless ``carry_dtype`` is None or a real floating dtype."""
+  try:
+    ok = carry_dtype is None or jnp.issubdtype(jnp.dtype(carry_dtype), jnp.floating)
+  except TypeError:
+    ok = False
+  if not ok:
+    raise ValueError(
+      f"carry_dtype={carry_dtype!r}: expected None or a real floating dtype (a complex "
+      "carry takes its counterpart)."
+    )
+
+
 def complex_of(dtype: Any) -> Any:
   """The complex dtype of a complex carry whose parts are ``dtype``: complex128 for float64,
   else complex64 (there is no 16-bit complex dtype)."""

@@ -46,6 +46,7 @@ def config(args: dict[str, Any]) -> dict[str, Any]:
   it) one of `jaxrnn.cells.base.RECURRENT_INITS`; a `ValueError` names the bad value.
   """
   base.check_positive("hidden_size", args["hidden_size"])
+  base.check_carry_dtype(args.get("carry_dtype"))
   if "recurrent_init" in args:
     base.check_recurrent_init(args["recurrent_init"])
   return dict(args)

@@ -87,8 +87,9 @@ def library_cell(kind, coefficients, config) -> base.Cell:
 
   ``blocks`` is what the params type declares for ``w_ih`` in its ``gate_columns``.
 
-  ``coefficients(params, x, log_space)`` is the cell's math, with the config's
-  ``log_space``: the step is `step` of it, the sequence `sequence` of it.
+  ``coefficients(params, x, log_space, acc)`` is the cell's math, with the config's
+  ``log_space`` and ``acc`` the carry's dtype (its gates and ``a`` in it, ``b`` in ``x``'s
+  dtype): the step is `step` of it, the sequence `sequence` of it.
 
   ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
   ``torch.nn.Linear``'s default; ``config`` holds every factory argument (``hidden_size``,
@@ -98,13 +99,18 @@ def library_cell(kind, coefficients, config) -> base.Cell:
     ValueError: for a non-positive ``hidden_size`` or a non-bool flag.
   """
   base.check_positive("hidden_size", config["hidden_size"])
+  base.check_carry_dtype(config["carry_dtype"])
   check_flags(log_space=config["log_space"], use_bias=config["use_bias"])
   H, dtype, log_space = config["hidden_size"], config["dtype"], config["log_space"]
+  carry_dtype = config["carry_dtype"]
   blocks = dict(kind.params.gate_columns)["w_ih"]
   coefficients = functools.partial(coefficients, log_space=log_space)
 
   def update(params, carry, x):
-    return step(coefficients(params, x), carry, log_space)
+    return step(coefficients(params, x, acc=carry.h.dtype), carry, log_space)
+
+  def sequence_coefficients(params, xs):  # ``a`` in the carry's dtype, as the step's
+    return coefficients(params, xs, acc=factory.resolved_carry_dtype(params, carry_dtype))
 
   def init(key, input_size):
     base.check_input_size(input_size)
@@ -118,7 +124,7 @@ def library_cell(kind, coefficients, config) -> base.Cell:
     init=init,
     initial_carry=initial_carry,
     update=update,
-    sequence=sequence(coefficients, log_space),
+    sequence=sequence(sequence_coefficients, log_space),
     config=config,  # every argument of the factory, as called
   )
 

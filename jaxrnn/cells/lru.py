@@ -139,7 +139,8 @@ def _check_config(config: dict[str, Any]) -> None:
     )
   if not config["max_phase"] > 0.0:
     raise ValueError(f"max_phase={config['max_phase']!r}: expected a positive float.")
-  for name in ("dtype", "carry_dtype", "compute_dtype"):
+  base.check_carry_dtype(config["carry_dtype"])
+  for name in ("dtype", "compute_dtype"):
     value = config[name]
     if value is not None and not jnp.issubdtype(jnp.dtype(value), jnp.floating):
       raise ValueError(f"{name}={value!r}: expected a real floating dtype (params stay real).")

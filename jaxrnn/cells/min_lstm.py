@@ -28,16 +28,20 @@ class MinLSTMParams(NamedTuple):
   hidden_size = linear_scan.HIDDEN_SIZE
 
 
-def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False):
+def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False, acc=None):
   """The `linear_scan.Coefficients`: ``a = f / (f + i)``, ``b = i / (f + i) * h~``
-  (``g(h~)`` in log space)."""
+  (``g(h~)`` in log space); the gates and ``a`` in ``acc``, ``b`` in ``x``'s dtype, as
+  `jaxrnn.cells.min_gru.coefficients`'."""
   k_f, k_i, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 3, axis=-1)
+  if acc is not None:
+    k_f, k_i = k_f.astype(acc), k_i.astype(acc)
   if log_space:  # d = log i - log f; log f' = -softplus(d), log i' = -softplus(-d)
     d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
-    return -jax.nn.softplus(d), -jax.nn.softplus(-d) + linear_scan.log_g(h_tilde)
+    log_b = -jax.nn.softplus(-d) + base.like(linear_scan.log_g(h_tilde), d)
+    return -jax.nn.softplus(d), base.like(log_b, h_tilde)
   f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
   total = f + i
-  return f / total, i / total * h_tilde
+  return f / total, base.like(i / total * base.like(h_tilde, total), h_tilde)
 
 
 def min_lstm(

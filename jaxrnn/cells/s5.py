@@ -159,6 +159,7 @@ def check_config(config: dict[str, Any]) -> None:
   """The factory's arguments checked eagerly: a `ValueError` naming the bad value."""
   for name in ("hidden_size", "state_size", "blocks"):
     base.check_positive(name, config[name])
+  base.check_carry_dtype(config["carry_dtype"])
   linear_scan.check_flags(conj_sym=config["conj_sym"])
   P, J = config["state_size"], config["blocks"]
   if P % J:
