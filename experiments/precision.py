@@ -1,8 +1,9 @@
-"""bfloat16 params with a bfloat16 carry and with a float32 carry, against float32 (docs/dtypes.md).
+"""A one-off measurement (not a test): bfloat16 params with a bfloat16 and a float32 carry.
 
 Each cell is initialised in float32, its params rounded to bfloat16; the reference is the
 float32 run with those bfloat16 weights upcast (the same weights), so the errors are those
-of the bfloat16 arithmetic only. Run: ``python -m experiments.precision [T]``.
+of the bfloat16 arithmetic only; against float32 (docs/dtypes.md states the numbers). Run:
+``python -m experiments.precision [T]``.
 """
 
 from __future__ import annotations

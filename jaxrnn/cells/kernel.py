@@ -123,7 +123,7 @@ def noisy_step(step, masked_step, params, carry, x, h_mask, keep):
     new, y = step(params, with_hidden(carry, hidden(carry) * h_mask), x)
   if keep is not None:
     new = zone(keep, carry, new)
-    y = hidden(new)
+    y = hidden(new).astype(y.dtype)  # the zoned h, in the output's (the compute) dtype
   return new, y
 
 
