@@ -353,8 +353,10 @@ def cast_to_compute(
   the carry dtype.
 
   The compute dtype is ``compute_dtype`` or, when None, the params' dtype; the carry
-  dtype is `resolve_carry_dtype` of the params' dtype and ``carry_dtype`` (the update accumulates
-  its state in it, casting the state down with `like` where it enters a matmul). Floating
+  dtype is `resolve_carry_dtype` of the params' dtype and ``carry_dtype``, or the compute
+  dtype where that is wider (a bfloat16 carry under float32 math is updated in float32 and
+  rounded when stored): the update accumulates its state in it, casting the state down
+  with `like` where it enters a matmul. Floating
   inputs of another dtype are cast explicitly (no implicit promotion); integer or
   boolean inputs are a `ValueError`. A complex leaf (a complex carry) is cast to its
   complex counterpart (`complex_of`), never to a real dtype. Casting to the dtype an array
@@ -368,8 +370,10 @@ def cast_to_compute(
     )
   params_dtype = kernel.params_dtype(params)
   dt = jnp.dtype(compute_dtype) if compute_dtype is not None else params_dtype
-  carry = cast_tree(carry, resolve_carry_dtype(params_dtype, carry_dtype))
-  return cast_tree(params, dt), carry, cast_tree(x, dt)
+  acc = resolve_carry_dtype(params_dtype, carry_dtype)
+  if jnp.finfo(dt).bits > jnp.finfo(acc).bits:  # a 16-bit carry under float32 math
+    acc = dt
+  return cast_tree(params, dt), cast_tree(carry, acc), cast_tree(x, dt)
 
 
 def like(new: Any, old: Any) -> Any:
