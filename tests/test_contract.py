@@ -193,9 +193,12 @@ def test_bfloat16_params_take_float32_inputs_and_keep_their_dtype(rng):
   params = cell.init(jax.random.key(0), I)
   xs = _xs(rng, B, T, I)
   carry, ys = jaxrnn.scan(cell, params, xs)
-  assert carry.h.dtype == carry.c.dtype == ys.dtype == jnp.bfloat16
+  assert ys.dtype == jnp.bfloat16 and carry.h.dtype == carry.c.dtype == jnp.float32  # carry_dtype
   ref_carry, ref_ys = jaxrnn.scan(cell, params, xs.astype(jnp.bfloat16))
   np.testing.assert_array_equal(ys, ref_ys)
+  kept = jaxrnn.lstm(4, dtype=jnp.bfloat16, carry_dtype=jnp.bfloat16)
+  carry, ys = jaxrnn.scan(kept, params, xs)
+  assert carry.h.dtype == carry.c.dtype == ys.dtype == jnp.bfloat16
 
 
 def test_float64_numpy_inputs_to_float32_params_under_x64(rng):
@@ -210,15 +213,21 @@ def test_float64_numpy_inputs_to_float32_params_under_x64(rng):
 
 
 def test_compute_dtype_float32_over_bfloat16_params_equals_the_policy_by_hand(rng):
-  low = jaxrnn.gru(4, dtype=jnp.bfloat16, compute_dtype=jnp.float32)
-  params = low.init(jax.random.key(0), I)
+  kw = dict(dtype=jnp.bfloat16, compute_dtype=jnp.float32)
+  params = jaxrnn.gru(4, **kw).init(jax.random.key(0), I)
   xs = _xs(rng, B, T, I)
-  carry, ys = jaxrnn.scan(low, params, xs)
-  assert carry.h.dtype == jnp.bfloat16 and ys.dtype == jnp.float32
-  # By hand: the float32 cell on the float32 copy of the params, the carry rounded to
-  # bfloat16 after every step.
   f32 = jaxrnn.gru(4)
   p32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+  # The default carry_dtype (float32 for bfloat16 params): the float32 cell on the copy.
+  carry, ys = jaxrnn.scan(jaxrnn.gru(4, **kw), params, xs)
+  assert carry.h.dtype == ys.dtype == jnp.float32
+  ref_carry, ref_ys = jaxrnn.scan(f32, p32, xs)
+  np.testing.assert_allclose(ys, ref_ys, atol=1e-6)
+  np.testing.assert_allclose(carry.h, ref_carry.h, atol=1e-6)
+  # A bfloat16 carry: by hand, the float32 cell on the float32 copy of the params, the
+  # carry rounded to bfloat16 after every step.
+  carry, ys = jaxrnn.scan(jaxrnn.gru(4, **kw, carry_dtype=jnp.bfloat16), params, xs)
+  assert carry.h.dtype == jnp.bfloat16 and ys.dtype == jnp.float32
   h = jnp.zeros((B, 4), jnp.bfloat16)
   for t in range(T):
     c, y = f32.step(p32, jaxrnn.HiddenCarry(h.astype(jnp.float32)), xs[:, t])

@@ -443,8 +443,11 @@ def test_low_precision_artifacts_keep_their_dtype(dtype, tmp_path, rng, capsys):
   manifest = jaxrnn.export.save(path, model, params, streaming=False)
   stored = "uint16" if dtype == "bfloat16" else dtype  # .npy cannot hold bfloat16: its bits
   assert [(s["dtype"], s["stored_as"]) for s in manifest["params"]] == [(dtype, stored)] * 3
-  assert {s["dtype"] for s in manifest["state"]} == {dtype}
+  assert {s["dtype"] for s in manifest["state"]} == {"float32"}  # carry_dtype's default
   assert manifest["input"]["dtype"] == manifest["output"]["dtype"] == dtype
+  kept = jaxrnn.rnn_layers("lstm", 5, dtype=dtype, carry_dtype=dtype)  # a 16-bit carry
+  saved = jaxrnn.export.save(tmp_path / "kept", kept, params, streaming=False)
+  assert {s["dtype"] for s in saved["state"]} == {dtype}
   art = jaxrnn.export.load(path)
   for mine, theirs in zip(jax.tree.leaves(params), art_params(art), strict=True):
     assert mine.dtype == theirs.dtype  # the same bits back

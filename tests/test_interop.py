@@ -62,14 +62,16 @@ def test_embedding_lstm_linear_ports_both_ways(rng):
 def test_low_precision_modules_keep_their_dtype(kind, dtype, rng):
   torch.manual_seed(0)
   m = getattr(torch.nn, kind)(I, H, num_layers=2, batch_first=True).to(getattr(torch, dtype))
-  model, params = jaxrnn.from_torch(m)
+  model, params = jaxrnn.from_torch(m, carry_dtype=dtype)  # PyTorch's state: the module's dtype
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(dtype)}
   assert dict(dict(model.config)["cell_config"])["dtype"] == dtype
   x = rng.standard_normal((B, T, I)).astype(np.float32)  # cast to the params' dtype
   with torch.no_grad():
     out, hn = m(torch.from_numpy(x).to(getattr(torch, dtype)))
   carry, ys = model.apply(params, x)
-  assert ys.dtype == dtype
+  assert ys.dtype == dtype and {c.dtype for c in jax.tree.leaves(carry)} == {jnp.dtype(dtype)}
+  default, _ = jaxrnn.from_torch(m)  # jaxrnn's default: a float32 carry
+  assert {c.dtype for c in jax.tree.leaves(default.apply(params, x)[0])} == {jnp.dtype("float32")}
   tol = TOLERANCES[dtype]
   np.testing.assert_allclose(np.asarray(ys, np.float32), out.float().numpy(), atol=tol)
   hn = hn if isinstance(hn, tuple) else (hn,)

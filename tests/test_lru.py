@@ -252,6 +252,7 @@ def test_ring_initialisation():
 
   default = jaxrnn.lru(4)
   assert dict(default.config) == dict(
+    carry_dtype=None,
     compute_dtype=None,
     dtype="float32",
     hidden_size=4,

@@ -50,9 +50,11 @@ def projections(params, h: jax.Array, x: jax.Array, h_mask: jax.Array | None):
   """``(x @ w_ih + b, (h * h_mask) @ w_hh)``: the GRU-like cells' two projections.
 
   The recurrent product keeps its own bias (``b_hn``) apart, for the gate that multiplies
-  it; ``h_mask`` (recurrent dropout) masks ``h`` there only.
+  it; ``h_mask`` (recurrent dropout) masks ``h`` there only. ``h`` (in the carry's dtype)
+  enters the product in ``x``'s (the compute) dtype.
   """
   gi = base.add_bias(x @ params.w_ih, params.b)
+  h = base.like(h, x)
   return gi, (h if h_mask is None else h * h_mask) @ params.w_hh
 
 
@@ -62,11 +64,12 @@ def gru_gates(gi: jax.Array, gh: jax.Array, h: jax.Array, b_hn: jax.Array | None
   Args:
     gi: the input projection, its bias added.
     gh: the recurrent projection.
-    h: the hidden state ``(..., H)`` the step interpolates from.
+    h: the hidden state ``(..., H)`` the step interpolates from, in the carry's dtype.
     b_hn: ``(H,)`` or None, added to ``gh``'s n slice inside the reset product.
 
   Returns:
-    ``(h', (r, z, n, hn))``: the new state and the gates, ``hn`` the n slice plus ``b_hn``.
+    ``(h', (r, z, n, hn))``: the new state, interpolated in ``h``'s dtype (the gates cast
+    up to it), and the gates in the projections' dtype, ``hn`` the n slice plus ``b_hn``.
   """
   i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
   h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
@@ -74,4 +77,4 @@ def gru_gates(gi: jax.Array, gh: jax.Array, h: jax.Array, b_hn: jax.Array | None
   z = jax.nn.sigmoid(i_z + h_z)
   hn = base.add_bias(h_n, b_hn)
   n = jnp.tanh(i_n + r * hn)
-  return (1.0 - z) * n + z * h, (r, z, n, hn)
+  return base.like(1.0 - z, h) * base.like(n, h) + base.like(z, h) * h, (r, z, n, hn)

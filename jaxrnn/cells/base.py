@@ -208,7 +208,8 @@ def recurrent_matrix(
   if kind == "orthogonal":
     init = jax.nn.initializers.orthogonal()
     keys = jax.random.split(key, gates)
-    return jnp.concatenate([init(k, (rows, hidden), dtype) for k in keys], axis=1)
+    wide = jnp.float32 if jnp.dtype(dtype) in LOW_PRECISION else dtype  # LAPACK has no bfloat16
+    return jnp.concatenate([init(k, (rows, hidden), wide) for k in keys], axis=1).astype(dtype)
   if kind == "identity":
     if rows != hidden:
       raise ValueError(
@@ -295,17 +296,71 @@ def check_params(cell_name: str, params: Any, params_type: type, where: str = "s
     )
 
 
-def cast_to_compute(
-  cell_name: str, params: Any, carry: Any, x: Any, compute_dtype: Any
-) -> tuple[Any, Any, Array]:
-  """The step's dtype policy: ``(params, carry, x)`` cast to the compute dtype.
+LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+"""The 16-bit floats: with params in one of them the carry defaults to float32."""
 
-  The compute dtype is ``compute_dtype`` or, when None, the params' dtype. Floating
+
+def resolve_carry_dtype(params_dtype: Any, carry_dtype: Any = None) -> Any:
+  """The carry's dtype: ``carry_dtype``, or when None float32 for 16-bit float params
+  (`LOW_PRECISION`) and the params' dtype otherwise (float64 stays float64).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxrnn.cells.base import resolve_carry_dtype as resolve
+    >>> resolve(jnp.bfloat16), resolve(jnp.float64), resolve(jnp.bfloat16, jnp.bfloat16)
+    (dtype('float32'), dtype('float64'), dtype(bfloat16))
+  """
+  if carry_dtype is not None:
+    return jnp.dtype(carry_dtype)
+  dt = jnp.dtype(params_dtype)
+  return jnp.dtype(jnp.float32) if dt in LOW_PRECISION else dt
+
+
+def check_carry_dtype(carry_dtype: Any) -> None:
+  """A `ValueError` unless ``carry_dtype`` is None or a real floating dtype."""
+  try:
+    ok = carry_dtype is None or jnp.issubdtype(jnp.dtype(carry_dtype), jnp.floating)
+  except TypeError:
+    ok = False
+  if not ok:
+    raise ValueError(
+      f"carry_dtype={carry_dtype!r}: expected None or a real floating dtype (a complex "
+      "carry takes its counterpart)."
+    )
+
+
+def complex_of(dtype: Any) -> Any:
+  """The complex dtype of a complex carry whose parts are ``dtype``: complex128 for float64,
+  else complex64 (there is no 16-bit complex dtype)."""
+  return jnp.dtype(jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64)
+
+
+def cast_tree(tree: Any, dtype: Any) -> Any:
+  """``tree`` cast leaf by leaf to the real ``dtype``, a complex leaf to `complex_of` it
+  (keeping its imaginary part); a no-op where a leaf has it already."""
+
+  def cast(a):
+    to = complex_of(dtype) if jnp.iscomplexobj(a) else jnp.dtype(dtype)
+    return a if a.dtype == to else a.astype(to)
+
+  return jax.tree.map(cast, tree)
+
+
+def cast_to_compute(
+  cell_name: str, params: Any, carry: Any, x: Any, compute_dtype: Any, carry_dtype: Any = None
+) -> tuple[Any, Any, Array]:
+  """The step's dtype policy: ``params`` and ``x`` cast to the compute dtype, ``carry`` to
+  the carry dtype.
+
+  The compute dtype is ``compute_dtype`` or, when None, the params' dtype; the carry
+  dtype is `resolve_carry_dtype` of the params' dtype and ``carry_dtype``, or the compute
+  dtype where that is wider (a bfloat16 carry under float32 math is updated in float32 and
+  rounded when stored): the update accumulates its state in it, casting the state down
+  with `like` where it enters a matmul. Floating
   inputs of another dtype are cast explicitly (no implicit promotion); integer or
-  boolean inputs are a `ValueError`. A complex leaf (a complex carry) is cast to the
-  compute dtype's complex counterpart (complex64, or complex128 for float64), never to a
-  real dtype. Casting to the dtype an array already has is a no-op, so the default policy
-  adds nothing to the computation.
+  boolean inputs are a `ValueError`. A complex leaf (a complex carry) is cast to its
+  complex counterpart (`complex_of`), never to a real dtype. Casting to the dtype an array
+  already has is a no-op, so the default float32 policy adds nothing to the computation.
   """
   x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -313,16 +368,16 @@ def cast_to_compute(
       f"{cell_name}.step: x has dtype {x.dtype}; expected a floating dtype (inputs are cast "
       "to the compute dtype; embed integer token ids first)."
     )
-  dt = jnp.dtype(compute_dtype) if compute_dtype is not None else kernel.params_dtype(params)
-  wide = jnp.dtype(jnp.complex128 if dt == jnp.float64 else jnp.complex64)  # for complex leaves
-
-  def cast(a):  # a complex leaf (a complex carry) keeps its imaginary part
-    to = wide if jnp.iscomplexobj(a) else dt
-    return a if a.dtype == to else a.astype(to)
-
-  return jax.tree.map(cast, params), jax.tree.map(cast, carry), cast(x)
+  params_dtype = kernel.params_dtype(params)
+  dt = jnp.dtype(compute_dtype) if compute_dtype is not None else params_dtype
+  acc = resolve_carry_dtype(params_dtype, carry_dtype)
+  if jnp.finfo(dt).bits > jnp.finfo(acc).bits:  # a 16-bit carry under float32 math
+    acc = dt
+  return cast_tree(params, dt), cast_tree(carry, acc), cast_tree(x, dt)
 
 
 def like(new: Any, old: Any) -> Any:
-  """``new`` cast leaf by leaf to the dtypes of ``old`` (the carry keeps its dtype)."""
+  """``new`` cast leaf by leaf to the dtypes of ``old``: the carry keeps its dtype, a gate
+  goes up to the carry dtype before an accumulation (``like(f, c) * c``), the state down to
+  the compute dtype where it enters a matmul (``like(h, x) @ w``); a no-op where equal."""
   return jax.tree.map(lambda n, o: n if n.dtype == o.dtype else n.astype(o.dtype), new, old)

@@ -11,10 +11,18 @@ same meaning, described once here:
     1/sqrt(H)), for every weight and bias), ``"orthogonal"`` (each gate block orthogonal,
     Saxe et al. 2014) or ``"identity"`` (each gate block the identity, Le et al. 2015);
     the non-uniform ones start the biases at zero (plus the cell's forget bias, if any).
-  dtype: the dtype of the parameters made by ``init``, which the carry keeps.
-  compute_dtype: the dtype the step computes in; None: the params' dtype. Floating
-    inputs are cast to it explicitly, the new carry is cast back to its own dtype, and
-    integer inputs are a `ValueError` (`jaxrnn.cells.base.cast_to_compute`).
+  dtype: the dtype of the parameters made by ``init``.
+  carry_dtype: the dtype of the carry (``initial_carry``'s) and of the state's
+    accumulation (the LSTM's ``c = f c + i g``, the GRU's interpolation, every linear
+    recurrence ``h = a h + b``); None: float32 for 16-bit float params (bfloat16,
+    float16), else the params' dtype (`jaxrnn.cells.base.resolve_carry_dtype`). A
+    complex carry takes its complex counterpart (complex64, complex128 for float64). An
+    explicit ``jnp.bfloat16`` keeps a bfloat16 carry (PyTorch's bfloat16 modules').
+  compute_dtype: the dtype the step's matmuls and gates compute in; None: the params'
+    dtype. Floating inputs are cast to it explicitly, the state is cast to it where it
+    enters a matmul, the gates are cast up to the carry dtype before the accumulation, and
+    integer inputs are a `ValueError` (`jaxrnn.cells.base.cast_to_compute`). Outputs come
+    out in the compute dtype.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ def config(args: dict[str, Any]) -> dict[str, Any]:
   it) one of `jaxrnn.cells.base.RECURRENT_INITS`; a `ValueError` names the bad value.
   """
   base.check_positive("hidden_size", args["hidden_size"])
+  base.check_carry_dtype(args.get("carry_dtype"))
   if "recurrent_init" in args:
     base.check_recurrent_init(args["recurrent_init"])
   return dict(args)
@@ -79,7 +88,7 @@ def gate_weights(
 def zeros_carry(carry_type: type) -> Callable[[Any, tuple[int, ...]], Any]:
   """``initial_carry(params, batch)``: every field of ``carry_type`` zeros ``(*batch, H)``.
 
-  ``H`` is the params' ``hidden_size``, the dtype that of their ``w_hh``.
+  ``H`` is the params' ``hidden_size``; `library_cell` casts it to the carry dtype.
   """
 
   def initial_carry(params: Any, batch: tuple[int, ...]) -> Any:
@@ -108,12 +117,15 @@ def library_cell(
   `jaxrnn.cells.base.check_shapes`), casts to the compute dtype
   (`jaxrnn.cells.base.cast_to_compute`), calls ``update`` (the same function the cell's
   ``sequence`` kernel loops over, if any) and returns the carry in its own dtype.
-  ``config`` must hold every factory argument; ``dtype`` and ``compute_dtype`` are stored
-  by name. With ``masks_product``, ``update`` takes ``h_mask`` as a fourth argument and
-  the cell gets the ``masked_step`` built on it.
+  ``config`` must hold every factory argument; ``dtype``, ``carry_dtype`` and
+  ``compute_dtype`` are stored by name. ``update`` gets the carry in the carry dtype and
+  the params and ``x`` in the compute dtype, and casts between them itself (`carry_dtype`'s
+  rule; `jaxrnn.cells.base.like`); ``initial_carry``'s leaves are cast to the carry dtype.
+  With ``masks_product``, ``update`` takes ``h_mask`` as a fourth argument and the cell
+  gets the ``masked_step`` built on it.
   """
   name, params_type = kind.name, kind.params
-  compute_dtype = config.get("compute_dtype")
+  compute_dtype, carry_dtype = config.get("compute_dtype"), config.get("carry_dtype")
   check = functools.partial(base.check_shapes, name) if check is None else check
   initial_carry = zeros_carry(kind.carry) if initial_carry is None else initial_carry
 
@@ -121,7 +133,7 @@ def library_cell(
     base.check_params(name, params, params_type)
     x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
     check(params, carry, x)
-    p, c, x = base.cast_to_compute(name, params, carry, x, compute_dtype)
+    p, c, x = base.cast_to_compute(name, params, carry, x, compute_dtype, carry_dtype)
     h_mask = tuple(m.astype(x.dtype) for m in h_mask)
     new, y, _ = update(p, c, x, *h_mask)
     return base.like(new, carry), y
@@ -131,12 +143,21 @@ def library_cell(
 
   def checked_initial_carry(params, batch_shape=()):
     base.check_params(name, params, params_type, "initial_carry")
-    return initial_carry(params, base.as_batch_shape(batch_shape))
+    carry = initial_carry(params, base.as_batch_shape(batch_shape))
+    return base.cast_tree(carry, resolved_carry_dtype(params, carry_dtype))
 
   masked = masked_step if masks_product else None
   if sequence is not None:
-    sequence = kernel.with_policy(sequence, compute_dtype, step, masked)
+    carry_dtype_of = functools.partial(resolved_carry_dtype, carry_dtype=carry_dtype)
+    sequence = kernel.with_policy(sequence, compute_dtype, step, masked, carry_dtype_of)
   config = dict(config, dtype=base.dtype_name(config["dtype"]))
-  config["compute_dtype"] = base.dtype_name(compute_dtype)
+  for arg in ("compute_dtype", "carry_dtype"):
+    config[arg] = base.dtype_name(config.get(arg))
   config = tuple(sorted(config.items()))
   return base.Cell.library(init, checked_initial_carry, step, name, config, sequence, masked)
+
+
+def resolved_carry_dtype(params: Any, carry_dtype: Any = None) -> Any:
+  """The carry dtype of a cell with ``carry_dtype`` (its factory argument) for ``params``:
+  `jaxrnn.cells.base.resolve_carry_dtype` of the params' dtype."""
+  return base.resolve_carry_dtype(kernel.params_dtype(params), carry_dtype)

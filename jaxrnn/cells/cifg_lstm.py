@@ -38,11 +38,12 @@ class CIFGLSTMParams(NamedTuple):
 
 def update(params: CIFGLSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
   """One CIFG-LSTM step, the cell's math in one place: ``(carry, y, [i, g, o])``."""
-  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  h_in = base.like(carry.h, x)  # the state enters the matmul in the compute dtype
+  h_in = h_in if h_mask is None else h_in * h_mask  # recurrent dropout's mask
   acts = block_gates(base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b), 3, 1)
   i, g, o = jnp.split(acts, 3, axis=-1)
-  c = (1.0 - i) * carry.c + i * g
-  h = o * jnp.tanh(c)
+  c = base.like(1.0 - i, carry.c) * carry.c + base.like(i * g, carry.c)  # the carry's dtype
+  h = o * base.like(jnp.tanh(c), o)
   return LSTMCarry(h, c), h, acts
 
 
@@ -85,6 +86,7 @@ def cifg_lstm(
   use_bias: bool = True,
   recurrent_init: str = "uniform",
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The coupled input-forget gate LSTM ("CIFG", Greff et al. 2017, "LSTM: A Search Space Odyssey").
@@ -119,7 +121,8 @@ def cifg_lstm(
       to have an effect.
     use_bias, recurrent_init: as every cell's (`jaxrnn.cells.factory`); the
       non-uniform inits start ``b`` at zero, minus ``forget_bias`` on the input gate.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `LSTMCarry(h, c)`, both ``(*batch, H)``; the output is ``h``.

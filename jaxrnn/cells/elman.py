@@ -87,10 +87,16 @@ class ElmanParams(NamedTuple):
 
 
 def update(params: ElmanParams, carry: HiddenCarry, x: jax.Array, h_mask=None, *, activation):
-  """One Elman step before the readout, the cell's math in one place: ``(carry, h, h)``."""
-  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
-  h = ACTIVATIONS[activation](base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b))
-  return HiddenCarry(h), h, h
+  """One Elman step before the readout, the cell's math in one place: ``(carry, y, h)``.
+
+  The matmuls in ``x``'s (the compute) dtype, the activation and ``h`` in the carry's; the
+  output ``y`` is ``h`` in the compute dtype.
+  """
+  h_in = base.like(carry.h, x)  # the state enters the matmul in the compute dtype
+  h_in = h_in if h_mask is None else h_in * h_mask  # recurrent dropout's mask
+  z = base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b)
+  h = ACTIVATIONS[activation](base.like(z, carry.h))
+  return HiddenCarry(h), base.like(h, x), h
 
 
 def readout(params: ElmanParams, h: jax.Array) -> jax.Array:
@@ -147,6 +153,7 @@ def elman(
   use_bias: bool = True,
   recurrent_init: str = "uniform",
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The Elman RNN cell of the seed document.
@@ -162,7 +169,8 @@ def elman(
     use_bias: whether ``b`` (and ``b_out``) exist; PyTorch's ``bias=False``.
     recurrent_init: as every cell's (`jaxrnn.cells.factory`); ``"identity"`` is the
       IRNN (identity ``w_hh``, zero bias, N(0, 0.001^2) input weights, Le et al. 2015).
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` of shape ``(*batch, H)``.

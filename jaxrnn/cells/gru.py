@@ -40,11 +40,12 @@ def update(params: GRUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
   """One GRU step, the cell's math in one place: ``(carry, y, [r, z, n, hn])``.
 
   ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only, as
-  Keras's ``recurrent_dropout``; the interpolation ``z * h`` reads ``h`` itself.
+  Keras's ``recurrent_dropout``; the interpolation ``z * h`` reads ``h`` itself, in the
+  carry's dtype.
   """
   gi, gh = projections(params, carry.h, x, h_mask)
   h, gates = gru_gates(gi, gh, carry.h, params.b_hn)
-  return HiddenCarry(h), h, jnp.concatenate(gates, axis=-1)
+  return HiddenCarry(h), base.like(h, x), jnp.concatenate(gates, axis=-1)
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
@@ -82,6 +83,7 @@ def gru(
   use_bias: bool = True,
   recurrent_init: str = "uniform",
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The GRU cell (Cho et al. 2014) exactly as ``torch.nn.GRUCell``::
@@ -94,7 +96,8 @@ def gru(
   Args:
     hidden_size, recurrent_init: as every cell's (`jaxrnn.cells.factory`).
     use_bias: whether ``b`` and ``b_hn`` exist; PyTorch's ``bias=False``.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.

@@ -46,11 +46,18 @@ def clip(u: jax.Array, bound: float) -> jax.Array:
 def update(
   params: IndRNNParams, carry: HiddenCarry, x: jax.Array, *, activation: str, recurrent_max
 ):
-  """One IndRNN step, the cell's math in one place: ``(carry, h, h)``."""
+  """One IndRNN step, the cell's math in one place: ``(carry, y, h)``.
+
+  The input product in ``x``'s (the compute) dtype; the recurrence ``u * h``, the bias and
+  the activation in the carry's, ``y`` the new ``h`` in the compute dtype.
+  """
+  h_prev = carry.h
   u = params.w_hh if recurrent_max is None else clip(params.w_hh, recurrent_max)
-  z = x @ params.w_ih + jnp.reshape(u, (1,) * (carry.h.ndim - 1) + u.shape) * carry.h
-  h = ACTIVATIONS[activation](base.add_bias(z, params.b))
-  return HiddenCarry(h), h, h
+  u = base.like(jnp.reshape(u, (1,) * (h_prev.ndim - 1) + u.shape), h_prev)
+  z = base.like(x @ params.w_ih, h_prev) + u * h_prev
+  b = None if params.b is None else base.like(params.b, h_prev)
+  h = ACTIVATIONS[activation](base.add_bias(z, b))
+  return HiddenCarry(h), base.like(h, x), h
 
 
 def indrnn_constrain(params: Any, recurrent_max: float) -> Any:
@@ -84,6 +91,7 @@ def indrnn(
   recurrent_max: float | None = None,
   use_bias: bool = True,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The IndRNN cell (Li, Li, Cook, Zhu and Gao 2018)::
@@ -124,7 +132,8 @@ def indrnn(
     activation: ``"relu"`` (the paper's) or ``"tanh"``.
     recurrent_max: None (no bound) or the positive bound on ``|u|``.
     use_bias: whether ``b`` exists.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.

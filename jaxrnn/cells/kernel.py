@@ -123,7 +123,7 @@ def noisy_step(step, masked_step, params, carry, x, h_mask, keep):
     new, y = step(params, with_hidden(carry, hidden(carry) * h_mask), x)
   if keep is not None:
     new = zone(keep, carry, new)
-    y = hidden(new)
+    y = hidden(new).astype(y.dtype)  # the zoned h, in the output's (the compute) dtype
   return new, y
 
 
@@ -318,19 +318,28 @@ def sequence_kernel(update: Update, backward: Backward) -> Callable[..., tuple[A
   return sequence
 
 
-def with_policy(kernel, compute_dtype: Any, step, masked_step=None):
-  """``kernel`` where the params' dtype is the compute dtype, else `step_loop` over ``step``.
+def with_policy(kernel, compute_dtype: Any, step, masked_step=None, carry_dtype_of=None):
+  """``kernel`` where the params' dtype is the compute dtype and the carry's, else `step_loop`.
 
-  The kernels compute in one dtype throughout; a cell whose ``compute_dtype``
-  differs from its params' dtype (mixed precision: the carry stays in the params'
-  dtype between steps) runs its step loop instead, which gives the same values.
+  The hand-written kernels compute in one dtype throughout; a cell whose ``compute_dtype``
+  or carry dtype (``carry_dtype_of(params)``, `jaxrnn.cells.builtin.resolved_carry_dtype`:
+  float32 for bfloat16 params by default; None: the params' dtype) differs from its
+  params' dtype runs its step loop instead, which gives the same values. A kernel marked
+  ``mixed_precision = True`` (the linear recurrences', which cast their coefficients up to
+  the carry's dtype) also runs with another carry dtype. A carry of another dtype than the
+  resolved one (a user's) always gets the step loop, which casts it at every step as
+  ``step`` does.
   """
   takes_noise = getattr(kernel, "takes_noise", False)
+  mixed = getattr(kernel, "mixed_precision", False)
 
   def sequence(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None, noise=None):
     dt = params_dtype(params)
     args = (params, carry, xs, mask, reverse, unroll, resets, reset_carry)
-    if compute_dtype is not None and jnp.dtype(compute_dtype) != dt:
+    wanted = dt if carry_dtype_of is None else carry_dtype_of(params)
+    carry_dts = {jnp.finfo(leaf.dtype).dtype for leaf in jax.tree.leaves(carry)}
+    other_carry = carry_dts != {wanted} or (wanted != dt and not mixed)
+    if (compute_dtype is not None and jnp.dtype(compute_dtype) != dt) or other_carry:
       return step_loop(step, *args, noise, masked_step)
     if xs.dtype != dt and jnp.issubdtype(xs.dtype, jnp.floating):
       args = (params, carry, xs.astype(dt)) + args[3:]

@@ -69,10 +69,11 @@ def update(
   projection)`` (`normalize`), what `backward` needs. ``h_mask`` (recurrent dropout)
   multiplies ``h`` in the recurrent product only.
   """
-  h_in = carry.h if h_mask is None else carry.h * h_mask
+  h_in = base.like(carry.h, x)  # the state enters the matmul in the compute dtype
+  h_in = h_in if h_mask is None else h_in * h_mask
   gi, gh, n_x, n_h = normalized_projections(params, h_in, x, 3 if per_gate else 1, epsilon)
   h, (r, z, n, _) = gru_gates(gi, gh, carry.h)
-  return HiddenCarry(h), h, (jnp.concatenate([r, z, n], axis=-1), n_x, n_h)
+  return HiddenCarry(h), base.like(h, x), (jnp.concatenate([r, z, n], axis=-1), n_x, n_h)
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
@@ -121,6 +122,7 @@ def layer_norm_gru(
   per_gate: bool = False,
   epsilon: float = 1e-5,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The GRU of ``torch.nn.GRUCell`` with its two projections layer-normalized.
@@ -156,7 +158,8 @@ def layer_norm_gru(
     hidden_size: H.
     per_gate: normalize each gate's H columns separately (TensorFlow's variant).
     epsilon: added to the variance in every normalization.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
       The normalization statistics are taken in at least float32.
 
   Returns:

@@ -77,11 +77,12 @@ def update(
   multiplies ``h`` where it enters ``h @ w_hh``, its only use.
   """
   p = params
-  h_in = carry.h if h_mask is None else carry.h * h_mask
+  h_in = base.like(carry.h, x)  # the state enters the matmul in the compute dtype
+  h_in = h_in if h_mask is None else h_in * h_mask
   gi, gh, n_x, n_h = normalized_projections(p, h_in, x, 4 if per_gate else 1, epsilon)
   acts = gates(base.add_bias(gi + gh, p.b))
   i, f, g, o = jnp.split(acts, 4, axis=-1)
-  c = f * carry.c + i * g
+  c = base.like(f, carry.c) * carry.c + base.like(i * g, carry.c)  # in the carry's dtype
   n_c = normalize(c, 1, epsilon)
   h = o * jnp.tanh(affine(n_c[0], p.ln_c_gain, p.ln_c_bias, x.dtype))
   return LSTMCarry(h, c), h, (acts, n_x, n_h, n_c)
@@ -151,6 +152,7 @@ def layer_norm_lstm(
   use_bias: bool = True,
   epsilon: float = 1e-5,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The layer-normalized LSTM (Ba, Kiros and Hinton 2016, section 3.1).
@@ -191,7 +193,8 @@ def layer_norm_lstm(
     per_gate: normalize each gate's H columns separately.
     use_bias: whether ``b`` exists (the layer norms keep their own biases).
     epsilon: added to the variance in every normalization.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
       The normalization statistics are taken in at least float32.
 
   Returns:

@@ -87,8 +87,9 @@ def library_cell(kind, coefficients, config) -> base.Cell:
 
   ``blocks`` is what the params type declares for ``w_ih`` in its ``gate_columns``.
 
-  ``coefficients(params, x, log_space)`` is the cell's math, with the config's
-  ``log_space``: the step is `step` of it, the sequence `sequence` of it.
+  ``coefficients(params, x, log_space, acc)`` is the cell's math, with the config's
+  ``log_space`` and ``acc`` the carry's dtype (its gates and ``a`` in it, ``b`` in ``x``'s
+  dtype): the step is `step` of it, the sequence `sequence` of it.
 
   ``init`` draws ``w_ih`` and ``b`` from U(-1/sqrt(input_size), 1/sqrt(input_size)),
   ``torch.nn.Linear``'s default; ``config`` holds every factory argument (``hidden_size``,
@@ -98,13 +99,18 @@ def library_cell(kind, coefficients, config) -> base.Cell:
     ValueError: for a non-positive ``hidden_size`` or a non-bool flag.
   """
   base.check_positive("hidden_size", config["hidden_size"])
+  base.check_carry_dtype(config["carry_dtype"])
   check_flags(log_space=config["log_space"], use_bias=config["use_bias"])
   H, dtype, log_space = config["hidden_size"], config["dtype"], config["log_space"]
+  carry_dtype = config["carry_dtype"]
   blocks = dict(kind.params.gate_columns)["w_ih"]
   coefficients = functools.partial(coefficients, log_space=log_space)
 
   def update(params, carry, x):
-    return step(coefficients(params, x), carry, log_space)
+    return step(coefficients(params, x, acc=carry.h.dtype), carry, log_space)
+
+  def sequence_coefficients(params, xs):  # ``a`` in the carry's dtype, as the step's
+    return coefficients(params, xs, acc=factory.resolved_carry_dtype(params, carry_dtype))
 
   def init(key, input_size):
     base.check_input_size(input_size)
@@ -118,7 +124,7 @@ def library_cell(kind, coefficients, config) -> base.Cell:
     init=init,
     initial_carry=initial_carry,
     update=update,
-    sequence=sequence(coefficients, log_space),
+    sequence=sequence(sequence_coefficients, log_space),
     config=config,  # every argument of the factory, as called
   )
 
@@ -131,12 +137,16 @@ def check_flags(**flags: Any) -> None:
 
 
 def step(coefficients: tuple[jax.Array, jax.Array], carry: HiddenCarry, log_space: bool):
-  """One step from the step's coefficients: ``(carry, y, None)`` with ``h' = a h + b``."""
-  a, b = coefficients
+  """One step from the step's coefficients: ``(carry, y, None)`` with ``h' = a h + b``.
+
+  The coefficients (in the compute dtype) are cast up to the carry's dtype first, so the
+  recurrence accumulates in it; ``y`` is the new ``h`` in the coefficients' dtype.
+  """
+  a, b = (base.like(v, carry.h) for v in coefficients)
   if log_space:
     a, b = jnp.exp(a), jnp.exp(b)
   h = a * carry.h + b
-  return HiddenCarry(h), h, None
+  return HiddenCarry(h), base.like(h, coefficients[1]), None
 
 
 def sequence(coefficients: Coefficients, log_space: bool = False, readout: Readout | None = None):
@@ -166,20 +176,24 @@ def sequence(coefficients: Coefficients, log_space: bool = False, readout: Reado
         "h' = a h + b, for a cell that declares coefficients."
       )
     h0 = leaves[0]
-    a, b = coefficients(params, xs)
+    a, out = coefficients(params, xs)
     if xs.shape[0] == 0:
-      return carry, b if readout is None else readout(params, b, xs)
+      return carry, out if readout is None else readout(params, out, xs)
+    same_kind = jnp.iscomplexobj(out) == jnp.iscomplexobj(h0)
+    acc = h0.dtype if same_kind else out.dtype  # the carry's dtype (complex if b is)
+    a, b = a.astype(acc), out.astype(acc)
     if log_space:
       a, b = jnp.exp(a), jnp.exp(b)
     valid = None if mask is None else mask[..., None]
     r = None if resets is None else resets[..., None]
     reset_h = None if resets is None else jax.tree.leaves(reset_carry)[0][None]
     a, b = fold(a, b, valid, r, reset_h)
-    h, last = recurrence(a, b, h0.astype(b.dtype), reverse, method(a))
-    ys = h if readout is None else readout(params, h, xs)
+    h, last = recurrence(a, b, h0.astype(acc), reverse, method(a))
+    ys = base.like(h, out) if readout is None else readout(params, h, xs)
     ys = ys if valid is None else jnp.where(valid, ys, jnp.zeros_like(ys))
-    return jax.tree.unflatten(treedef, [last]), ys
+    return jax.tree.unflatten(treedef, [base.like(last, h0)]), ys
 
+  run.mixed_precision = True  # the coefficients go up to the carry's dtype (`kernel.with_policy`)
   return run
 
 

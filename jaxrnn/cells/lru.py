@@ -65,21 +65,22 @@ class LRUParams(NamedTuple):
     return self.nu_log.shape[-1]
 
 
-def carry_dtype(params: LRUParams) -> Any:
-  """The complex dtype of ``h``: complex64 for float32 (or narrower) params, complex128 for
-  float64 ones."""
-  wide = jnp.dtype(params.nu_log.dtype) == jnp.float64
-  return jnp.dtype(jnp.complex128 if wide else jnp.complex64)
+def carry_dtype(params: LRUParams, requested: Any = None) -> Any:
+  """The complex dtype of ``h``: the complex counterpart (`jaxrnn.cells.base.complex_of`) of
+  the factory's ``carry_dtype`` (``requested``) resolved for the params
+  (`jaxrnn.cells.base.resolve_carry_dtype`): complex64 for float32 (or narrower) params,
+  complex128 for float64 ones."""
+  return base.complex_of(base.resolve_carry_dtype(params.nu_log.dtype, requested))
 
 
-def _real(params: LRUParams) -> Any:
+def _real(params: LRUParams, requested: Any = None) -> Any:
   """The real dtype of the recurrence: that of `carry_dtype`'s parts."""
-  return jnp.finfo(carry_dtype(params)).dtype
+  return jnp.finfo(carry_dtype(params, requested)).dtype
 
 
-def diag_lambda(params: LRUParams) -> jax.Array:
+def diag_lambda(params: LRUParams, requested: Any = None) -> jax.Array:
   """``lambda = exp(-exp(nu_log) + i exp(theta_log))`` ``(N,)``, in `carry_dtype`."""
-  real = _real(params)
+  real = _real(params, requested)
   nu, theta = params.nu_log.astype(real), params.theta_log.astype(real)
   return jnp.exp(lax.complex(-jnp.exp(nu), jnp.exp(theta)))
 
@@ -90,17 +91,17 @@ def project(params: LRUParams, x: jax.Array) -> jax.Array:
 
 
 def coefficients(
-  params: LRUParams, x: jax.Array, compute_dtype: Any = None
+  params: LRUParams, x: jax.Array, compute_dtype: Any = None, requested: Any = None
 ) -> tuple[jax.Array, jax.Array]:
   """``(a, b)`` of ``h' = a h + b`` for every row of ``x`` ``(..., I)``, complex ``(..., N)``:
   ``a = lambda``, ``b = gamma * (u B)``. The matmuls run in the compute dtype, ``lambda``,
-  ``gamma`` and the products in `carry_dtype`."""
+  ``gamma`` and the products in `carry_dtype` (``requested``: the factory's ``carry_dtype``)."""
   p, _, x = base.cast_to_compute(NAME, params, (), x, compute_dtype)
-  u, real = project(p, x), _real(params)
+  u, real = project(p, x), _real(params, requested)
   gamma = jnp.exp(params.gamma_log.astype(real))
   bu_re, bu_im = (u @ p.b_re).astype(real), (u @ p.b_im).astype(real)
   b = lax.complex(base.rowwise(gamma, bu_re) * bu_re, base.rowwise(gamma, bu_im) * bu_im)
-  return jnp.broadcast_to(base.rowwise(diag_lambda(params), b), b.shape), b
+  return jnp.broadcast_to(base.rowwise(diag_lambda(params, requested), b), b.shape), b
 
 
 def readout(params: LRUParams, h: jax.Array, x: jax.Array, compute_dtype: Any = None) -> jax.Array:
@@ -138,6 +139,7 @@ def _check_config(config: dict[str, Any]) -> None:
     )
   if not config["max_phase"] > 0.0:
     raise ValueError(f"max_phase={config['max_phase']!r}: expected a positive float.")
+  base.check_carry_dtype(config["carry_dtype"])
   for name in ("dtype", "compute_dtype"):
     value = config[name]
     if value is not None and not jnp.issubdtype(jnp.dtype(value), jnp.floating):
@@ -180,17 +182,17 @@ def _init(key: jax.Array, input_size: int, *, config: dict[str, Any]) -> LRUPara
   )
 
 
-def _initial_carry(params: LRUParams, batch_shape: Any = ()) -> HiddenCarry:
+def _initial_carry(params: LRUParams, batch_shape: Any = (), *, requested: Any) -> HiddenCarry:
   base.check_params(NAME, params, LRUParams, "initial_carry")
   batch = base.as_batch_shape(batch_shape)
-  return HiddenCarry(jnp.zeros(batch + (params.state_size,), carry_dtype(params)))
+  return HiddenCarry(jnp.zeros(batch + (params.state_size,), carry_dtype(params, requested)))
 
 
-def _step(params: LRUParams, carry: HiddenCarry, x: jax.Array, *, compute_dtype: Any):
+def _step(params: LRUParams, carry: HiddenCarry, x: jax.Array, *, compute_dtype, requested):
   base.check_params(NAME, params, LRUParams)
   x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
   _check_carry(params, carry, x)
-  a, b = coefficients(params, x, compute_dtype)
+  a, b = coefficients(params, x, compute_dtype, requested)
   h = a * carry.h.astype(a.dtype) + b
   return HiddenCarry(h.astype(carry.h.dtype)), readout(params, h, x, compute_dtype)
 
@@ -203,6 +205,7 @@ def lru(
   r_max: float = 1.0,
   max_phase: float = 6.28,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The Linear Recurrent Unit of Orvieto et al. 2023 (sections 3.2 to 3.4, appendix A)::
@@ -244,7 +247,11 @@ def lru(
     r_min, r_max: the ring of ``|lambda|`` at initialisation, ``0 <= r_min < r_max <= 1``
       (the paper's code defaults, 0 and 1).
     max_phase: the largest ``arg(lambda)`` at initialisation (the paper's code: 6.28).
-    dtype: the params' dtype (real); the carry is its complex counterpart.
+    dtype: the params' dtype (real).
+    carry_dtype: the carry's, as every cell's (`jaxrnn.cells.factory`), as its complex
+      counterpart: None gives complex64 for bfloat16, float16 and float32 params,
+      complex128 for float64; there is no 16-bit complex dtype, so ``jnp.bfloat16`` gives
+      complex64 too.
     compute_dtype: the matmuls' dtype; None: the params'. ``lambda``, ``gamma`` and the
       recurrence stay in the carry's complex dtype.
 
@@ -267,15 +274,17 @@ def lru(
   config = dict(locals())  # every argument of the factory, as called
   _check_config(config)
   init = functools.partial(_init, config=config)
-  step = functools.partial(_step, compute_dtype=compute_dtype)
-  config = dict(config, dtype=base.dtype_name(dtype), compute_dtype=base.dtype_name(compute_dtype))
+  dtypes = dict(compute_dtype=compute_dtype, requested=carry_dtype)
+  step = functools.partial(_step, **dtypes)
+  for arg in ("dtype", "carry_dtype", "compute_dtype"):
+    config[arg] = base.dtype_name(config[arg])
   return base.Cell.library(
     init,
-    _initial_carry,
+    functools.partial(_initial_carry, requested=carry_dtype),
     step,
     NAME,
     tuple(sorted(config.items())),
-    coefficients=functools.partial(coefficients, compute_dtype=compute_dtype),
+    coefficients=functools.partial(coefficients, **dtypes),
     readout=functools.partial(readout, compute_dtype=compute_dtype),
   )
 

@@ -44,12 +44,16 @@ class LSTMParams(NamedTuple):
 
 
 def update(params: LSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
-  """One LSTM step, the cell's math in one place: ``(carry, y, gate activations)``."""
-  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  """One LSTM step, the cell's math in one place: ``(carry, y, gate activations)``.
+
+  The gates in ``x``'s (the compute) dtype, ``c`` accumulated in the carry's dtype.
+  """
+  h_in = base.like(carry.h, x)  # the state enters the matmul in the compute dtype
+  h_in = h_in if h_mask is None else h_in * h_mask  # recurrent dropout's mask
   acts = gates(base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b))
   i, f, g, o = jnp.split(acts, 4, axis=-1)
-  c = f * carry.c + i * g
-  h = o * jnp.tanh(c)
+  c = base.like(f, carry.c) * carry.c + base.like(i * g, carry.c)
+  h = o * base.like(jnp.tanh(c), o)
   if params.w_proj is not None:
     h = h @ params.w_proj
   return LSTMCarry(h, c), h, acts
@@ -98,6 +102,7 @@ def lstm(
   use_bias: bool = True,
   recurrent_init: str = "uniform",
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The LSTM cell (Hochreiter and Schmidhuber 1997, with the forget gate).
@@ -119,7 +124,8 @@ def lstm(
     use_bias: whether ``b`` exists; PyTorch's ``bias=False``.
     recurrent_init: as every cell's (`jaxrnn.cells.factory`); ``"identity"`` needs
       no projection.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `LSTMCarry(h, c)`: ``h`` ``(*batch, P or H)``,

@@ -43,7 +43,8 @@ class MGUParams(NamedTuple):
 def update(params: MGUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
   """One MGU step, the cell's math in one place: ``(carry, y, [f, n, hn])``.
 
-  ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only.
+  ``h_mask`` (recurrent dropout) multiplies ``h`` in the recurrent product only; the
+  interpolation runs in the carry's dtype.
   """
   gi, gh = projections(params, carry.h, x, h_mask)
   i_f, i_n = jnp.split(gi, 2, axis=-1)
@@ -51,8 +52,8 @@ def update(params: MGUParams, carry: HiddenCarry, x: jax.Array, h_mask=None):
   f = jax.nn.sigmoid(i_f + h_f)
   hn = base.add_bias(h_n, params.b_hn)
   n = jnp.tanh(i_n + f * hn)
-  h = (1.0 - f) * n + f * carry.h
-  return HiddenCarry(h), h, jnp.concatenate([f, n, hn], axis=-1)
+  h = base.like(1.0 - f, carry.h) * base.like(n, carry.h) + base.like(f, carry.h) * carry.h
+  return HiddenCarry(h), base.like(h, x), jnp.concatenate([f, n, hn], axis=-1)
 
 
 def backward(params, xs, mask, resets, saved, cotangents, reverse, unroll, noise):
@@ -99,6 +100,7 @@ def mgu(
   forget_bias: float = 1.0,
   use_bias: bool = True,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The minimal gated unit (Zhou et al. 2016) exactly as ``flax.linen.MGUCell``::
@@ -129,7 +131,8 @@ def mgu(
     hidden_size: H.
     forget_bias: added to ``b[0:H]`` at init; 1.0 is flax's ``ones_init``.
     use_bias: whether ``b`` and ``b_hn`` exist (flax always has them).
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.

@@ -28,13 +28,20 @@ class MinGRUParams(NamedTuple):
   hidden_size = linear_scan.HIDDEN_SIZE
 
 
-def coefficients(params: MinGRUParams, x: jax.Array, log_space: bool = False):
-  """The `linear_scan.Coefficients`: ``a = 1 - z``, ``b = z h~`` (``z g(h~)`` in log space)."""
+def coefficients(params: MinGRUParams, x: jax.Array, log_space: bool = False, acc=None):
+  """The `linear_scan.Coefficients`: ``a = 1 - z``, ``b = z h~`` (``z g(h~)`` in log space).
+
+  The matmul in ``x``'s (the compute) dtype; the gate and ``a`` in ``acc`` (the carry's
+  dtype; None: the compute dtype), so that ``a`` near 1 is not rounded to a 16-bit float;
+  ``b`` in the compute dtype.
+  """
   k, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 2, axis=-1)
+  k = k if acc is None else k.astype(acc)
   if log_space:  # log(1 - z) = -softplus(k), log z = -softplus(-k)
-    return -jax.nn.softplus(k), -jax.nn.softplus(-k) + linear_scan.log_g(h_tilde)
+    log_b = -jax.nn.softplus(-k) + base.like(linear_scan.log_g(h_tilde), k)
+    return -jax.nn.softplus(k), base.like(log_b, h_tilde)
   z = jax.nn.sigmoid(k)
-  return 1.0 - z, z * h_tilde
+  return 1.0 - z, base.like(z * base.like(h_tilde, z), h_tilde)
 
 
 def min_gru(
@@ -43,6 +50,7 @@ def min_gru(
   log_space: bool = False,
   use_bias: bool = True,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The minGRU cell of Feng et al. 2024 (section 3.1, the paper's plain equations)::
@@ -67,7 +75,8 @@ def min_gru(
     hidden_size: H. The output size is H too (the paper's cell has no output projection).
     log_space: the paper's log-space form (the g activation, log-space coefficients).
     use_bias: whether ``b`` exists.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` ``(*batch, H)``; the output is ``h``.

@@ -28,16 +28,20 @@ class MinLSTMParams(NamedTuple):
   hidden_size = linear_scan.HIDDEN_SIZE
 
 
-def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False):
+def coefficients(params: MinLSTMParams, x: jax.Array, log_space: bool = False, acc=None):
   """The `linear_scan.Coefficients`: ``a = f / (f + i)``, ``b = i / (f + i) * h~``
-  (``g(h~)`` in log space)."""
+  (``g(h~)`` in log space); the gates and ``a`` in ``acc``, ``b`` in ``x``'s dtype, as
+  `jaxrnn.cells.min_gru.coefficients`'."""
   k_f, k_i, h_tilde = jnp.split(base.add_bias(x @ params.w_ih, params.b), 3, axis=-1)
+  if acc is not None:
+    k_f, k_i = k_f.astype(acc), k_i.astype(acc)
   if log_space:  # d = log i - log f; log f' = -softplus(d), log i' = -softplus(-d)
     d = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
-    return -jax.nn.softplus(d), -jax.nn.softplus(-d) + linear_scan.log_g(h_tilde)
+    log_b = -jax.nn.softplus(-d) + base.like(linear_scan.log_g(h_tilde), d)
+    return -jax.nn.softplus(d), base.like(log_b, h_tilde)
   f, i = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i)
   total = f + i
-  return f / total, i / total * h_tilde
+  return f / total, base.like(i / total * base.like(h_tilde, total), h_tilde)
 
 
 def min_lstm(
@@ -46,6 +50,7 @@ def min_lstm(
   log_space: bool = False,
   use_bias: bool = True,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The minLSTM cell of Feng et al. 2024 (section 3.2, with its normalised gates)::
@@ -69,7 +74,7 @@ def min_lstm(
   softplus as in the paper's code, then exponentiated into the same scan (as minGRU's).
 
   Args:
-    hidden_size, log_space, use_bias, dtype, compute_dtype: as `jaxrnn.min_gru`'s.
+    hidden_size, log_space, use_bias, dtype, carry_dtype, compute_dtype: as `jaxrnn.min_gru`'s.
 
   Returns:
     A `Cell` with `jaxrnn.min_gru`'s carry, output and initialisation (three gate blocks).

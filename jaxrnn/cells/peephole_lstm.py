@@ -48,17 +48,19 @@ class PeepholeLSTMParams(NamedTuple):
 
 def update(params: PeepholeLSTMParams, carry: LSTMCarry, x: jax.Array, h_mask=None):
   """One peephole-LSTM step, the cell's math in one place: ``(carry, y, ([i, f, g], o))``."""
-  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  h_in = base.like(carry.h, x)  # the state enters the matmul in the compute dtype
+  h_in = h_in if h_mask is None else h_in * h_mask  # recurrent dropout's mask
   z = base.add_bias(x @ params.w_ih + h_in @ params.w_hh, params.b)
-  c_prev = carry.c
+  c_prev, c_in = carry.c, base.like(carry.c, x)  # c_in: the peepholes read c in x's dtype
   peep = jnp.concatenate([params.w_ci, params.w_cf, jnp.zeros_like(params.w_ci)])
   reps = (1,) * (c_prev.ndim - 1) + (3,)
   h3 = 3 * c_prev.shape[-1]
-  ifg = block_gates(z[..., :h3] + rowwise(peep, z[..., :h3]) * jnp.tile(c_prev, reps), 3, 2)
+  ifg = block_gates(z[..., :h3] + rowwise(peep, z[..., :h3]) * jnp.tile(c_in, reps), 3, 2)
   i, f, g = jnp.split(ifg, 3, axis=-1)
-  c = f * c_prev + i * g
-  o = jax.nn.sigmoid(z[..., h3:] + rowwise(params.w_co, c) * c)
-  h = o * jnp.tanh(c)
+  c = base.like(f, c_prev) * c_prev + base.like(i * g, c_prev)  # in the carry's dtype
+  c_out = base.like(c, x)
+  o = jax.nn.sigmoid(z[..., h3:] + rowwise(params.w_co, c_out) * c_out)
+  h = o * base.like(jnp.tanh(c), o)
   return LSTMCarry(h, c), h, (ifg, o)
 
 
@@ -115,6 +117,7 @@ def peephole_lstm(
   use_bias: bool = True,
   recurrent_init: str = "uniform",
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The LSTM with diagonal peepholes (Gers, Schraudolph and Schmidhuber 2002).
@@ -144,7 +147,8 @@ def peephole_lstm(
     use_bias: whether ``b`` exists (the peepholes always do).
     recurrent_init: as every cell's (`jaxrnn.cells.factory`); the peepholes count as
       biases (uniform, or zeros).
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `LSTMCarry(h, c)`, both ``(*batch, H)``; the output is ``h``.

@@ -116,19 +116,25 @@ def _block_diagonal(u: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   return base.add_bias(y.reshape(u.shape), b)
 
 
-def gates(params: RGLRUParams, x: jax.Array, c: float) -> tuple[jax.Array, ...]:
+def gates(params: RGLRUParams, x: jax.Array, c: float, acc: Any = None) -> tuple[jax.Array, ...]:
   """``(a, multiplier, i * u)`` for every row of ``x`` ``(..., input_size)``, each ``(..., H)``.
 
   ``u`` is the (projected) input, ``a = exp(-c r softplus(-Lambda))`` with the recurrence
   gate ``r``, the multiplier ``sqrt(1 - a^2)`` (`sqrt_bound_derivative`) and ``i`` the
-  input gate, as recurrentgemma computes them (``a^2`` as ``exp(2 log a)``).
+  input gate, as recurrentgemma computes them (``a^2`` as ``exp(2 log a)``). The gates
+  and ``log a`` are in ``x``'s (the compute) dtype; ``a``, the multiplier and ``i * u`` in
+  ``acc`` (the carry's dtype; None: the compute dtype), so that ``a`` near 1 is not rounded
+  to a 16-bit float (recurrentgemma's ``acc_float_dtype``).
   """
   u = x if params.w_in is None else base.add_bias(x @ params.w_in, params.b_in)
   r = jax.nn.sigmoid(_block_diagonal(u, params.w_a, params.b_a))
   i = jax.nn.sigmoid(_block_diagonal(u, params.w_x, params.b_x))
   log_a = -c * r * jax.nn.softplus(-base.rowwise(params.lam, r))
+  gated = u * i
+  if acc is not None:
+    log_a, gated = log_a.astype(acc), gated.astype(acc)
   a, a_squared = jnp.exp(log_a), jnp.exp(2 * log_a)
-  return a, sqrt_bound_derivative(1 - a_squared), u * i
+  return a, sqrt_bound_derivative(1 - a_squared), gated
 
 
 def from_recurrentgemma(params: Mapping[str, Any]) -> RGLRUParams:
@@ -192,15 +198,16 @@ def _check_shapes(name: str, params: RGLRUParams, carry: Any, x: jax.Array) -> N
 
 
 def _update(params, carry, x, *, c):
-  """One step, both forms: ``(carry, h, None)``."""
-  a, multiplier, gated = gates(params, x, c)
+  """One step, both forms: ``(carry, y, None)``: the gates in ``x``'s (the compute) dtype,
+  cast up to the carry's for the recurrence; ``y`` is the new ``h`` in the compute dtype."""
+  a, multiplier, gated = gates(params, x, c, carry.h.dtype)
   if isinstance(carry, RGLRUCarry):  # a segment start: a zeroed, the multiplier 1
     s = carry.start
     a, multiplier = a * (1 - s), s + (1 - s) * multiplier
     h = a * carry.h + multiplier * gated
-    return RGLRUCarry(h, jnp.zeros_like(s)), h, None
+    return RGLRUCarry(h, jnp.zeros_like(s)), base.like(h, x), None
   h = a * carry.h + multiplier * gated
-  return HiddenCarry(h), h, None
+  return HiddenCarry(h), base.like(h, x), None
 
 
 def _starts(carry, mask, resets, reset_carry, reverse, T):
@@ -230,10 +237,10 @@ def _sequence(c: float):
 
   def run(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
     del unroll  # the recurrence has no loop to unroll
-    a, multiplier, gated = gates(params, xs, c)
+    a, multiplier, gated = gates(params, xs, c, carry.h.dtype)
     T = xs.shape[0]
     if T == 0:
-      return carry, gated
+      return carry, gated.astype(xs.dtype)
     s, final_start = _starts(carry, mask, resets, reset_carry, reverse, T)
     s = s.astype(a.dtype)
     a, b = a * (1 - s), (s + (1 - s) * multiplier) * gated
@@ -241,10 +248,12 @@ def _sequence(c: float):
     r = None if resets is None else resets[..., None]
     reset_h = None if resets is None else reset_carry.h[None]
     a, b = linear_scan.fold(a, b, valid, r, reset_h)
-    h, last = linear_scan.recurrence(a, b, carry.h.astype(b.dtype), reverse, linear_scan.method(a))
+    h, last = linear_scan.recurrence(a, b, carry.h, reverse, linear_scan.method(a))
+    h = base.like(h, xs)  # the outputs in the compute dtype
     ys = h if valid is None else jnp.where(valid, h, jnp.zeros_like(h))
     return RGLRUCarry(last, final_start), ys
 
+  run.mixed_precision = True  # the recurrence in the carry's dtype (`kernel.with_policy`)
   return run
 
 
@@ -281,6 +290,7 @@ def rg_lru(
   w_init_variance_scale: float = 1.0,
   segment_start: str = "recurrentgemma",
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """Griffin's Real-Gated Linear Recurrent Unit (De et al. 2024, section 2.4)::
@@ -326,7 +336,8 @@ def rg_lru(
     w_init_variance_scale: the gates' weights are normal with variance this over the
       fan-in (recurrentgemma's ``BlockDiagonalLinear``).
     segment_start: ``"recurrentgemma"`` or ``"restart"``, as above.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `RGLRUCarry(h, start)` (``"restart"``: `HiddenCarry(h)`), ``h``
@@ -384,7 +395,7 @@ def rg_lru(
 
   update = functools.partial(_update, c=float(c))
   if segment_start == "restart":
-    coefficients = lambda params, xs: _restart_coefficients(params, xs, float(c))  # noqa: E731
+    coefficients = functools.partial(_restart_coefficients, c=float(c), carry_dtype=carry_dtype)
     sequence = linear_scan.sequence(coefficients)
   else:
     sequence = _sequence(float(c))
@@ -399,10 +410,13 @@ def rg_lru(
   )
 
 
-def _restart_coefficients(params: RGLRUParams, xs: jax.Array, c: float):
-  """``(a, sqrt(1 - a^2) i u)``: the ``"restart"`` form's ``h' = a h + b``."""
-  a, multiplier, gated = gates(params, xs, c)
-  return a, multiplier * gated
+def _restart_coefficients(params: RGLRUParams, xs: jax.Array, c: float, carry_dtype: Any):
+  """``(a, sqrt(1 - a^2) i u)``: the ``"restart"`` form's ``h' = a h + b``, ``a`` in the
+  carry's dtype (the factory's ``carry_dtype`` resolved), ``b`` in ``xs``'s (the compute
+  dtype: the outputs')."""
+  acc = factory.resolved_carry_dtype(params, carry_dtype)
+  a, multiplier, gated = gates(params, xs, c, acc)
+  return a, (multiplier * gated).astype(xs.dtype)
 
 
 KIND = base.CellKind(

@@ -87,18 +87,20 @@ def diagonal_hippo(state_size: int, blocks: int, conj_sym: bool):
   return np.tile(lam, blocks), np.kron(eye, v), np.kron(eye, v.conj().T)
 
 
-def carry_dtype(params: S5Params) -> Any:
-  """The carry's complex dtype: complex128 for float64 params, else complex64."""
-  return jnp.complex128 if params.lambda_re.dtype == jnp.float64 else jnp.complex64
+def state_dtype(params: S5Params, requested: Any = None) -> Any:
+  """The carry's complex dtype: the complex counterpart (`jaxrnn.cells.base.complex_of`) of
+  the factory's ``carry_dtype`` (``requested``) resolved for the params: complex128 for
+  float64 params, else complex64."""
+  return base.complex_of(base.resolve_carry_dtype(params.lambda_re.dtype, requested))
 
 
-def discretize(params: S5Params):
+def discretize(params: S5Params, requested: Any = None):
   """Zero-order hold: ``(Lambda_bar (P',), B_bar_re (P', H), B_bar_im (P', H))``.
 
   ``Lambda_bar = exp(Lambda Delta)``, ``B_bar = (Lambda_bar - 1) / Lambda * B~`` row by row,
-  ``Delta = exp(log_step)``; in the carry's precision (float32 at least).
+  ``Delta = exp(log_step)``; in the carry's precision (`state_dtype`'s parts).
   """
-  real = jnp.float64 if params.lambda_re.dtype == jnp.float64 else jnp.float32
+  real = jnp.finfo(state_dtype(params, requested)).dtype
   cast = lambda a: a.astype(real)  # noqa: E731
   re, im, step = cast(params.lambda_re), cast(params.lambda_im), jnp.exp(cast(params.log_step))
   lam = lax.complex(re, im)
@@ -124,13 +126,14 @@ def project(params: S5Params, x: jax.Array, dtype: Any) -> jax.Array:
   return base.add_bias(x @ params.w_in.astype(dtype), params.b_in.astype(dtype))
 
 
-def make_coefficients(compute_dtype: Any):
-  """``coefficients(params, x) -> (a, b)``: ``a = Lambda_bar``, ``b = B_bar u``, complex."""
+def make_coefficients(compute_dtype: Any, requested: Any = None):
+  """``coefficients(params, x) -> (a, b)``: ``a = Lambda_bar``, ``b = B_bar u``, complex
+  (`state_dtype` for the factory's ``carry_dtype``, ``requested``)."""
 
   def coefficients(params: S5Params, x: jax.Array):
     dt = params.lambda_re.dtype if compute_dtype is None else compute_dtype
     u = project(params, x, dt)
-    lam_bar, b_re, b_im = discretize(params)
+    lam_bar, b_re, b_im = discretize(params, requested)
     real = b_re.dtype
     bu = lax.complex((u @ b_re.T.astype(dt)).astype(real), (u @ b_im.T.astype(dt)).astype(real))
     return jnp.broadcast_to(lam_bar, bu.shape), bu
@@ -156,6 +159,7 @@ def check_config(config: dict[str, Any]) -> None:
   """The factory's arguments checked eagerly: a `ValueError` naming the bad value."""
   for name in ("hidden_size", "state_size", "blocks"):
     base.check_positive(name, config[name])
+  base.check_carry_dtype(config["carry_dtype"])
   linear_scan.check_flags(conj_sym=config["conj_sym"])
   P, J = config["state_size"], config["blocks"]
   if P % J:
@@ -213,6 +217,7 @@ def s5(
   dt_min: float = 0.001,
   dt_max: float = 0.1,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   r"""The S5 layer's state space model (Smith, Warrington and Linderman 2023, ICLR), as a cell.
@@ -261,8 +266,11 @@ def s5(
     conj_sym: enforce conjugate symmetry (store P / 2 states, output ``2 Re(C~ h)``).
     dt_min, dt_max: the range ``Delta`` is drawn from, log-uniformly.
     dtype, compute_dtype: the params' dtype and the dtype of the projections and readout
-      (None: the params'). The carry is complex64 (complex128 for float64 params), and the
-      discretisation and the recurrence run in its precision.
+      (None: the params').
+    carry_dtype: the carry's, as every cell's (`jaxrnn.cells.factory`), as its complex
+      counterpart: None gives complex64 (complex128 for float64 params); there is no
+      16-bit complex dtype, so ``jnp.bfloat16`` gives complex64 too. The discretisation
+      and the recurrence run in its precision.
 
   Returns:
     A `Cell` with carry `HiddenCarry(h)`, ``h`` complex ``(*batch, P')``; the output is
@@ -283,7 +291,7 @@ def s5(
   config = dict(locals())  # the factory's arguments
   check_config(config)
   compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
-  coefficients = make_coefficients(compute_dtype)
+  coefficients = make_coefficients(compute_dtype, carry_dtype)
   readout = make_readout(compute_dtype, conj_sym)
   run = linear_scan.sequence(coefficients, readout=readout)
 
@@ -302,9 +310,10 @@ def s5(
   def initial_carry(params, batch_shape=()):
     base.check_params(NAME, params, S5Params, "initial_carry")
     shape = base.as_batch_shape(batch_shape) + (params.state_size,)
-    return HiddenCarry(jnp.zeros(shape, carry_dtype(params)))
+    return HiddenCarry(jnp.zeros(shape, state_dtype(params, carry_dtype)))
 
-  config = dict(config, dtype=base.dtype_name(dtype), compute_dtype=base.dtype_name(compute_dtype))
+  for arg in ("dtype", "carry_dtype", "compute_dtype"):
+    config[arg] = base.dtype_name(config[arg])
   config = tuple(sorted(config.items()))
   init = make_init(dict(config))
   return base.Cell.library(

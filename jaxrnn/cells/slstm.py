@@ -87,11 +87,14 @@ def update(params: SLSTMParams, carry: SLSTMCarry, x: jax.Array, h_mask=None):
   """One sLSTM step, the cell's math in one place: ``(carry, y, SLSTMSaved)``."""
   heads, d = params.w_hh.shape[0], params.w_hh.shape[1]
   batch = carry.h.shape[:-1]
-  h_in = carry.h if h_mask is None else carry.h * h_mask  # recurrent dropout's mask
+  h_in = base.like(carry.h, x)  # the state enters the matmul in the compute dtype
+  h_in = h_in if h_mask is None else h_in * h_mask  # recurrent dropout's mask
   h_heads = h_in.reshape(batch + (heads, d))
   rec = jnp.einsum("...kd,kdgj->...gkj", h_heads, params.w_hh).reshape(batch + (4 * heads * d,))
   raw = base.add_bias(x @ params.w_ih + rec, params.b)
   i_raw, f_raw, z_raw, o_raw = jnp.split(raw, 4, axis=-1)
+  # The stabilizer m and the sums c, n accumulate in the carry's dtype (z, o: the compute one).
+  i_raw, f_raw = base.like(i_raw, carry.m), base.like(f_raw, carry.m)
   # A fresh unit (n = 0) has no memory: log f + m is -inf there, so m' = i_raw, i = 1,
   # f = 0 (xlstm's first step), with no inf or nan in values or gradients.
   log_f = jnp.where(carry.n == 0, -jnp.inf, jax.nn.log_sigmoid(f_raw) + carry.m)
@@ -100,9 +103,9 @@ def update(params: SLSTMParams, carry: SLSTMCarry, x: jax.Array, h_mask=None):
   f = jnp.exp(log_f - m)
   z = jnp.tanh(z_raw)
   o = jax.nn.sigmoid(o_raw)
-  c = f * carry.c + i * z
+  c = f * carry.c + i * base.like(z, carry.c)
   n = f * carry.n + i
-  h = o * (c / n)
+  h = o * base.like(c / n, o)
   to_i = jnp.where(i_raw == m, jnp.where(log_f == m, 0.5, 1.0), 0.0).astype(m.dtype)
   saved = SLSTMSaved(i, f, z, o, to_i, jax.nn.sigmoid(-f_raw))
   return SLSTMCarry(h, c, n, m), h, saved
@@ -188,6 +191,7 @@ def slstm(
   forget_bias: float = 1.0,
   use_bias: bool = True,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The sLSTM cell (Beck et al. 2024, "xLSTM", section 2.2), as xlstm's sLSTM cell.
@@ -232,7 +236,8 @@ def slstm(
     num_heads: the number of heads of the block-diagonal recurrent weights.
     forget_bias: added to ``b[H:2H]`` (the forget slice) by ``init`` only.
     use_bias: whether ``b`` exists.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the carry's (None: float32 for
+      bfloat16 or float16 params) and the step's dtypes (`jaxrnn.cells.factory`).
 
   Returns:
     A `Cell` with carry `SLSTMCarry(h, c, n, m)`, each ``(*batch, H)``, zeros

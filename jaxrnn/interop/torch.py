@@ -71,7 +71,7 @@ def _params(kind: Any, sd: dict[str, np.ndarray], dtype: np.dtype, suffix: str) 
   return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
 
 
-def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Any]:
+def from_torch(module: Any, *, dtype: Any = None, carry_dtype: Any = None) -> tuple[Any, Any]:
   """Converts a PyTorch recurrent module into a jaxrnn model (or cell) and its params.
 
   ``torch.nn.RNN``, ``LSTM`` and ``GRU`` become `jaxrnn.rnn_layers` models with
@@ -87,11 +87,16 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Any]:
   module raises rather than silently losing precision. Outputs and states
   match PyTorch's to an absolute `TOLERANCES` per dtype: 1e-12 (float64),
   1e-5 (float32), 3e-3 (float16), 3e-2 (bfloat16; both round every gate
-  there, at different places).
+  there, at different places). PyTorch keeps a float16 or bfloat16 module's state in
+  that dtype; jaxrnn's carry is float32 by default for such params (``carry_dtype``,
+  docs/dtypes.md), which is more accurate over long sequences: ``carry_dtype=`` the
+  module's dtype reproduces PyTorch's state.
 
   Args:
     module: one of the six modules above.
     dtype: the params' dtype; None (default) keeps the module's.
+    carry_dtype: the cells' ``carry_dtype`` (None: float32 for 16-bit float params, else
+      the params' dtype); ``jnp.bfloat16`` for a bfloat16 module keeps PyTorch's state.
 
   Returns:
     ``(model, params)``: for the layered modules a `SequenceModel` whose
@@ -123,8 +128,9 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Any]:
   if isinstance(module, torch.nn.RNNCellBase) and name in CELL_MODULES:
     kind = CELL_MODULES[name]
     dtype = _dtype(module, dtype)
+    kwargs = dict(dtype=dtype, carry_dtype=carry_dtype)
     cell = kind.factory(
-      int(module.hidden_size), dtype=dtype, **kind.torch.cell_kwargs(_CellAsLayer(module))
+      int(module.hidden_size), **kwargs, **kind.torch.cell_kwargs(_CellAsLayer(module))
     )
     return cell, _params(kind, _state_dict(module, dtype), dtype, "")
   if not isinstance(module, torch.nn.RNNBase) or name not in cells.TORCH:
@@ -140,6 +146,7 @@ def from_torch(module: Any, *, dtype: Any = None) -> tuple[Any, Any]:
     dropout_rate=float(module.dropout),
     time_major=not module.batch_first,
     dtype=dtype,
+    carry_dtype=carry_dtype,
     **kind.torch.cell_kwargs(module),
   )
   sd, params = _state_dict(module, dtype), []

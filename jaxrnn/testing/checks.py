@@ -11,7 +11,7 @@ import numpy as np
 from jax.test_util import check_grads
 
 from jaxrnn import checkpoint, export
-from jaxrnn.cells import kernel
+from jaxrnn.cells import KINDS, base, kernel
 from jaxrnn.layers import recurrent
 from jaxrnn.rnn_stack import rnn_layers
 from jaxrnn.scan import scan
@@ -223,7 +223,8 @@ def check_checkpoint(case: Case) -> str:
 
 def check_dtype(case: Case) -> str:
   """The dtype policy: inputs of another floating dtype are cast to the compute dtype, so
-  they give what the same values in the params' dtype give; the carry keeps its dtype."""
+  they give what the same values in the params' dtype give; the carry keeps its dtype; a
+  registered kind's carry follows ``carry_dtype`` (`_check_carry_dtype`)."""
   dtype = float_dtype(case.params)
   other = jnp.float16 if dtype != jnp.float16 else jnp.float32
   low = case.xs.astype(other)
@@ -244,7 +245,42 @@ def check_dtype(case: Case) -> str:
   tol = dict(rtol=case.rtol, atol=case.atol)
   compare("dtype", got[1], want[1], what="ys", time_axis=1, **tol)
   compare("dtype", got[0], want[0], what="carry", **tol)
+  _check_carry_dtype(case)
   return "passed"
+
+
+def _carry_dtypes(cell, params, xs) -> list:
+  """The dtypes of ``initial_carry``'s leaves and of `scan`'s returned carry's (traced only)."""
+  carry = cell.initial_carry(params, xs.shape[:1])
+  after = jax.eval_shape(lambda p, x, c: scan(cell, p, x, c)[0], params, xs, carry)
+  return [a.dtype for a in jax.tree.leaves(carry)] + [a.dtype for a in jax.tree.leaves(after)]
+
+
+def _check_carry_dtype(case: Case) -> None:
+  """For a registered kind with the default ``carry_dtype``: with bfloat16 params its carry
+  is float32 (complex64 for a complex one), with ``carry_dtype=bfloat16`` bfloat16, and
+  with the case's params their dtype (each through ``initial_carry`` and `scan`)."""
+  config, kind = dict(case.cell.config), KINDS.get(case.cell.name)
+  if kind is None or "carry_dtype" not in config or config["carry_dtype"] is not None:
+    return  # a user's cell, or one that asked for its own carry dtype
+  to16 = lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+  low = jax.tree.map(to16, case.params)
+  runs = (
+    (case.cell, case.params, float_dtype(case.params)),
+    (case.cell, low, jnp.float32),
+    (kind.factory(**dict(config, carry_dtype="bfloat16")), low, jnp.bfloat16),
+  )
+  for cell, params, want in runs:
+    got = _carry_dtypes(cell, params, case.xs)
+    wanted = [
+      base.complex_of(want) if jnp.issubdtype(g, jnp.complexfloating) else want for g in got
+    ]
+    if [jnp.dtype(g) for g in got] != [jnp.dtype(w) for w in wanted]:
+      raise CellCheckError(
+        "dtype",
+        f"with {float_dtype(params).name} params and carry_dtype="
+        f"{dict(cell.config)['carry_dtype']!r} the carry has dtypes {got}; expected {wanted}.",
+      )
 
 
 def check_padding(case: Case) -> str:
