@@ -303,3 +303,12 @@ def test_wrong_carry_and_input_widths_are_value_errors():
     cell.step(params, carry._replace(conv=carry.conv[:, :-1]), jnp.ones((2, 4)))
   with pytest.raises(ValueError, match="input_size=4"):
     cell.step(params, carry, jnp.ones((2, 3)))
+
+
+def test_rnn_layers_takes_mamba_and_refuses_what_its_output_cannot_take():
+  model = jaxrnn.rnn_layers("mamba", 4, num_layers=2, bidirectional=True, state_size=3)
+  assert dict(model.config)["cell_config"] == jaxrnn.mamba(4, state_size=3).config
+  with pytest.raises(ValueError, match="zoneout=0.1: the 'mamba' cell's output is a readout"):
+    jaxrnn.rnn_layers("mamba", 4, zoneout=0.1)  # it would output the zoned SSM state
+  with pytest.raises(ValueError, match="recurrent_dropout=0.1: the 'mamba' cell has no"):
+    jaxrnn.rnn_layers("mamba", 4, recurrent_dropout=0.1)

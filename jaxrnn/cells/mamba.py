@@ -52,6 +52,11 @@ class MambaParams(NamedTuple):
   d: jax.Array
   out_proj: jax.Array
 
+  output_is_hidden = False
+  """The output is the block's readout, not the carry's ``h`` (the SSM state): zoneout,
+  which outputs the zoned ``h``, is refused (`jaxrnn.recurrent`)."""
+  recurrent_weights = ()  # none: recurrent dropout and weight drop are refused
+
   @property
   def input_size(self) -> int:
     """The rows of ``w_in``, or D without a projection."""
