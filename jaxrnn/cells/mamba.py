@@ -372,5 +372,8 @@ KIND = base.CellKind(
   MambaParams,
   MambaCarry,
   None,
-  base.Example((("hidden_size", 4), ("expand", 2), ("state_size", 3)), input_size=3),
+  # small (compile time is most of a check): w_in, a two-input window and resets still met
+  base.Example(
+    (("hidden_size", 4), ("expand", 1), ("state_size", 2), ("conv_width", 3)), input_size=3
+  ),
 )
