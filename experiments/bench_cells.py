@@ -102,7 +102,7 @@ def kernel_name(cell: jaxrnn.Cell, impl: str, method: str | None) -> str:
   """What `jaxrnn.scan` runs for ``cell``: the step loop, a linear scan, or a fused kernel."""
   if impl == "step" or (cell.sequence is None and cell.coefficients is None):
     return "step loop (autodiff)"
-  if cell.name in bench_linear.LINEAR_KINDS or cell.coefficients is not None:
+  if cell.name in (*bench_linear.LINEAR_KINDS, "mamba") or cell.coefficients is not None:
     return f"linear scan, {method or linear_scan.method()}"
   return "fused, hand-written VJP"
 

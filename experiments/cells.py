@@ -7,8 +7,8 @@ global-norm clipping 1, batch ``--batch``, ``--hidden`` units, one seed) and its
 library defaults, with two exceptions written down: the sLSTM has ``HEADS`` heads
 (it needs a head count; xLSTM's default) and the IndRNN the bound ``2 ** (1 / T)`` on
 its recurrent weights (the paper's own setting for this task; see `jaxrnn.indrnn`); a
-cell whose ``h`` is complex (the LRU) is read out from its last output, a real linear map of
-its final ``h`` and input.
+cell whose ``h`` is complex (the LRU) or is not its output (Mamba's SSM state) is read out
+from its last output, a map of its final state and input.
 Nothing is tuned, so nothing is chosen on the test data. Reported per cell: the test
 MSE on 2000 fresh sequences over the baseline 1/6 (predicting the mean), the parameter
 count, and the time of one training step, every cell's compiled step timed in the same
@@ -58,7 +58,8 @@ def loss_and_predict(cell, args):
 
   def predict(params, xs):
     carry, ys = jaxrnn.scan(cell, params["rnn"], xs)
-    h = ys[..., -1, :] if jnp.iscomplexobj(carry.h) else carry.h  # the LRU: its real output
+    last = ys[..., -1, :]  # a complex h (the LRU) or a state wider than H (Mamba): the output
+    h = carry.h if carry.h.shape == last.shape and not jnp.iscomplexobj(carry.h) else last
     return h @ params["w"] + params["b"]
 
   def loss(params, key):

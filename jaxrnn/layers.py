@@ -85,10 +85,11 @@ def recurrent(
     recurrent_dropout=recurrent_dropout,
     weight_drop=weight_drop,
   )
-  if dict(rates).get("zoneout") and cell.readout is not None:
+  if dict(rates).get("zoneout") and not _output_is_hidden(cell):
     raise ValueError(
       f"zoneout={zoneout!r}: the {cell.name!r} cell's output is a readout of its state (it "
-      "declares `readout`); expected a cell whose output is its hidden state, or zoneout=0."
+      "declares `readout`, or its params type `output_is_hidden = False`); expected a cell "
+      "whose output is its hidden state, or zoneout=0."
     )
   settings = pairs(unroll=unroll, remat=remat, impl=impl)
 
@@ -119,6 +120,12 @@ def recurrent(
     time_major=bool(time_major),
     parts=(cell,),
   )
+
+
+def _output_is_hidden(cell: cells.Cell) -> bool:
+  """Whether ``cell``'s output is its carry's ``h`` (what zoneout outputs): not where the
+  cell declares a ``readout``, or its params type ``output_is_hidden = False`` (Mamba's)."""
+  return cell.readout is None and getattr(_params_type(cell), "output_is_hidden", True)
 
 
 def _params_type(cell: cells.Cell) -> type:

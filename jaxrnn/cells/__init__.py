@@ -14,6 +14,7 @@ from jaxrnn.cells import layer_norm_gru as _layer_norm_gru
 from jaxrnn.cells import layer_norm_lstm as _layer_norm_lstm
 from jaxrnn.cells import lru as _lru
 from jaxrnn.cells import lstm as _lstm
+from jaxrnn.cells import mamba as _mamba
 from jaxrnn.cells import mgu as _mgu
 from jaxrnn.cells import min_gru as _min_gru
 from jaxrnn.cells import min_lstm as _min_lstm
@@ -30,6 +31,7 @@ from jaxrnn.cells.layer_norm_gru import LayerNormGRUParams, layer_norm_gru
 from jaxrnn.cells.layer_norm_lstm import LayerNormLSTMParams, layer_norm_lstm
 from jaxrnn.cells.lru import LRUParams, lru
 from jaxrnn.cells.lstm import LSTMParams, lstm
+from jaxrnn.cells.mamba import MambaCarry, MambaParams, mamba
 from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
 from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm
@@ -55,6 +57,7 @@ _MODULES = (
   _lru,
   _rg_lru,
   _s5,
+  _mamba,
 )
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
@@ -85,6 +88,8 @@ __all__ = [
   "LayerNormGRUParams",
   "LayerNormLSTMParams",
   "MGUParams",
+  "MambaCarry",
+  "MambaParams",
   "MinGRUParams",
   "MinLSTMParams",
   "PeepholeLSTMParams",
@@ -102,6 +107,7 @@ __all__ = [
   "layer_norm_lstm",
   "lru",
   "lstm",
+  "mamba",
   "mgu",
   "min_gru",
   "min_lstm",
