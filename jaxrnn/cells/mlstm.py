@@ -16,8 +16,11 @@ EPS = 1e-6
 """Added to the denominator ``max(|n^T q|, exp(-m))``, as xlstm's backends add it."""
 NORM_EPS = 1e-5
 """The output norm's epsilon (xlstm's ``MultiHeadLayerNorm``)."""
-CHUNK_SIZE = 64
-"""The default ``chunk_size``, measured (see `mlstm`)."""
+CHUNK_SIZE = 32
+"""The default ``chunk_size``, measured (see `mlstm`): forward+backward at B=8, T=1024,
+H=256, 4 heads on XLA:CPU (2 shared cores, load about 7), median of 5 interleaved rounds:
+chunks of 16 / 32 / 64 / 128 / 256 took 513 / 494 / 528 / 623 / 855 ms (forward 130 / 157 /
+153 / 195 / 259 ms); 16 to 64 are within the rounds' noise, longer chunks are slower."""
 
 
 class MLSTMParams(NamedTuple):
@@ -230,7 +233,7 @@ def mlstm(
   step's values, stabiliser included; its gradients are JAX's autodiff of that form
   (``impl="step"`` runs the recurrent step instead). The default ``chunk_size`` was
   measured on XLA:CPU (2 shared cores), forward+backward at B=8, T=1024, H=256, 4 heads
-  (median of 5 interleaved rounds): see ``CHUNK_SIZE`` and docs/cells.md.
+  (median of 5 interleaved rounds): see ``CHUNK_SIZE``.
 
   Args:
     hidden_size: H, divisible by ``num_heads``.
