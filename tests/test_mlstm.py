@@ -5,9 +5,10 @@ The references (pinned in the ``dev`` extra): xlstm's PyTorch backends
 and ``chunkwise_simple`` (with an initial state), run in float64 on ``q, k, v, i~, f~``
 computed in PyTorch from the same weights, then its ``MultiHeadLayerNorm``; its
 ``mLSTMCell`` itself, with jaxrnn's input ``x = [q, k, v]`` and identity blocks in
-``w_qkv`` (its gates read ``[q, k, v]``); and mlstm_kernels' JAX parallel kernel
-(``parallel--native_autograd``). Its JAX chunkwise kernels import ``jax_triton`` (a GPU
-package) at import time, so they are not compared here; xlstm's ``chunkwise_simple`` is.
+``w_qkv`` (its gates read ``[q, k, v]``); mlstm_kernels' JAX parallel kernel
+(``parallel--native_autograd``, values and gradients) and its native JAX chunkwise forward
+from a random carry (values and last states), loaded by path because the package's
+``chunkwise/__init__`` imports its Triton kernels (``jax_triton``, a GPU package).
 
 The mapping: head ``k`` of ``q``, ``k``, ``v`` is columns ``[k D:(k+1) D]`` of each
 ``H``-block of ``x @ w_qkv``; the backends' ``c_state`` ``(B, NH, DH, DH)``,
@@ -221,6 +222,39 @@ def test_the_memory_equals_mlstm_kernels_jax_parallel_kernel():
   np.testing.assert_allclose(h, want, **VALUES)
   for got, want in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g), strict=True):
     _close_relative(got, np.asarray(want), "grad")
+
+
+def _mlstm_kernels_chunkwise_fw():
+  """mlstm_kernels' native JAX chunkwise forward, loaded by path: its package's
+  ``__init__`` imports the Triton kernels (``jax_triton``, a GPU package); this file imports
+  only jax and einops."""
+  import importlib.util
+
+  import mlstm_kernels
+
+  path = mlstm_kernels.__path__[0] + "/jax/chunkwise/native/fw.py"
+  spec = importlib.util.spec_from_file_location("mlstm_kernels_chunkwise_native_fw", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.mlstm_chunkwise_fw
+
+
+def test_from_a_carry_the_memory_equals_mlstm_kernels_jax_chunkwise_kernel():
+  cell, p = _params()
+  xs = jax.random.normal(jax.random.key(13), (B, T, I))
+  memory = _memory(_random_carry(cell, p), K)
+  final, h = jax.jit(chunkwise_h, static_argnums=6)(
+    p, memory, jnp.moveaxis(xs, 1, 0), None, None, None, 3
+  )
+  q, k, v, i, f = (jnp.moveaxis(a, 1, 2) for a in project(p, xs))
+  scale = math.sqrt(D)  # it scales the query, not the key: its C and n are sqrt(D) times ours
+  out = _mlstm_kernels_chunkwise_fw()(
+    q, k * scale, v, i, f, memory.C * scale, memory.n * scale, memory.m,
+    chunk_size=4, return_last_states=True,
+  )  # fmt: skip
+  np.testing.assert_allclose(jnp.moveaxis(h, 0, 2), out[0], **VALUES)
+  for got, want in zip((final.C * scale, final.n * scale, final.m), out[3], strict=True):
+    np.testing.assert_allclose(got, want, **VALUES)
 
 
 def test_the_chunkwise_form_equals_the_step_loop_with_lengths_resets_reverse():
