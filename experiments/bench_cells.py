@@ -54,6 +54,7 @@ HEADS = 4  # sLSTM's heads (xLSTM's default), where H allows
 SKIP = ("elman",)
 ARGUMENTS: dict[str, Callable[[int], dict[str, Any]]] = {
   "slstm": lambda h: dict(num_heads=HEADS if h % HEADS == 0 else 1),
+  "mlstm": lambda h: dict(num_heads=HEADS if h % HEADS == 0 else 1),
 }
 CELLS: dict[str, Callable[[int], jaxrnn.Cell]] = {
   name: functools.partial(

@@ -4,11 +4,12 @@ The task and budget of `experiments.adding` (b) at one T (default 100): values U
 one marked value in each half, the target their sum; a linear readout of the final
 ``h``; every cell gets the same budget (``--steps`` Adam steps of learning rate ``--lr``,
 global-norm clipping 1, batch ``--batch``, ``--hidden`` units, one seed) and its
-library defaults, with two exceptions written down: the sLSTM has ``HEADS`` heads
-(it needs a head count; xLSTM's default) and the IndRNN the bound ``2 ** (1 / T)`` on
+library defaults, with two exceptions written down: the sLSTM and the mLSTM have ``HEADS``
+heads (they need a head count; xLSTM's default) and the IndRNN the bound ``2 ** (1 / T)`` on
 its recurrent weights (the paper's own setting for this task; see `jaxrnn.indrnn`); a
 cell whose ``h`` is complex (the LRU) or is not its output (Mamba's SSM state) is read out
-from its last output, a map of its final state and input.
+from its last output, a map of its final state and input, and so is the mLSTM, whose carry
+(its memory) has no ``h``.
 Nothing is tuned, so nothing is chosen on the test data. Reported per cell: the test
 MSE on 2000 fresh sequences over the baseline 1/6 (predicting the mean), the parameter
 count, and the time of one training step, every cell's compiled step timed in the same
@@ -41,6 +42,7 @@ HEADS = 4
 ARGUMENTS: dict[str, Callable[[int, int], dict[str, Any]]] = {
   "indrnn": lambda h, T: dict(recurrent_max=2 ** (1 / T)),
   "slstm": lambda h, T: dict(num_heads=HEADS if h % HEADS == 0 else 1),
+  "mlstm": lambda h, T: dict(num_heads=HEADS if h % HEADS == 0 else 1),
 }
 NAMES = {"elman": "tanh"}  # the rows' names where they differ from the kind's
 # Every registered kind, read from the registry.
@@ -58,8 +60,9 @@ def loss_and_predict(cell, args):
 
   def predict(params, xs):
     carry, ys = jaxrnn.scan(cell, params["rnn"], xs)
-    last = ys[..., -1, :]  # a complex h (the LRU) or a state wider than H (Mamba): the output
-    h = carry.h if carry.h.shape == last.shape and not jnp.iscomplexobj(carry.h) else last
+    last = ys[..., -1, :]  # a complex h (the LRU), a state wider than H (Mamba), no h (mLSTM)
+    real_h = hasattr(carry, "h") and not jnp.iscomplexobj(carry.h)
+    h = carry.h if real_h and carry.h.shape == last.shape else last
     return h @ params["w"] + params["b"]
 
   def loss(params, key):

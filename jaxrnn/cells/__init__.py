@@ -18,6 +18,7 @@ from jaxrnn.cells import mamba as _mamba
 from jaxrnn.cells import mgu as _mgu
 from jaxrnn.cells import min_gru as _min_gru
 from jaxrnn.cells import min_lstm as _min_lstm
+from jaxrnn.cells import mlstm as _mlstm
 from jaxrnn.cells import peephole_lstm as _peephole_lstm
 from jaxrnn.cells import rg_lru as _rg_lru
 from jaxrnn.cells import s5 as _s5
@@ -35,6 +36,7 @@ from jaxrnn.cells.mamba import MambaCarry, MambaParams, mamba
 from jaxrnn.cells.mgu import MGUParams, mgu
 from jaxrnn.cells.min_gru import MinGRUParams, min_gru
 from jaxrnn.cells.min_lstm import MinLSTMParams, min_lstm
+from jaxrnn.cells.mlstm import MLSTMCarry, MLSTMParams, mlstm
 from jaxrnn.cells.peephole_lstm import PeepholeLSTMParams, peephole_lstm
 from jaxrnn.cells.rg_lru import RGLRUCarry, RGLRUParams, rg_lru
 from jaxrnn.cells.s5 import S5Params, s5
@@ -58,6 +60,7 @@ _MODULES = (
   _rg_lru,
   _s5,
   _mamba,
+  _mlstm,
 )
 
 KINDS: dict[str, CellKind] = {m.KIND.name: m.KIND for m in _MODULES}
@@ -90,6 +93,8 @@ __all__ = [
   "MGUParams",
   "MambaCarry",
   "MambaParams",
+  "MLSTMCarry",
+  "MLSTMParams",
   "MinGRUParams",
   "MinLSTMParams",
   "PeepholeLSTMParams",
@@ -111,6 +116,7 @@ __all__ = [
   "mgu",
   "min_gru",
   "min_lstm",
+  "mlstm",
   "peephole_lstm",
   "rg_lru",
   "s5",
