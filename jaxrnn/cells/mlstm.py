@@ -121,9 +121,10 @@ def memory_step(memory: Memory, q, k, v, i, f) -> tuple[Memory, jax.Array]:
 
 def update(params: MLSTMParams, carry: MLSTMCarry, x: jax.Array):
   """One mLSTM step, the cell's math: ``(carry, y, None)``."""
-  q, k, v, i, f = project(params, x)
-  memory, h = memory_step(_memory(carry, params.num_heads), q, k, v, i, f)
-  return _carry(memory), output_norm(params, h), None
+  qkvif = project(params, x)
+  qkvif = (base.like(a, carry.n) for a in qkvif)  # the memory's dtype (``carry_dtype``)
+  memory, h = memory_step(_memory(carry, params.num_heads), *qkvif)
+  return _carry(memory), output_norm(params, base.like(h, x)), None
 
 
 def _chunks(a: jax.Array, L: int, fill: float) -> jax.Array:
@@ -199,6 +200,7 @@ def mlstm(
   chunk_size: int = CHUNK_SIZE,
   use_bias: bool = False,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The mLSTM cell (Beck et al. 2024, "xLSTM", section 2.3), as xlstm's ``mLSTMCell``.
@@ -242,7 +244,8 @@ def mlstm(
       is one chunk).
     use_bias: whether ``b_qkv`` exists (xlstm's ``bias=False`` default); the gates always
       have biases.
-    dtype, compute_dtype: the params' and the step's dtypes (`jaxrnn.cells.factory`).
+    dtype, carry_dtype, compute_dtype: the params', the memory's (None: float32 for 16-bit
+      params) and the step's dtypes (`jaxrnn.cells.builtin`).
 
   Returns:
     A `Cell` with carry `MLSTMCarry(C, n, m)`, zeros initially; the output is ``y``
