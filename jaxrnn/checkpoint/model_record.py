@@ -72,8 +72,8 @@ def model_spec(model: Any) -> dict[str, Any] | None:
     >>> import jaxrnn
     >>> from jaxrnn.checkpoint import model_spec
     >>> model_spec(jaxrnn.gru(8))
-    {'name': 'gru', 'config': {'compute_dtype': None, 'dtype': 'float32', 'hidden_size': 8,
-     'recurrent_init': 'uniform', 'use_bias': True}, 'settings': {}}
+    {'name': 'gru', 'config': {'carry_dtype': None, 'compute_dtype': None, 'dtype': 'float32',
+     'hidden_size': 8, 'recurrent_init': 'uniform', 'use_bias': True}, 'settings': {}}
   """
   if model is None:
     return None
