@@ -92,9 +92,9 @@ class MambaCarry(NamedTuple):
 
 
 def carry_dtype(params: MambaParams) -> Any:
-  """The carry's and the recurrence's dtype: float64 for float64 params, else float32 (a
-  bfloat16 or float16 model keeps its state in float32)."""
-  return _wide(params.a_log.dtype)
+  """The carry's and the recurrence's dtype: `jaxrnn.cells.base.resolve_carry_dtype` of the
+  params' (float32 for bfloat16, float16 and float32 params, float64 for float64)."""
+  return base.resolve_carry_dtype(params.a_log.dtype)
 
 
 def _wide(dtype: Any) -> Any:
