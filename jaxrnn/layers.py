@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxrnn import cells, regularizers
 from jaxrnn.cells.base import PyTree
-from jaxrnn.model import SequenceModel, pairs
+from jaxrnn.model import SequenceModel, apply_options, pairs
 from jaxrnn.scan import IMPLS, scan
 
 
@@ -59,7 +59,10 @@ def recurrent(
 
   Returns:
     A `SequenceModel` whose params and carry are the cell's; its ``step`` is the
-    cell's step (with zoneout's expected mask), or None if ``reverse``.
+    cell's step (with zoneout's expected mask), or None if ``reverse``. Its ``apply``
+    takes `jaxrnn.scan`'s ``reset_carry`` and ``return_carries`` (every step's carry,
+    ``(carry, ys, carries)``; with ``reverse``, the carry after reading step t in
+    reverse order).
 
   Raises:
     ValueError: a bad ``impl`` or rate, or recurrent dropout or weight drop on a
@@ -71,6 +74,10 @@ def recurrent(
     >>> params = model.init(jax.random.key(0), input_size=3)
     >>> carry, ys = model.apply(params, jnp.ones((2, 5, 3)), key=jax.random.key(1))
     >>> ys.shape
+    (2, 5, 8)
+    >>> _, _, carries = model.apply(params, jnp.ones((2, 5, 3)), deterministic=True,
+    ...                             return_carries=True)
+    >>> carries.h.shape                             # the carry after every step
     (2, 5, 8)
   """
   if not isinstance(cell, cells.Cell):
@@ -94,15 +101,25 @@ def recurrent(
   settings = pairs(unroll=unroll, remat=remat, impl=impl)
 
   def apply(
-    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+    params,
+    xs,
+    carry=None,
+    *,
+    seq_lengths=None,
+    resets=None,
+    key=None,
+    deterministic=False,
+    reset_carry=None,
+    return_carries=False,
   ):
     kw = dict(reverse=reverse, time_major=time_major, **dict(settings))
+    kw.update(resets=resets, reset_carry=reset_carry, return_carries=return_carries)
     if rates:
       xs = jnp.asarray(xs) if not isinstance(xs, jax.Array | jax.core.Tracer) else xs
       params, xs, kw["noise"] = regularizers.draw(
         cell, rates, params, xs, key, deterministic, time_major
       )
-    return scan(cell, params, xs, carry, seq_lengths=seq_lengths, resets=resets, **kw)
+    return scan(cell, params, xs, carry, seq_lengths=seq_lengths, **kw)
 
   config = pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
   config = tuple(sorted(config + rates))  # only the rates set: plain layers keep their config
@@ -160,7 +177,11 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
 
   Returns:
     A `SequenceModel` with `BidirectionalParams` and `BidirectionalCarry`,
-    outputs ``(..., F_forward + F_backward)``.
+    outputs ``(..., F_forward + F_backward)``. With ``return_carries=True`` its
+    ``apply`` returns ``(carry, ys, carries)``, ``carries`` a `BidirectionalCarry` of
+    each direction's own: the forward one's at t after reading steps 0..t, the
+    backward one's after reading steps ``T_b - 1`` down to t (its own order; past a
+    row's length, its initial carry). ``reset_carry`` is a `BidirectionalCarry` too.
 
   Raises:
     ValueError: if the two disagree on ``time_major``.
@@ -195,17 +216,31 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
     )
 
   def apply(
-    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+    params,
+    xs,
+    carry=None,
+    *,
+    seq_lengths=None,
+    resets=None,
+    key=None,
+    deterministic=False,
+    reset_carry=None,
+    return_carries=False,
   ):
-    if carry is None:
-      carry = BidirectionalCarry(None, None)
+    carry = BidirectionalCarry(None, None) if carry is None else carry
+    restart = BidirectionalCarry(None, None) if reset_carry is None else reset_carry
     k_f = k_b = None
     if key is not None:
       k_f, k_b = jax.random.split(key)
-    kw = dict(seq_lengths=seq_lengths, deterministic=deterministic, **_resets_kw(resets))
-    c_f, y_f = forward.apply(params.forward, xs, carry.forward, key=k_f, **kw)
-    c_b, y_b = backward.apply(params.backward, xs, carry.backward, key=k_b, **kw)
-    return BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
+    outs = []
+    for m, p, c, r, k in zip((forward, backward), params, carry, restart, (k_f, k_b), strict=True):
+      opts = apply_options(m, resets=resets, reset_carry=r, return_carries=return_carries)
+      outs.append(
+        m.apply(p, xs, c, seq_lengths=seq_lengths, key=k, deterministic=deterministic, **opts)
+      )
+    (c_f, y_f, *all_f), (c_b, y_b, *all_b) = outs
+    carry, ys = BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
+    return (carry, ys, BidirectionalCarry(*all_f, *all_b)) if return_carries else (carry, ys)
 
   config = pairs(
     forward=(forward.name, forward.config),
@@ -255,6 +290,11 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
 
   Returns:
     A `SequenceModel` whose params and carry are tuples with one entry per layer.
+    With ``return_carries=True`` its ``apply`` returns ``(carry, ys, carries)``,
+    ``carries`` a tuple of each layer's carries after every step (the structure of the
+    carry, each leaf with a time axis where ``ys`` has it); ``reset_carry`` is a tuple
+    with one carry per layer. A layer whose ``apply`` lacks an option that is asked
+    for raises a `ValueError` naming it.
 
   Raises:
     ValueError: for no layers, a rate outside ``[0, 1)``, mixed layouts, or a
@@ -286,13 +326,20 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     return tuple(m.initial_carry(p, batch_shape) for m, p in zip(layers, params, strict=True))
 
   def apply(
-    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+    params,
+    xs,
+    carry=None,
+    *,
+    seq_lengths=None,
+    resets=None,
+    key=None,
+    deterministic=False,
+    reset_carry=None,
+    return_carries=False,
   ):
     _check_layers("params", params, len(layers))
-    if carry is None:
-      carry = (None,) * len(layers)
-    else:
-      _check_layers("carry", carry, len(layers))
+    carry = _per_layer("carry", carry, len(layers))
+    restart = _per_layer("reset_carry", reset_carry, len(layers))
     active = dropout_rate > 0.0 and not deterministic and len(layers) > 1
     if active and key is None:
       raise ValueError(
@@ -300,14 +347,16 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
         "deterministic=True to evaluate without dropout."
       )
     keys = jax.random.split(key, 2 * len(layers)) if key is not None else [None] * 2 * len(layers)
-    new_carry = []
-    for i, (model, p, c) in enumerate(zip(layers, params, carry, strict=True)):
+    new_carry, carries = [], []
+    for i, (model, p, c, r) in enumerate(zip(layers, params, carry, restart, strict=True)):
       kw = dict(seq_lengths=seq_lengths, key=keys[2 * i], deterministic=deterministic)
-      c, xs = model.apply(p, xs, c, **kw, **_resets_kw(resets))
+      kw.update(apply_options(model, resets=resets, reset_carry=r, return_carries=return_carries))
+      c, xs, *every = model.apply(p, xs, c, **kw)
       new_carry.append(c)
+      carries += every
       if active and i < len(layers) - 1:
         xs = dropout(keys[2 * i + 1], dropout_rate, xs)
-    return tuple(new_carry), xs
+    return (tuple(new_carry), xs, tuple(carries)) if return_carries else (tuple(new_carry), xs)
 
   config = pairs(
     layers=tuple((m.name, m.config) for m in layers),
@@ -329,9 +378,12 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
   )
 
 
-def _resets_kw(resets: Any) -> dict[str, Any]:
-  """``resets`` as a keyword only when given, so a user's ``apply`` without it still works."""
-  return {} if resets is None else {"resets": resets}
+def _per_layer(what: str, tree: Any, n: int) -> Any:
+  """A stack's per-layer ``carry`` or ``reset_carry``: None for every layer if None."""
+  if tree is None:
+    return (None,) * n
+  _check_layers(what, tree, n)
+  return tree
 
 
 def _check_stack(layers: tuple[SequenceModel, ...], dropout_rate: Any) -> bool:

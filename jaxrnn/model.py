@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -27,9 +28,15 @@ class SequenceModel(Static):
   Attributes:
     init: ``init(key, input_size) -> params``.
     apply: ``apply(params, xs, carry=None, *, seq_lengths=None, resets=None,
-      key=None, deterministic=False) -> (carry, ys)`` (see `jaxrnn.scan` for
-      ``seq_lengths`` and ``resets``). ``key`` and ``deterministic`` matter only to
-      models with dropout; a user's ``apply`` may omit ``resets``.
+      key=None, deterministic=False, reset_carry=None, return_carries=False) ->
+      (carry, ys)`` (see `jaxrnn.scan` for ``seq_lengths``, ``resets`` and
+      ``reset_carry``, the carry a reset restarts from, None for the initial carry).
+      ``key`` and ``deterministic`` matter only to models with dropout. With
+      ``return_carries=True`` it returns ``(carry, ys, carries)``: the model's carry
+      after every step, stacked on the time axis of ``ys``, so that ``carries`` at
+      ``t`` passed back as ``carry`` resumes at ``t + 1``. A user's ``apply`` may omit
+      ``resets``, ``reset_carry`` and ``return_carries``: a caller that needs one gets
+      a `ValueError` naming it (`apply_options`).
     initial_carry: ``initial_carry(params, batch_shape=()) -> carry``.
     name: ``"recurrent"``, ``"bidirectional"``, ``"stack"``, ``"rnn_layers"`` or
       a user's name (default ``"custom"``).
@@ -94,12 +101,63 @@ def _apply_from_step(init, initial_carry, step):
   cell = cells.Cell(init, initial_carry, step)
 
   def apply(
-    params, xs, carry=None, *, seq_lengths=None, resets=None, key=None, deterministic=False
+    params,
+    xs,
+    carry=None,
+    *,
+    seq_lengths=None,
+    resets=None,
+    key=None,
+    deterministic=False,
+    reset_carry=None,
+    return_carries=False,
   ):
     del key, deterministic
-    return scan(cell, params, xs, carry, seq_lengths=seq_lengths, resets=resets)
+    kw = dict(seq_lengths=seq_lengths, resets=resets, reset_carry=reset_carry)
+    return scan(cell, params, xs, carry, return_carries=return_carries, **kw)
 
   return apply
+
+
+def apply_options(model: SequenceModel, **options: Any) -> dict[str, Any]:
+  """The optional keywords to pass to ``model.apply``: those set (not None or False).
+
+  A caller (`stack`, `bidirectional`, `jaxrnn.learned_initial_carry`) passes ``resets``,
+  ``reset_carry`` or ``return_carries`` through this, so that a user's ``apply`` without
+  them still runs when they are not needed, and fails loudly when they are.
+
+  Args:
+    model: a `SequenceModel`.
+    **options: keyword arguments for its ``apply``.
+
+  Returns:
+    The options whose value is neither None nor False.
+
+  Raises:
+    ValueError: naming the option and the model when its ``apply`` does not take it.
+
+  Example:
+    >>> import jaxrnn
+    >>> from jaxrnn.model import apply_options
+    >>> apply_options(jaxrnn.recurrent(jaxrnn.gru(4)), resets=None, return_carries=True)
+    {'return_carries': True}
+  """
+  given = {k: v for k, v in options.items() if v is not None and v is not False}
+  if not given:
+    return given
+  try:
+    parameters = inspect.signature(model.apply).parameters
+  except (TypeError, ValueError):  # no signature to read: assume the contract's
+    return given
+  if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    return given
+  for name in given:
+    if name not in parameters:
+      raise ValueError(
+        f"{name}= was given, but the model's apply ({model.name!r}) has no {name} argument; "
+        f"expected apply(params, xs, carry=None, *, ..., {name}=...) (see SequenceModel)."
+      )
+  return given
 
 
 def pairs(**items: Any) -> tuple[tuple[str, Any], ...]:

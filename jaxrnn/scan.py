@@ -80,6 +80,7 @@ def scan(
   resets: jax.Array | None = None,
   noise: kernel.Noise | None = None,
   return_carries: bool = False,
+  reset_carry: PyTree | None = None,
 ) -> tuple[PyTree, jax.Array] | tuple[PyTree, jax.Array, PyTree]:
   """Runs ``cell.step`` over the time axis of ``xs`` with `jax.lax.scan`.
 
@@ -121,6 +122,9 @@ def scan(
       ``carry`` passed in). Each segment is computed exactly as if it were alone,
       with ``reverse`` too (each segment is read backwards on its own), and so are
       gradients. Resets past a row's length are ignored.
+    reset_carry: the carry a reset restarts from, leaves ``(*batch, F)``, or None (the
+      cell's initial carry). Differentiable: `jaxrnn.learned_initial_carry` passes its
+      learned carry here, so that resets restart to it and send it their gradient.
     impl: ``"auto"`` uses the cell's whole-sequence kernel with a hand-written
       VJP when it has one (the built-in cells do; `jaxrnn.cells.kernel`), which
       makes the gradient faster; a cell that declares ``coefficients`` runs as one
@@ -134,7 +138,11 @@ def scan(
       whose kernel does not take noise runs its step loop; ``"fused"`` then raises.
     return_carries: also return the carry after every step (for replay buffers that
       store recurrent states): leaves ``(*batch, T, F)`` (``(T, *batch, F)`` if
-      ``time_major``); past a row's length, its frozen carry. Runs the step loop.
+      ``time_major``); past a row's length, its frozen carry. With ``reverse``,
+      ``carries[t]`` is the carry after reading step t in reverse order (after steps
+      ``T_b - 1`` down to t; past a row's length, where the reverse pass has not yet
+      started, the initial carry). Runs the step loop (the cell's kernel, linear
+      recurrence or chunkwise form computes the same values but keeps no carries).
 
   Returns:
     ``(carry, ys)``: the final carry and the outputs, ``(*batch, T, output_size)``
@@ -187,7 +195,7 @@ def scan(
     valid = mask.reshape(mask.shape + (1,) * (xs_t.ndim - mask.ndim))  # over the features
     xs_t = jnp.where(valid, xs_t, jnp.zeros_like(xs_t))
   resets = _time_resets(resets, mask, batch_shape, length, xs_t.shape[0], time_major, reverse)
-  reset_carry = None if resets is None else cell.initial_carry(params, batch_shape)
+  reset_carry = _reset_carry(cell, params, resets, reset_carry, batch_shape)
   h_mask, keep = check_noise(noise, carry, length, xs_t.shape[0])
   inputs = (xs_t, mask, resets, keep)
   args = (cell, params, carry, inputs, reset_carry, h_mask, reverse, unroll, chunk)
@@ -196,6 +204,17 @@ def scan(
   if not time_major:
     ys = jax.tree.map(lambda y: jnp.moveaxis(y, 0, -2), ys)
   return (carry, *ys) if return_carries else (carry, ys)
+
+
+def _reset_carry(cell, params, resets, reset_carry, batch_shape):
+  """What a reset restarts from: ``reset_carry`` (checked), else the cell's initial carry."""
+  if resets is None:
+    return None
+  if reset_carry is None:
+    return cell.initial_carry(params, batch_shape)
+  params_check.check_carry(cell, params, reset_carry, "scan", "reset_carry")
+  check_carry(reset_carry, batch_shape)
+  return reset_carry
 
 
 def _runner(cell: Cell, impl: str, noise: Any, return_carries: bool):
