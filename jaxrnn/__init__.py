@@ -16,6 +16,7 @@ from jaxrnn.layers import (
   recurrent,
   stack,
 )
+from jaxrnn.learned_carry import LearnedCarryParams, learned_initial_carry
 from jaxrnn.recurrence import linear_recurrence
 from jaxrnn.rnn_stack import rnn_layers
 from jaxrnn.scan import scan
@@ -25,6 +26,7 @@ from jaxrnn.version import __version__ as __version__
 __all__ = [
   "BidirectionalCarry",
   "BidirectionalParams",
+  "LearnedCarryParams",
   "SequenceModel",
   "Stream",
   "bidirectional",
@@ -32,6 +34,7 @@ __all__ = [
   "carry_to_torch",
   "export",
   "from_torch",
+  "learned_initial_carry",
   "linear_recurrence",
   "loop",
   "recurrent",
