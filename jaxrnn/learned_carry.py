@@ -68,7 +68,10 @@ def learned_initial_carry(model: SequenceModel) -> SequenceModel:
     True
   """
   if not isinstance(model, SequenceModel):
-    raise ValueError(f"learned_initial_carry: expected a jaxrnn.SequenceModel, got {model!r}.")
+    raise ValueError(
+      "learned_initial_carry: expected a jaxrnn.SequenceModel (for a Cell, "
+      f"jaxrnn.recurrent(cell)), got {model!r}."
+    )
 
   def init(key, input_size):
     params = model.init(key, input_size)

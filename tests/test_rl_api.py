@@ -130,6 +130,8 @@ def test_a_users_apply_without_an_option_is_an_error_naming_it():
     model.apply(model.init(jax.random.key(0), I), xs, return_carries=True)
   with pytest.raises(ValueError, match="reset_carry= was given, but the model's apply"):
     learned.apply(learned.init(jax.random.key(0), I), xs, resets=RESETS)
+  with pytest.raises(ValueError, match="expected a jaxrnn.SequenceModel"):
+    jaxrnn.learned_initial_carry(cell)  # a cell: wrap jaxrnn.recurrent(cell)
 
 
 def _numpy_elman(params, init, xs, resets):
