@@ -17,9 +17,8 @@ RESETS = np.array(
 LENGTHS = np.array([6, 4])
 
 
-def _xs(seed=1, time_major=False, dtype=jnp.float32):
-  xs = jax.random.normal(jax.random.key(seed), (B, T, I), dtype)
-  return jnp.swapaxes(xs, 0, 1) if time_major else xs
+def _xs():
+  return jax.random.normal(jax.random.key(1), (B, T, I))
 
 
 def _where(flag, a, b):
@@ -58,7 +57,10 @@ def _reverse_loop(step, params, init, xs, resets, lengths):
     carry, ys, carries = _loop(
       step, params, row_init, xs[b : b + 1, :n][:, ::-1], back, np.array([n])
     )
-    pad = lambda a, c, n=n: jnp.concatenate([a[:, ::-1], jnp.repeat(c[:, None], T - n, 1)], 1)  # noqa: E731
+
+    def pad(a, c, n=n):  # back in time order, then the initial carry (or 0) past the length
+      return jnp.concatenate([a[:, ::-1], jnp.repeat(c[:, None], T - n, 1)], 1)
+
     rows.append((carry, pad(ys, jnp.zeros_like(ys[:, 0])), jax.tree.map(pad, carries, row_init)))
   return jax.tree.map(lambda *a: jnp.concatenate(a), *rows)
 
