@@ -18,6 +18,17 @@
 ``"{kind} floor+proj"`` (`with_floor_sums`) is the per-round sum of the `lax.scan` floor and
 the kind's projections, timed in the same round: what a cell must at least do. Targets
 (`FLOOR_TARGET`): each linear cell's default path within 3x of it, forward+backward.
+
+`make bench`'s ``mamba_mlstm`` section (`block_table`, issue 25) times the two cells whose
+state is wider than their output, at the same B, I = H and T: ``mamba`` (the paper's
+expansion 2 and state 16: a ``(B, T, 2 H * 16)`` recurrence), ``mlstm`` (4 heads, its
+default chunkwise form) and ``mlstm parallel`` (one chunk of T: the quadratic form, a
+``(B, 4, T, T)`` decay matrix), beside ``min_gru`` (its default path) timed in the same
+rounds. Each program's memory is read from XLA before it runs (`compile_with_memory`:
+temp + argument + output bytes of the compiled program); one above the budget is reported
+as not run, with what it needs. No JAX peer is timed: the floor+proj ratio does not fit
+(mamba's recurrence is 32x the floor's width, mlstm's is no elementwise recurrence), so a
+row has its milliseconds and its ratio to min_gru in the same round and mode.
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from experiments.timing import Timings, compile_run, compiled_call
+import jaxrnn
+from experiments.timing import Timings, compile_run, compiled_call, interleaved, markdown_table
+from jaxrnn.cells import linear_scan
 
 LINEAR_KINDS = ("min_gru", "min_lstm", "lru", "rg_lru", "s5")
 FLOOR = "floor lax.scan"  # the floor of the targets
@@ -220,3 +233,155 @@ def with_floor_sums(timings: Timings, kernels: dict[str, str]) -> Timings:
       seconds[(f"{kind} floor+proj", mode)] = [f + p for f, p in pairs]
       kernels[f"{kind} floor+proj"] = f"sum per round: {FLOOR} + {kind} proj"
   return Timings(seconds)
+
+
+# ----------------------------------------------------------------------------- mamba, mlstm
+
+BLOCK_SIZES, BLOCK_LENGTHS = dict(B=32, I=256, H=256), (1024, 4096)
+QUICK_BLOCK_SIZES, QUICK_BLOCK_LENGTHS = dict(B=2, I=8, H=8), (16,)
+MLSTM_HEADS = 4  # xlstm's default
+BLOCK_REFERENCE = "min_gru"
+MEMORY_BUDGET_GIB = 8.0  # the default of `make bench`'s --memory-budget
+GIB = 2**30
+BLOCKS: dict[str, Callable[[int, int], Any]] = {  # (H, T) -> cell
+  "mamba": lambda H, T: jaxrnn.mamba(H, expand=2, state_size=16),
+  "mlstm": lambda H, T: jaxrnn.mlstm(H, num_heads=MLSTM_HEADS),
+  "mlstm parallel": lambda H, T: jaxrnn.mlstm(H, num_heads=MLSTM_HEADS, chunk_size=T),
+  BLOCK_REFERENCE: lambda H, T: jaxrnn.min_gru(H),
+}
+
+
+def block_kernel(name: str, cell: Any) -> str:
+  """What `jaxrnn.scan` runs for ``BLOCKS[name]`` on its default path."""
+  if name == "mlstm parallel":
+    return "chunkwise, one chunk of T (quadratic), autodiff"
+  if name == "mlstm":
+    return f"chunkwise, chunks of {dict(cell.config)['chunk_size']}, autodiff"
+  return f"linear scan, {linear_scan.method()}"
+
+
+def compile_with_memory(fwd: Callable, params: Any, xs: jax.Array, mode: str):
+  """``(compiled, args, bytes)``: ``jit(fwd)`` (``"fwd"``) or the gradient of its summed
+  outputs with respect to the params and inputs (``"fwd+bwd"``, as `compile_run`) compiled,
+  not run, and its memory from XLA's ``memory_analysis``: ``dict(temp, argument, output,
+  total, xla_peak)``, ``total`` the sum of the first three."""
+  f = fwd if mode == "fwd" else jax.grad(lambda p, x: jnp.sum(fwd(p, x)), argnums=(0, 1))
+  compiled = jax.jit(f).lower(params, xs).compile()
+  m = compiled.memory_analysis()
+  parts = dict(
+    temp=m.temp_size_in_bytes, argument=m.argument_size_in_bytes, output=m.output_size_in_bytes
+  )
+  return (
+    compiled,
+    (params, xs),
+    parts | dict(total=sum(parts.values()), xla_peak=m.peak_memory_in_bytes),
+  )
+
+
+def block_variants(T: int) -> dict[str, Callable[[int], Any]]:
+  """`BLOCKS` at length ``T``, each a factory of H; without ``mlstm parallel`` where ``T`` is
+  at most the mLSTM's chunk size (one chunk already: the ``mlstm`` row's program)."""
+  chunk = dict(jaxrnn.mlstm(MLSTM_HEADS, num_heads=MLSTM_HEADS).config)["chunk_size"]
+  return {
+    name: functools.partial(factory, T=T)
+    for name, factory in BLOCKS.items()
+    if name != "mlstm parallel" or T > chunk
+  }
+
+
+def block_runs(cfg: dict, budget_bytes: float, seed: int = 0):
+  """``(runs, kernels, memory)`` at ``cfg``: every `block_variants` variant and mode
+  compiled and its memory read; those within ``budget_bytes`` run once (warm), in ``runs``."""
+  k_p, k_x = jax.random.split(jax.random.key(seed))
+  xs = jax.random.normal(k_x, (cfg["B"], cfg["T"], cfg["I"]))
+  runs, kernels, memory = {}, {}, {}
+  for name, factory in block_variants(cfg["T"]).items():
+    cell = factory(cfg["H"])
+    params = jax.jit(cell.init, static_argnums=1)(k_p, cfg["I"])  # one compile, not one per op
+    kernels[name] = block_kernel(name, cell)
+    fwd = functools.partial(lambda cell, p, x: jaxrnn.scan(cell, p, x)[1], cell)
+    for mode in ("fwd", "fwd+bwd"):
+      compiled, args, memory[(name, mode)] = compile_with_memory(fwd, params, xs, mode)
+      if memory[(name, mode)]["total"] <= budget_bytes:
+        runs[(name, mode)] = compiled_call(compiled, *args)
+  return runs, kernels, memory
+
+
+def block_rows(cfg: dict, timings: Timings, kernels: dict, memory: dict, budget_bytes: float):
+  """One row per (variant, mode): its memory, and either its milliseconds, per-round
+  seconds and ``vs_min_gru`` (the median over rounds of its time over `BLOCK_REFERENCE`'s
+  in the same mode and round, with the per-round range) or ``not_run``."""
+  rows = []
+  for (name, mode), mem in memory.items():
+    row = dict(variant=name, mode=mode, kernel=kernels[name], **cfg, memory=mem)
+    row |= dict(memory_gib=mem["total"] / GIB, budget_gib=budget_bytes / GIB)
+    key, ref = (name, mode), (BLOCK_REFERENCE, mode)
+    if key not in timings.seconds:
+      rows.append(row | dict(ms=None, not_run=f"needs {mem['total'] / GIB:.1f} GiB"))
+      continue
+    row |= dict(ms=timings.median(key) * 1e3, round_s=list(timings.seconds[key]))
+    if ref in timings.seconds and name != BLOCK_REFERENCE:
+      ratios = timings.ratios(key, ref)
+      row |= dict(vs_min_gru=timings.ratio(key, ref), vs_min_gru_range=[min(ratios), max(ratios)])
+    rows.append(row)
+  return rows
+
+
+def block_table(
+  rounds: int, quick: bool, budget_gib: float = MEMORY_BUDGET_GIB, batch: int | None = None
+) -> list[dict]:
+  """The ``mamba_mlstm`` section: at each length, `block_runs` timed in one set of rounds
+  (``batch``: B instead of `BLOCK_SIZES`'s, on a full run)."""
+  rows, budget = [], budget_gib * GIB
+  for T in QUICK_BLOCK_LENGTHS if quick else BLOCK_LENGTHS:
+    cfg = dict(QUICK_BLOCK_SIZES if quick else dict(BLOCK_SIZES, B=batch or BLOCK_SIZES["B"]), T=T)
+    runs, kernels, memory = block_runs(cfg, budget)
+    timings = interleaved(runs, rounds) if runs else Timings({})
+    group = block_rows(cfg, timings, kernels, memory, budget)
+    for r in group:
+      took = "not run" if r["ms"] is None else f"{r['ms']:9.2f} ms"
+      ratio = f"  {r['vs_min_gru']:.2f}x min_gru" if "vs_min_gru" in r else ""
+      print(
+        f"mamba_mlstm T={T} B={cfg['B']} {r['variant']:15} {r['mode']:7} {took}{ratio}  "
+        f"{r['memory_gib']:.2f} GiB",
+        flush=True,
+      )
+    rows += group
+  return rows
+
+
+def _block_cell(r: dict | None, what: str) -> str:
+  """A table cell of row ``r``: its ms or ratio, or "not run (needs X GiB)"."""
+  if r is None:
+    return "-"
+  if r["ms"] is None:
+    return f"not run (needs {r['memory_gib']:.1f} GiB)" if what == "ms" else "-"
+  if what == "ms":
+    return f"{r['ms']:.1f}"
+  if "vs_min_gru" not in r:
+    return "-"
+  lo, hi = r["vs_min_gru_range"]
+  return f"{r['vs_min_gru']:.2f}x ({lo:.2f}-{hi:.2f})"
+
+
+def block_markdown(rows: list[dict]) -> str:
+  """The ``mamba_mlstm`` table: one line per (T, B, variant), both modes, memory in GiB."""
+  head = ["T", "B", "variant", "kernel", "fwd ms", "fwd+bwd ms", "fwd / min_gru fwd"]
+  head += ["fwd+bwd / min_gru fwd+bwd", "fwd GiB", "fwd+bwd GiB"]
+  by: dict[tuple, dict[str, dict]] = {}
+  for r in rows:
+    by.setdefault((r["T"], r["B"], r["variant"]), {})[r["mode"]] = r
+  body = []
+  for (T, B, name), d in by.items():
+    f, b = d.get("fwd"), d.get("fwd+bwd")
+    gib = lambda r: "-" if r is None else f"{r['memory_gib']:.2f}"  # noqa: E731
+    body.append(
+      [T, B, name, (f or b)["kernel"], _block_cell(f, "ms"), _block_cell(b, "ms")]
+      + [_block_cell(f, "ratio"), _block_cell(b, "ratio"), gib(f), gib(b)]
+    )
+  budget = rows[0]["budget_gib"] if rows else MEMORY_BUDGET_GIB
+  note = (
+    "Memory: XLA's memory_analysis of each compiled program, temp + argument + output bytes, "
+    f"read before running; a program above the budget ({budget:g} GiB) is not run.\n\n"
+  )
+  return note + markdown_table(head, body, "rrll" + "r" * 6)

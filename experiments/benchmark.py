@@ -18,7 +18,10 @@ the median over rounds, a ratio the median over rounds of that round's ratio):
   linear cells (minGRU, minLSTM, LRU, RG-LRU, S5) at T=1024 and 4096, associative scan,
   sequential loop and step loop, beside the LSTM, memax's LRU, recurrentgemma's RG-LRU, the
   bare recurrence's floors and each cell's projections (see `experiments.bench_cells` and
-  `experiments.bench_linear`).
+  `experiments.bench_linear`);
+- ``mamba_mlstm``: Mamba and the mLSTM (chunkwise and quadratic) at T=1024 and 4096 beside
+  minGRU, each with XLA's memory of its compiled program; a program above
+  ``--memory-budget`` GiB is reported, not run (see `experiments.bench_linear.block_table`).
 
 Writes OUT/benchmark.json, OUT/benchmark.md and OUT/benchmark.png (OUT is ``results/``
 by default). Every row carries its own ``provenance`` (CPU model, CPU count, backend,
@@ -50,7 +53,7 @@ import numpy as np
 from jax import lax
 
 import jaxrnn
-from experiments import bench_cells, bench_streaming
+from experiments import bench_cells, bench_linear, bench_streaming
 from experiments.timing import (
   Timings,
   compile_run,
@@ -534,6 +537,11 @@ def _min_cells(a):
   return bench_cells.min_table(rounds, a.quick), rounds
 
 
+def _mamba_mlstm(a):
+  rounds = 2 if a.quick else a.long_rounds
+  return bench_linear.block_table(rounds, a.quick, a.memory_budget, a.block_batch), rounds
+
+
 SECTIONS = {
   "speed": Section(_speed, lambda r: (r["kind"], r["config"], r["mode"]), speed_markdown),
   "breakdown": Section(_breakdown, lambda r: r["config"], breakdown_markdown),
@@ -547,6 +555,11 @@ SECTIONS = {
   ),
   "min_cells": Section(
     _min_cells, lambda r: (r["T"], r["variant"], r["mode"]), bench_cells.min_markdown
+  ),
+  "mamba_mlstm": Section(
+    _mamba_mlstm,
+    lambda r: (r["T"], r["B"], r["variant"], r["mode"]),
+    bench_linear.block_markdown,
   ),
 }
 
@@ -700,7 +713,21 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
   p.add_argument("--out", help=f"default: {DEFAULT_OUT}/ (a temporary folder with --quick)")
   p.add_argument("--fresh", action="store_true", help="drop OUT's earlier rows instead of merging")
   p.add_argument("--remat-lengths", default="1024,4096,8192")
-  p.add_argument("--long-rounds", type=int, default=3, help="rounds of the min_cells section")
+  p.add_argument(
+    "--long-rounds", type=int, default=3, help="rounds of the min_cells and mamba_mlstm sections"
+  )
+  p.add_argument(
+    "--memory-budget",
+    type=float,
+    default=bench_linear.MEMORY_BUDGET_GIB,
+    help="GiB: a mamba_mlstm program whose compiled memory exceeds it is not run",
+  )
+  p.add_argument(
+    "--block-batch",
+    type=int,
+    default=bench_linear.BLOCK_SIZES["B"],
+    help="B of the mamba_mlstm section (its rows are kept per B)",
+  )
   p.add_argument("--skip", default="", help=f"comma list of sections to skip: {','.join(SECTIONS)}")
   return p, p.parse_args(argv)
 

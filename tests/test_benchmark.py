@@ -113,7 +113,8 @@ def _fake_sections(monkeypatch):
   monkeypatch.setattr(benchmark, "breakdown_table", breakdown_table)
 
 
-FLAGS = ["--kinds", "lstm", "--modes", "fwd", "--skip", "unroll,remat,streaming,cells,min_cells"]
+SKIP = "unroll,remat,streaming,cells,min_cells,mamba_mlstm"
+FLAGS = ["--kinds", "lstm", "--modes", "fwd", "--skip", SKIP]
 
 
 def test_a_partial_rerun_keeps_earlier_rows_and_their_provenance(tmp_path, monkeypatch):
@@ -177,8 +178,7 @@ def test_a_full_run_drops_quick_rows(tmp_path, monkeypatch):
 
 def test_quick_run_end_to_end(tmp_path):
   flags = ["--quick", "--kinds", "lstm", "--modes", "fwd", "--rounds", "1", "--peers", "equinox"]
-  skip = "unroll,remat,streaming,cells,min_cells"
-  result = benchmark.main([*flags, "--skip", skip, "--out", str(tmp_path)])
+  result = benchmark.main([*flags, "--skip", SKIP, "--out", str(tmp_path)])
   assert (tmp_path / "benchmark.png").stat().st_size > 1000
   assert "| lstm | quick | fwd |" in (tmp_path / "benchmark.md").read_text()
   assert {r["impl"] for r in result["speed"]} == {"jaxrnn", "torch", "equinox"}
@@ -255,7 +255,7 @@ def test_cell_sections_quick_end_to_end(tmp_path, monkeypatch):
   few = bench_cells.min_variants(methods=(default,), kinds=("min_gru", "rg_lru"))
   monkeypatch.setattr(bench_cells, "min_variants", lambda: few)
   monkeypatch.setattr(bench_cells, "MODES", ("fwd+bwd",))
-  skip = "speed,breakdown,unroll,remat,streaming"
+  skip = "speed,breakdown,unroll,remat,streaming,mamba_mlstm"
   result = benchmark.main(["--quick", "--rounds", "1", "--skip", skip, "--out", str(tmp_path)])
   assert {(r["variant"], r["mode"]) for r in result["cells"]} == {
     ("lstm", "fwd+bwd"),
@@ -275,3 +275,42 @@ def test_cell_sections_quick_end_to_end(tmp_path, monkeypatch):
   md = (tmp_path / "benchmark.md").read_text()
   assert "| quick | gru | fused, hand-written VJP |" in md and "| 16 | min_gru step |" in md
   assert "| 16 | rg_lru floor+proj |" in md and "| 16 | floor lax.scan |" in md
+
+
+def test_block_rows_from_known_rounds():
+  """mamba and mlstm against min_gru in the same round and mode; a program over the budget
+  is a not-run row with what it needs: worked out by hand."""
+  sec = {("mlstm", "fwd+bwd"): [2.0, 6.0, 3.0], ("min_gru", "fwd+bwd"): [1.0, 2.0, 2.0]}
+  t = Timings(sec)
+  gib = bench_linear.GIB
+  memory = {k: dict(total=gib // 2) for k in sec} | {("mamba", "fwd+bwd"): dict(total=12 * gib)}
+  kernels = {"mlstm": "chunkwise", "min_gru": "linear", "mamba": "linear"}
+  cfg = dict(B=32, I=4, H=4, T=1024)
+  rows = {r["variant"]: r for r in bench_linear.block_rows(cfg, t, kernels, memory, 8 * gib)}
+  m = rows["mlstm"]
+  assert m["vs_min_gru"] == 2.0 and m["vs_min_gru_range"] == [1.5, 3.0]  # 2, 3, 1.5
+  assert m["ms"] == 3000.0 and m["memory_gib"] == 0.5 and "vs_min_gru" not in rows["min_gru"]
+  assert rows["mamba"]["ms"] is None and rows["mamba"]["not_run"] == "needs 12.0 GiB"
+  md = bench_linear.block_markdown(list(rows.values()))
+  assert "| 1024 | 32 | mlstm | chunkwise | - | 3000.0 | - | 2.00x (1.50-3.00) | - | 0.50 |" in md
+  assert "| 1024 | 32 | mamba | linear | - | not run (needs 12.0 GiB) | - | - | - | 12.00 |" in md
+  assert "budget (8 GiB)" in md
+
+
+def test_mamba_mlstm_quick_end_to_end(tmp_path, monkeypatch):
+  """The section's quick run with mamba and min_gru (each variant costs its compiles: the
+  mlstm's kernels are named here, its rows are `test_block_rows_from_known_rounds`')."""
+  assert set(bench_linear.block_variants(16)) == set(bench_linear.BLOCKS) - {"mlstm parallel"}
+  assert "mlstm parallel" in bench_linear.block_variants(1024)  # T=16: one chunk, mlstm's row
+  mlstm = bench_linear.BLOCKS["mlstm"](8, 16)
+  assert bench_linear.block_kernel("mlstm", mlstm) == "chunkwise, chunks of 32, autodiff"
+  few = {k: bench_linear.BLOCKS[k] for k in ("mamba", "min_gru")}
+  monkeypatch.setattr(bench_linear, "BLOCKS", few)
+  skip = "speed,breakdown,unroll,remat,streaming,cells,min_cells"
+  result = benchmark.main(["--quick", "--skip", skip, "--out", str(tmp_path)])
+  rows = {(r["variant"], r["mode"]): r for r in result["mamba_mlstm"]}
+  assert set(rows) == {(v, m) for v in few for m in ("fwd", "fwd+bwd")}
+  assert all(r["ms"] > 0 and r["memory"]["total"] > 0 for r in rows.values())
+  assert "vs_min_gru" in rows[("mamba", "fwd+bwd")] and "vs_min_gru" not in rows[("min_gru", "fwd")]
+  assert rows[("mamba", "fwd")]["kernel"].startswith("linear scan, ")
+  assert "| 16 | 2 | mamba | linear scan, " in (tmp_path / "benchmark.md").read_text()

@@ -91,10 +91,11 @@ class MambaCarry(NamedTuple):
   conv: jax.Array
 
 
-def carry_dtype(params: MambaParams) -> Any:
-  """The carry's and the recurrence's dtype: `jaxrnn.cells.base.resolve_carry_dtype` of the
-  params' (float32 for bfloat16, float16 and float32 params, float64 for float64)."""
-  return base.resolve_carry_dtype(params.a_log.dtype)
+def carry_dtype(params: MambaParams, requested: Any = None) -> Any:
+  """The carry's and the recurrence's dtype: the factory's ``carry_dtype`` (``requested``)
+  resolved for the params (`jaxrnn.cells.base.resolve_carry_dtype`): None gives float32 for
+  bfloat16, float16 and float32 params, float64 for float64."""
+  return base.resolve_carry_dtype(params.a_log.dtype, requested)
 
 
 def _wide(dtype: Any) -> Any:
@@ -146,13 +147,15 @@ def _check_shapes(params: MambaParams, carry: MambaCarry, x: jax.Array) -> None:
     )
 
 
-def _step(params: MambaParams, carry: MambaCarry, x: jax.Array, *, compute_dtype: Any):
+def _step(
+  params: MambaParams, carry: MambaCarry, x: jax.Array, *, compute_dtype: Any, requested: Any
+):
   """One step: the authors' ``Mamba.step``, with the state in `carry_dtype`."""
   base.check_params(NAME, params, MambaParams)
   x = jnp.asarray(x) if not isinstance(x, jax.Array | jax.core.Tracer) else x
   _check_shapes(params, carry, x)
   p, _, x = base.cast_to_compute(NAME, params, (), x, compute_dtype)
-  acc, batch = carry_dtype(params), x.shape[:-1]
+  acc, batch = carry_dtype(params, requested), x.shape[:-1]
   ED, N = p.inner_size, p.state_size
   xb, z = branches(p, x)
   window = carry.conv.reshape(batch + (-1, ED)).astype(xb.dtype)
@@ -165,7 +168,7 @@ def _step(params: MambaParams, carry: MambaCarry, x: jax.Array, *, compute_dtype
   return base.like(new, carry), y
 
 
-def _sequence(compute_dtype: Any):
+def _sequence(compute_dtype: Any, requested: Any):
   """The whole sequence: one convolution (`jaxrnn.cells._conv.sequence`), the selective
   coefficients of every step, one `linear_scan.recurrence` over the ``(T, N, E D * N)``
   states, one readout; run in the order the steps run (time flipped for ``reverse``)."""
@@ -173,7 +176,7 @@ def _sequence(compute_dtype: Any):
   def run(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
     del unroll  # no loop to unroll
     p, _, xs = base.cast_to_compute(NAME, params, (), xs, compute_dtype)
-    acc, (T, n) = carry_dtype(params), xs.shape[:2]
+    acc, (T, n) = carry_dtype(params, requested), xs.shape[:2]
     ED, N = p.inner_size, p.state_size
     if T == 0:
       return carry, jnp.zeros((0, n, p.hidden_size), xs.dtype)
@@ -248,10 +251,10 @@ def _rank(config: dict[str, Any]) -> int:
   return math.ceil(config["hidden_size"] / 16) if rank is None else rank
 
 
-def _initial_carry(params: MambaParams, batch_shape: Any = ()) -> MambaCarry:
+def _initial_carry(params: MambaParams, batch_shape: Any = (), *, requested: Any) -> MambaCarry:
   base.check_params(NAME, params, MambaParams, "initial_carry")
   batch, ED = base.as_batch_shape(batch_shape), params.inner_size
-  dtype, K1 = carry_dtype(params), params.conv_w.shape[-2] - 1
+  dtype, K1 = carry_dtype(params, requested), params.conv_w.shape[-2] - 1
   return MambaCarry(
     jnp.zeros(batch + (ED * params.state_size,), dtype), jnp.zeros(batch + (K1 * ED,), dtype)
   )
@@ -269,6 +272,7 @@ def _check_config(config: dict[str, Any]) -> None:
       f"dt_min={values[0]!r}, dt_max={values[1]!r}, dt_init_floor={values[2]!r}: expected "
       "0 < dt_min <= dt_max and dt_init_floor >= 0."
     )
+  base.check_carry_dtype(config["carry_dtype"])
   for name in ("dtype", "compute_dtype"):
     value = config[name]
     if value is not None and not jnp.issubdtype(jnp.dtype(value), jnp.floating):
@@ -286,6 +290,7 @@ def mamba(
   dt_max: float = 0.1,
   dt_init_floor: float = 1e-4,
   dtype: Any = jnp.float32,
+  carry_dtype: Any = None,
   compute_dtype: Any = None,
 ) -> base.Cell:
   """The Mamba block of Gu and Dao 2023 (section 3.4, figure 3; its selective SSM, S6, is
@@ -336,6 +341,9 @@ def mamba(
     dt_rank: R, the rank of ``Delta``'s projection; None: ``ceil(D / 16)``.
     dt_min, dt_max, dt_init_floor: ``Delta``'s initial range and floor.
     dtype: the params' dtype (real).
+    carry_dtype: the carry's and the recurrence's, as every cell's
+      (`jaxrnn.cells.builtin`): None gives float32 for bfloat16, float16 and float32
+      params, float64 for float64; ``jnp.bfloat16`` keeps a bfloat16 state.
     compute_dtype: the matmuls' dtype; None: the params'.
 
   Returns:
@@ -359,11 +367,12 @@ def mamba(
   config = dict(locals())  # every argument of the factory, as called
   _check_config(config)
   init = functools.partial(_init, config=config)
-  step = functools.partial(_step, compute_dtype=compute_dtype)
-  config = dict(config, dtype=base.dtype_name(dtype), compute_dtype=base.dtype_name(compute_dtype))
-  return base.Cell.library(
-    init, _initial_carry, step, NAME, tuple(sorted(config.items())), _sequence(compute_dtype)
-  )
+  step = functools.partial(_step, compute_dtype=compute_dtype, requested=carry_dtype)
+  initial_carry = functools.partial(_initial_carry, requested=carry_dtype)
+  for arg in ("dtype", "carry_dtype", "compute_dtype"):
+    config[arg] = base.dtype_name(config[arg])
+  sequence = _sequence(compute_dtype, carry_dtype)
+  return base.Cell.library(init, initial_carry, step, NAME, tuple(sorted(config.items())), sequence)
 
 
 KIND = base.CellKind(
