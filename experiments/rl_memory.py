@@ -117,7 +117,8 @@ def dense_init(key, n_in: int, n_out: int, scale: float) -> dict[str, jax.Array]
 
 
 def dense(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-  return x @ p["w"] + p["b"]
+  """``x @ w + b`` on ``x (..., n_in)``, the bias broadcast explicitly (no rank promotion)."""
+  return x @ p["w"] + jnp.expand_dims(p["b"], tuple(range(x.ndim - 1)))
 
 
 def policy(row: str | jaxrnn.Cell, hidden: int) -> Policy:
@@ -404,7 +405,7 @@ def run_row(task: rl_envs.Task, row: str, cfg: Config, keys: jax.Array, args) ->
   pol = policy(row, args.hidden)
   metrics, compile_s, run_s = timed_run(make_train(task, pol, cfg), keys)
   params = jax.eval_shape(lambda k: pol.init(k, task.obs_size, task.num_actions), keys[0])
-  diff, scale = metrics["logit_diff"].max(0), metrics["logit_scale"].max(0)
+  diff, scale = metrics["logit_diff"].max(0), metrics["logit_scale"].max(0).astype(np.float64)
   tolerance = np.maximum(1e-5, 1e-5 * scale)
   steps = len(keys) * cfg.updates * cfg.envs * cfg.rollout
   out = summarise(metrics, cfg.updates) | {
