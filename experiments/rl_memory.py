@@ -474,7 +474,7 @@ def table(results: dict[str, Any], rows: list[str]) -> list[str]:
     body.append(
       (row, *(f"{c['final_mean']:+.2f} ± {c['final_std']:.2f}" for c in cells_))
       + (
-        (float(np.median([c["env_steps_per_s"] for c in cells_])), cells_[0]["params"])
+        (round(float(np.median([c["env_steps_per_s"] for c in cells_]))), cells_[0]["params"])
         if row != "random"
         else ("-", "-")
       )  # fmt: skip
