@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import user_cell
 
-from experiments import rl_envs, rl_memory
+from experiments import harness, rl_envs, rl_memory
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +55,39 @@ def test_quick_run_recomputes_exactly_and_beats_a_random_policy(tmp_path):
   assert not bad, bad
   assert [c["pass"] for c in on_disk["checks"]] == [True] and on_disk["passed"]
   assert (tmp_path / "rl_memory" / "rl_memory.md").read_text().count("\n") == 4
+
+
+@pytest.mark.parametrize("row", ["user's cell", "ff"])  # a kind: the quick run's GRU
+def test_the_policys_apply_is_its_step_loop_with_resets(row):
+  # what PPO's training pass relies on, for a user's Cell, a kind and the feed-forward policy
+  pol = rl_memory.policy(user_cell.leaky(6) if row == "user's cell" else row, 6)
+  params = pol.init(jax.random.key(0), obs_size=3, num_actions=4)
+  T, E = 9, 3
+  obs = jax.random.normal(jax.random.key(1), (T, E, 3))
+  resets = np.zeros((T, E), bool)
+  resets[[0, 4], 0] = resets[7, 2] = True
+  start = jax.tree.map(lambda a: a + 0.1, pol.init_state(params, E))  # a carried-over state
+  state, logits, values, step = start, [], [], jax.jit(pol.step)
+  for t in range(T):
+    state, (lg, v) = step(params, state, obs[t], jnp.asarray(resets[t]))
+    logits.append(lg)
+    values.append(v)
+  got_logits, got_values = jax.jit(pol.apply)(params, start, obs, jnp.asarray(resets))
+  assert got_logits.shape == (T, E, 4) and got_values.shape == (T, E)
+  np.testing.assert_allclose(got_logits, jnp.stack(logits), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got_values, jnp.stack(values), rtol=1e-5, atol=1e-6)
+
+
+def test_spec_flags_and_bad_sizes():
+  spec = rl_memory.SPEC
+  full, quick = harness.parse(spec, []), harness.parse(spec, ["--quick"])
+  assert full.cells == list(rl_memory.ROWS) and full.tasks == list(rl_memory.TASKS)
+  for dest, value in spec.quick.items():
+    assert getattr(quick, dest) == value
+  with pytest.raises(ValueError, match="--minibatches 3: expected a divisor of --envs 32"):
+    rl_memory.config(harness.parse(spec, ["--minibatches", "3"]))
+  with pytest.raises(ValueError, match="task 'Pong'"):
+    rl_envs.make_task("Pong")
 
 
 def _gae_loop(rewards, values, last_value, final_values, terminated, truncated, gamma, lam):
