@@ -24,7 +24,7 @@ $(VENV)/.docs: $(VENV)/.core
 	touch $@
 
 $(VENV)/.experiments: $(VENV)/.core
-	$(PIP) install --quiet -e '.[experiments]'
+	$(PIP) install --quiet -e '.[experiments,rl]'
 	touch $@
 
 run: $(VENV)/.experiments
