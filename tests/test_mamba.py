@@ -18,7 +18,6 @@ and the inputs.
 import functools
 import importlib
 
-import compile_options
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,7 +156,7 @@ def jaxrnn_runs():
     return loss_of(ys, final.h, final.conv, weights), (ys, final)
 
   grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
-  runs = compile_options.jit(lambda *a: {r: grad(*a, r) for r in (False, True)})
+  runs = jax.jit(lambda *a: {r: grad(*a, r) for r in (False, True)})
   return runs(params, carry, xs)
 
 
@@ -220,7 +219,7 @@ def test_streaming_token_by_token_equals_the_whole_sequence():
   equals the whole sequence's outputs and final carry (its default path)."""
   cell, params, xs, carry, _ = setup()
   (_, (ys, final)), _ = jaxrnn_runs()[False]
-  step, initial = compile_options.jit(cell.step), cell.initial_carry(params, (B,))
+  step, initial = jax.jit(cell.step), cell.initial_carry(params, (B,))
   state, outputs = carry, []
   for t in range(T):
     fresh = jax.tree.map(lambda i, c, t=t: jnp.where(RESETS[:, t, None], i, c), initial, state)
@@ -258,7 +257,7 @@ def test_check_grads_float64():
 
 def test_init_is_mamba_simples():
   cell = jaxrnn.mamba(32, state_size=5, dt_min=1e-3, dt_max=1e-1)
-  p = compile_options.jit(cell.init, static_argnums=1)(jax.random.key(0), 32)
+  p = jax.jit(cell.init, static_argnums=1)(jax.random.key(0), 32)
   R = 2  # ceil(32 / 16)
   assert p.w_in is None and p.b_in is None
   shapes = jax.tree.map(jnp.shape, p._replace(w_in=0, b_in=0))
@@ -303,7 +302,7 @@ def test_a_float32_carry_is_closer_to_float32_than_a_bfloat16_one():
   cells = [factory(dtype=jnp.bfloat16, carry_dtype=c) for c in (jnp.bfloat16, None)]
   assert [dict(c.config)["carry_dtype"] for c in cells] == ["bfloat16", None]
 
-  @compile_options.jit
+  @jax.jit
   def errors(low):
     want = jaxrnn.scan(factory(), jax.tree.map(lambda a: a.astype(jnp.float32), low), xs)[0].h
     got = [jaxrnn.scan(cell, low, xs)[0].h for cell in cells]

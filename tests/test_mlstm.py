@@ -18,14 +18,13 @@ The mapping: head ``k`` of ``q``, ``k``, ``v`` is columns ``[k D:(k+1) D]`` of e
 
 Compiling is most of this file's time: the data are drawn by NumPy (nothing compiled), the
 jaxrnn side of the comparisons that share params and inputs is one compiled function
-(`_runs`), and the test functions compile with `compile_options.FAST`.
+(`_runs`); the suite compiles with `processes.TEST_XLA_FLAGS`.
 """
 
 import functools
 import importlib.util
 import math
 
-import compile_options
 import jax
 import jax.numpy as jnp
 import mlstm_kernels
@@ -174,7 +173,7 @@ def _runs():
       chunkwise=chunkwise,
     )
 
-  return compile_options.jit(run)(p, xs, carry)
+  return jax.jit(run)(p, xs, carry)
 
 
 def test_the_step_chained_is_xlstms_recurrent_step_then_its_norm():
@@ -256,7 +255,7 @@ def test_xlstms_mlstm_cell_is_this_cell_on_qkv_with_identity_projections():
   qkv = np.random.default_rng(8).normal(size=(B, T, 3 * H))
   q, k, v = (torch.tensor(a) for a in np.split(qkv, 3, axis=-1))
 
-  @compile_options.jit
+  @jax.jit
   def run(p, xs):  # the sequence, and the step chained
     step = lambda c, x: cell.step(p, c, x)  # noqa: E731
     carry = cell.initial_carry(p, (B,))
@@ -307,7 +306,7 @@ def test_the_chunkwise_form_equals_the_step_loop_with_lengths_resets_reverse():
     final, ys = jaxrnn.scan(cell, p, xs, carry, **kw)
     return jnp.sum(ys * w) + sum(jnp.sum(jnp.sin(c)) for c in final), (final, ys)
 
-  @compile_options.jit
+  @jax.jit
   def both(p, carry, xs):
     grad = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)
     return {(i, r): grad(p, carry, xs, i, r) for i in ("auto", "step") for r in (False, True)}
