@@ -21,9 +21,9 @@ one Mamba seed, not part of the run, showed L = 64 with 4 tokens still on the pl
 after 1500 steps of batch 16, and Induction Heads at T = 64, batch 16, after 800):
 
 - Selective Copying. Paper: L = 4096, 16 data tokens, V = 16, 400K steps. Here: L = 32
-  (+4 markers), 4 data tokens, V = 16; 1500 Adam steps of batch 16.
+  (+4 markers), 4 data tokens, V = 16; 1200 Adam steps of batch 16.
 - Induction Heads. Paper: trained at T = 256, tested from 2^6 to 2^20, V = 16. Here:
-  trained at T = 32, tested at 32 .. 512 (1x .. 16x), V = 16; 800 Adam steps of batch 32.
+  trained at T = 32, tested at 32 .. 512 (1x .. 16x), V = 16; 500 Adam steps of batch 32.
 - Model. Paper and here: 2 layers of width 64. Paper's Mamba: expand 2, state size N = 16;
   here expand 1, N = 8 (a quarter of the states: the CPU budget).
 - Seeds. Here 3 per cell (vmapped), 1 in ``--quick``.
@@ -375,15 +375,15 @@ FLAGS = {
   "seeds": harness.flag(3, "seeds per cell (trained together, vmapped), from --seed on"),
   "copy_length": harness.flag(32, "Selective Copying: positions the data tokens are among"),
   "copy_tokens": harness.flag(4, "Selective Copying: data tokens to recall"),
-  "copy_steps": harness.flag(1500, "Selective Copying: Adam steps"),
+  "copy_steps": harness.flag(1200, "Selective Copying: Adam steps"),
   "copy_batch": harness.flag(16, "Selective Copying: sequences per step and seed"),
   "induction_length": harness.flag(32, "Induction Heads: training length"),
   "test_multiples": harness.flag([1, 2, 4, 8, 16], "Induction Heads: test lengths / training"),
-  "induction_steps": harness.flag(800, "Induction Heads: Adam steps"),
+  "induction_steps": harness.flag(500, "Induction Heads: Adam steps"),
   "induction_batch": harness.flag(32, "Induction Heads: sequences per step and seed"),
   "hidden": harness.flag(64, "width of both layers and the embedding"),
   "lr": harness.flag(3e-3, "Adam learning rate"),
-  "test_size": harness.flag(512, "test (and validation) sequences per length"),
+  "test_size": harness.flag(256, "test (and validation) sequences per length"),
   "eval_chunk": harness.flag(128, "sequences per evaluation call at the training length"),
 }
 # Both tasks at the same shapes (T = 8, batch 8): one compiled train step serves both.
