@@ -16,30 +16,32 @@ whose recurrence depends on the input (selective: S6, Mamba) from time-invariant
   the fraction of final-token predictions right (chance 1/15). Trained at
   ``--induction-length``, tested at 1x to 16x that length (``--test-multiples``).
 
-The paper's setup beside this run's (scaled to a shared, loaded 2-core CPU; a probe of
-one Mamba seed, not part of the run, showed L = 64 with 4 tokens still on the plateau
-after 1500 steps of batch 16, and Induction Heads at T = 64, batch 16, after 800):
+The paper's setup beside this run's (scaled to a shared, loaded 2-core CPU; probes of one
+seed of a smaller Mamba (expand 1, N = 8), not part of the run, showed L = 64 with 4
+tokens still on the plateau after 1500 steps of batch 16, and Induction Heads at T = 64
+after 800 steps of batch 16):
 
 - Selective Copying. Paper: L = 4096, 16 data tokens, V = 16, 400K steps. Here: L = 32
   (+4 markers), 4 data tokens, V = 16; 1200 Adam steps of batch 16.
 - Induction Heads. Paper: trained at T = 256, tested from 2^6 to 2^20, V = 16. Here:
   trained at T = 32, tested at 32 .. 512 (1x .. 16x), V = 16; 500 Adam steps of batch 32.
-- Model. Paper and here: 2 layers of width 64. Paper's Mamba: expand 2, state size N = 16;
-  here expand 1, N = 8 (a quarter of the states: the CPU budget).
+- Model. Paper and here: 2 layers of width 64; Mamba with expand 2, state size N = 16 and
+  a width-4 convolution (the paper's and `jaxrnn.mamba`'s defaults).
 - Seeds. Here 3 per cell (vmapped), 1 in ``--quick``.
 
 The model of every cell is an embedding (V -> 64), ``jaxrnn.rnn_layers(kind, 64,
 num_layers=2)`` and a linear head to V logits at each step; its arguments beyond the
-width are written down in `CELL_ARGUMENTS` (Mamba above; S5 a state size of 64; the mLSTM
-4 heads, as `experiments.cells`; everything else the library's defaults). Unlike the
-paper's blocks there is no nonlinearity, normalisation or residual between the two
-layers: each ``rnn_layers`` layer is the cell alone, so the LRU and S5 stacks are linear
+width are written down in `CELL_ARGUMENTS` (S5 a state size of 64; the mLSTM 4 heads, as
+`experiments.cells`; everything else the library's defaults). Unlike the paper's blocks
+there is no nonlinearity, normalisation or residual between the two layers: each
+``rnn_layers`` layer is the cell alone, so the LRU and S5 stacks are linear
 time-invariant maps from embeddings to logits. Training: Adam (``--lr`` 3e-3), global-norm
 clipping 1, cross-entropy at the recall steps only, a fresh batch every step from
 ``fold_in(key, step)``; the seeds of one cell train in one vmapped step. Nothing is tuned:
 every cell gets the same budget, and the validation accuracy (a fresh set from the
-training generator under its own key) is recorded beside the test accuracy (sets
-from separate keys, `TEST_KEY`), which plays no part in any choice.
+training generator under its own key) is recorded beside the test accuracy (sets from
+separate keys, `TEST_KEY`; ``--test-size`` sequences per length), which plays no part in
+any choice.
 
 Checks, each with the paper's number beside it: Mamba's mean selective-copying accuracy
 at least 0.9 (paper: 99.8% for Mamba with S6); the time-invariant cells (LRU, S5) each at
