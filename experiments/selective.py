@@ -184,10 +184,10 @@ def seeds_step(kind, hidden, lr):
   return opt, jax.jit(step_all)
 
 
-def train_seeds(kind, task, args, seeds, steps, batch):
+def train_seeds(kind, name, task, args, seeds, steps, batch):
   """Trains one model per seed (vmapped) on ``task``'s batches of ``batch`` (``task``: a
-  generator and its sizes, `make_batch`); returns ``(logits_fn, params, keys)``: params
-  stacked over the seeds, ``keys[:, 2]`` each seed's validation key."""
+  generator and its sizes, `make_batch`), as run ``NAME-KIND``; returns ``(logits_fn,
+  params, keys)``: params stacked over the seeds, ``keys[:, 2]`` each seed's validation key."""
   _, init, logits_fn = make_model(kind, args.hidden)
   opt, step = seeds_step(kind, args.hidden, args.lr)
   keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(jnp.asarray(seeds))
@@ -195,7 +195,6 @@ def train_seeds(kind, task, args, seeds, steps, batch):
   data = jax.jit(
     jax.vmap(lambda k, i: make_batch(task, jax.random.fold_in(k, i), batch), (0, None))
   )
-  name = task[0].__name__.split("_")[0]
   config = dict(kind=kind, seeds=list(seeds), lr=args.lr, task=name, sizes=list(task[1]))
   config |= dict(steps=steps, batch=batch, hidden=args.hidden)
   state = training.fit(
@@ -232,7 +231,9 @@ def accuracy(logits_fn, params, key, task, size, chunk) -> list[float]:
 def run_copying(kind, args, seeds):
   """Selective Copying for ``kind``: per-seed validation and test accuracy."""
   task = (copying_batch, (args.copy_length, args.copy_tokens))
-  logits_fn, params, keys = train_seeds(kind, task, args, seeds, args.copy_steps, args.copy_batch)
+  logits_fn, params, keys = train_seeds(
+    kind, "copy", task, args, seeds, args.copy_steps, args.copy_batch
+  )
   n, c = args.test_size, args.eval_chunk
   val = accuracy(logits_fn, params, keys[0, 2], task, n, c)
   test = accuracy(logits_fn, params, jax.random.key(TEST_KEY + seeds[0]), task, n, c)
@@ -245,7 +246,7 @@ def run_induction(kind, args, seeds):
   train_len = args.induction_length
   task = (induction_batch, (train_len,))
   logits_fn, params, keys = train_seeds(
-    kind, task, args, seeds, args.induction_steps, args.induction_batch
+    kind, "induction", task, args, seeds, args.induction_steps, args.induction_batch
   )
   n, c = args.test_size, args.eval_chunk
   val = accuracy(logits_fn, params, keys[0, 2], task, n, c)
