@@ -82,3 +82,17 @@ def test_selective_quick(tmp_path):
   assert res["paper"]["copying"]["Mamba + S6"] == 0.998
   for png in ("selective_copying.png", "induction_heads.png"):
     assert (tmp_path / "selective" / png).stat().st_size > 0
+
+
+def test_selective_is_a_spec_whose_quick_sizes_are_its_flags():
+  from experiments import all as run_all
+  from experiments import harness
+
+  spec = selective.SPEC
+  assert spec.name == selective.NAME == "selective" and selective.main == spec.main
+  assert "selective" in run_all.EXPERIMENTS
+  full, quick = harness.parse(spec, []), harness.parse(spec, ["--quick"])
+  for dest, value in spec.quick.items():
+    assert hasattr(full, dest) and getattr(quick, dest) == value
+  assert full.cells == list(selective.CELLS) and full.seeds == 3 and full.selective == "mamba"
+  assert max(full.test_multiples) >= 16  # tested at 16x the training length at least
