@@ -1,14 +1,14 @@
 """`make experiments`: every experiment at full size, then ``OUT/summary.json`` and ``.md``.
 
 Runs, in order, ``vanishing``, ``adding``, ``copy``, ``sunspots``, ``digits``,
-``charlm``, ``ucr``, ``packing`` and ``rl_memory`` (each also ``python -m
-experiments.NAME``), each writing ``OUT/NAME/NAME.json`` and ``.png``, and collects
-their checks into one table: our number, the reference, its source, PASS or FAIL.
-OUT is ``runs/`` (git-ignored) unless ``--out`` names another; ``--out results``
-(``make results``) regenerates the committed results. An experiment that raises
-is recorded as an error and the others still run. Training runs checkpoint under
-``OUT/NAME/checkpoints/`` (git-ignored), so an interrupted ``make experiments``
-started again resumes where it stopped; a finished run is restored, not retrained.
+``charlm``, ``ucr``, ``packing``, ``selective`` and ``rl_memory`` (each also ``python -m
+experiments.NAME``), each writing ``OUT/NAME/NAME.json`` and its plots, and collects
+their checks into one table: our number, the reference, its source, PASS or FAIL. OUT
+is ``runs/`` (git-ignored) unless ``--out`` names another; ``--out results`` (``make
+results``) regenerates the committed results. An experiment that raises is recorded as an
+error and the others still run. Training runs checkpoint under ``OUT/NAME/checkpoints/``
+(git-ignored), so an interrupted ``make experiments`` started again resumes
+where it stopped; a finished run is restored, not retrained.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ EXPERIMENTS = (
   "charlm",
   "ucr",
   "packing",
+  "selective",
   "rl_memory",
 )
 
