@@ -15,7 +15,7 @@ from jax import lax
 from jaxrnn.cells import _conv, base, linear_scan
 
 NAME = "mamba"
-CHUNK_SIZE = 64
+CHUNK_SIZE = 32
 """The default ``chunk_size`` of `jaxrnn.mamba`'s whole-sequence path."""
 
 
