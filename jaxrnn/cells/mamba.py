@@ -10,13 +10,17 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxrnn.cells import _conv, base, linear_scan
+from jaxrnn.cells import _conv, _selective_scan, base
 
 NAME = "mamba"
 CHUNK_SIZE = 32
-"""The default ``chunk_size`` of `jaxrnn.mamba`'s whole-sequence path."""
+"""The default ``chunk_size`` of `jaxrnn.mamba`'s whole-sequence path, measured on a shared
+2-core XLA:CPU (H=256, E=2, N=16, T=1024; medians of 2-3 interleaved rounds): forward+backward
+at B=8, chunks of 16 / 32 / 64 took 2.2 / 2.5 / 2.7 s, at B=32 chunks of 8 / 16 / 32 / 64
+8.2 / 10.4 / 8.9 / 10.6 s (within the rounds' noise); at H=32, B=8, T=128 (the RL
+experiment's minibatch) 16 / 32 / 64 took 17-31 / 18-24 / 19-20 ms and one chunk of 128
+66-121 ms. Memory grows with it (B=8: 0.47 / 0.48 / 0.56 GiB)."""
 
 
 class MambaParams(NamedTuple):
@@ -128,25 +132,9 @@ def selection(params: MambaParams, xc: jax.Array, acc: Any):
   return delta, b, c
 
 
-def discretize(params: MambaParams, delta: jax.Array, b: jax.Array, xc: jax.Array, acc: Any):
-  """``(exp(Delta A), Delta B xc)``, each ``(..., E D, N)`` in ``acc``, from `selection`'s
-  ``Delta`` and ``B`` and the branch ``xc``."""
-  a = -jnp.exp(params.a_log.astype(acc))
-  delta = delta[..., None]
-  d_a = jnp.exp(delta * jnp.reshape(a, (1,) * (delta.ndim - 2) + a.shape))
-  d_bx = delta * b.astype(acc)[..., None, :] * xc.astype(acc)[..., None]
-  return d_a, d_bx
-
-
-def contract(h: jax.Array, c: jax.Array, like: jax.Array) -> jax.Array:
-  """``C h``: the states ``h`` ``(..., E D, N)`` summed against ``c`` ``(..., N)`` over N,
-  ``(..., E D)`` in ``like``'s dtype."""
-  return jnp.sum(h * c.astype(h.dtype)[..., None, :], axis=-1).astype(like.dtype)
-
-
 def output(params: MambaParams, ch: jax.Array, xc: jax.Array, z: jax.Array):
-  """The block's output ``(..., D)``: ``((C h + D xc) * silu(z)) @ out_proj``, from `contract`'s
-  ``C h`` ``(..., E D)``."""
+  """The block's output ``(..., D)``: ``((C h + D xc) * silu(z)) @ out_proj``, from the
+  contraction ``C h`` ``(..., E D)`` (`jaxrnn.cells._selective_scan.contract`)."""
   y = ch + base.rowwise(params.d, xc) * xc
   return (y * jax.nn.silu(z)) @ params.out_proj
 
@@ -176,65 +164,17 @@ def _step(
   xc, window = _conv.step(xb, window, p.conv_w, p.conv_b)
   xc = jax.nn.silu(xc)
   delta, b, c = selection(p, xc, acc)
-  d_a, d_bx = discretize(p, delta, b, xc, acc)
+  d_a, d_bx = _selective_scan.discretize(p.a_log, delta, b, xc)
   h = d_a * carry.h.reshape(batch + (ED, N)).astype(acc) + d_bx
-  y = output(p, contract(h, c, xc), xc, z)
+  y = output(p, _selective_scan.contract(h, c, xc), xc, z)
   new = MambaCarry(h.reshape(carry.h.shape), window.reshape(carry.conv.shape))
   return base.like(new, carry), y
 
 
-def _pad(v: jax.Array | None, pad: int, fill: bool = False) -> jax.Array | None:
-  """``v`` ``(T, ...)`` extended by ``pad`` steps of ``fill`` (zeros for arrays)."""
-  if v is None or pad == 0:
-    return v
-  return jnp.concatenate([v, jnp.full((pad,) + v.shape[1:], fill, v.dtype)])
-
-
-def states(p: MambaParams, h0, xc, delta, b, c, valid, resets, reset_h, chunk_size: int):
-  """``(C h_t (T, N, E D), the last state (N, E D * N))``: the selective recurrence from
-  ``h0`` ``(N, E D * N)`` in time chunks of ``chunk_size``, contracted with ``C`` chunk by chunk.
-
-  Args:
-    p: the params (in the compute dtype).
-    h0: ``(N, E D * N)``, the state before the first step, in the recurrence's dtype.
-    xc, delta: ``(T, N, E D)``, the convolved branch and `selection`'s ``Delta``.
-    b, c: ``(T, N, N_state)``, `selection`'s ``B`` and ``C``.
-    valid, resets: boolean ``(T, N, 1)`` or None, as `jaxrnn.cells.linear_scan.fold`'s.
-    reset_h: ``(1, N, E D * N)`` with ``resets``, else None.
-    chunk_size: L, the steps per chunk.
-
-  A `jax.lax.scan` over ``ceil(T / L)`` chunks carries ``h``; inside a chunk `discretize`
-  and one `jaxrnn.cells.linear_scan.recurrence` over ``(L, N, E D * N)``, read out at once,
-  so only a chunk's states are live, and `jax.checkpoint` keeps only the chunk boundaries'
-  states for the backward pass. The last chunk is padded with masked steps (``(1, 0)``:
-  the state passes through).
-  """
-  T, acc = xc.shape[0], h0.dtype
-  L = min(chunk_size, T)
-  pad = -T % L
-  if pad and valid is None:
-    valid = jnp.ones(xc.shape[:2] + (1,), jnp.bool_)
-  chunked = [_pad(v, pad) for v in (xc, delta, b, c, valid, resets)]
-  chunked = [None if v is None else v.reshape((-1, L) + v.shape[1:]) for v in chunked]
-
-  @jax.checkpoint
-  def chunk(h, inputs):
-    xc_k, delta_k, b_k, c_k, valid_k, resets_k = inputs
-    d_a, d_bx = discretize(p, delta_k, b_k, xc_k, acc)
-    shape = d_a.shape
-    a_k, b_k = (v.reshape(shape[:2] + (-1,)) for v in (d_a, d_bx))
-    a_k, b_k = linear_scan.fold(a_k, b_k, valid_k, resets_k, reset_h)
-    hs, last = linear_scan.recurrence(a_k, b_k, h, False, linear_scan.method(a_k))
-    return last, contract(hs.reshape(shape), c_k, xc_k)
-
-  last, ch = lax.scan(chunk, h0, tuple(chunked))
-  return ch.reshape((-1,) + ch.shape[2:])[:T], last
-
-
 def _sequence(compute_dtype: Any, requested: Any, chunk_size: int):
   """The whole sequence: one convolution (`jaxrnn.cells._conv.sequence`), the selection of
-  every step, the recurrence in chunks (`states`), one readout; run in the order the steps
-  run (time flipped for ``reverse``)."""
+  every step, the selective scan in chunks (`jaxrnn.cells._selective_scan.chunked`), one
+  readout; run in the order the steps run (time flipped for ``reverse``)."""
 
   def run(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
     del unroll  # no loop to unroll
@@ -255,7 +195,8 @@ def _sequence(compute_dtype: Any, requested: Any, chunk_size: int):
     r = None if resets is None else resets[..., None]
     reset_h = None if resets is None else reset_carry.h[None].astype(acc)
     h0 = carry.h.astype(acc)
-    ch, last = states(p, h0, xc, *selection(p, xc, acc), valid, r, reset_h, chunk_size)
+    delta, b, c = selection(p, xc, acc)
+    ch, last = _selective_scan.chunked(p.a_log, h0, xc, delta, b, c, valid, r, reset_h, chunk_size)
     ys = output(p, ch, xc, z)
     ys = ys if valid is None else jnp.where(valid, ys, jnp.zeros_like(ys))
     new = MambaCarry(last, last_window.reshape(carry.conv.shape))
@@ -409,7 +350,7 @@ def mamba(
       (`jaxrnn.cells.builtin`): None gives float32 for bfloat16, float16 and float32
       params, float64 for float64; ``jnp.bfloat16`` keeps a bfloat16 state.
     compute_dtype: the matmuls' dtype; None: the params'.
-    chunk_size: L, the time steps per chunk of the whole-sequence path (`CHUNK_SIZE`); the
+    chunk_size: L, the time steps per chunk of the whole-sequence path (``CHUNK_SIZE``); the
       values do not depend on it.
 
   Returns:
