@@ -144,11 +144,13 @@ def close(got, want, rtol):
 
 
 @functools.cache
-def jaxrnn_runs():
+def jaxrnn_runs(chunk_size=None):
   """Values and gradients of `jaxrnn.scan` (its default path: the whole-sequence kernel),
   forward and reverse, with lengths and resets, in one compiled function (the registry's
-  ``kernel`` check holds ``impl="step"`` to it; `test_streaming...` the step)."""
+  ``kernel`` check holds ``impl="step"`` to it; `test_streaming...` the step); with
+  ``chunk_size``, of a cell with that ``chunk_size``."""
   cell, params, xs, carry, weights = setup()
+  cell = cell if chunk_size is None else jaxrnn.mamba(**CONFIG, chunk_size=chunk_size)
 
   def loss(params, carry, xs, reverse):
     kw = dict(seq_lengths=LENGTHS, resets=RESETS, reverse=reverse, unroll=1)
@@ -212,6 +214,30 @@ def test_gradients_equal_the_references_finite_differences(reverse):
   close(g_carry.h, want[1], 1e-4)
   close(g_carry.conv, want[2], 1e-4)
   close(g_xs, want[3], 1e-4)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 16])
+def test_chunks_equal_the_reference_when_t_is_not_a_multiple_or_is_smaller(chunk_size):
+  """T = 7 in chunks of 3 (the last one padded with two masked steps) or 16 (one chunk
+  longer than T): values equal the float64 reference, gradients the default path's (held
+  to the reference's finite differences above), forward and reverse."""
+  _, params, xs, carry, _ = setup()
+  p64 = as_dict(params, lambda v: np.asarray(v, np.float64))
+  args = (np.asarray(xs, np.float64), np.asarray(carry.h, np.float64))
+  for reverse in (False, True):
+    want = reference(np, p64, *args, np.asarray(carry.conv, np.float64), LENGTHS, RESETS, reverse)
+    (_, (ys, final)), grads = jaxrnn_runs(chunk_size)[reverse]
+    close(ys, want[0], 1e-5)
+    close(final.h, want[1], 1e-5)
+    close(final.conv, want[2], 1e-5)
+    default_grads = jaxrnn_runs()[reverse][1]
+    for got, default in zip(jax.tree.leaves(grads), jax.tree.leaves(default_grads), strict=True):
+      close(got, default, 1e-5)
+
+
+def test_a_bad_chunk_size_is_a_value_error():
+  with pytest.raises(ValueError, match="chunk_size=0"):
+    jaxrnn.mamba(4, chunk_size=0)
 
 
 def test_streaming_token_by_token_equals_the_whole_sequence():

@@ -11,9 +11,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.cells import _conv, base, linear_scan
+from jaxrnn.cells import _conv, _selective_scan, base
 
 NAME = "mamba"
+CHUNK_SIZE = 32
+"""The default ``chunk_size`` of `jaxrnn.mamba`'s whole-sequence path, measured on a shared
+2-core XLA:CPU (H=256, E=2, N=16, T=1024; medians of 2-3 interleaved rounds): forward+backward
+at B=8, chunks of 16 / 32 / 64 took 2.2 / 2.5 / 2.7 s, at B=32 chunks of 8 / 16 / 32 / 64
+8.2 / 10.4 / 8.9 / 10.6 s (within the rounds' noise); at H=32, B=8, T=128 (the RL
+experiment's minibatch) 16 / 32 / 64 took 17-31 / 18-24 / 19-20 ms and one chunk of 128
+66-121 ms. Memory grows with it (B=8: 0.47 / 0.48 / 0.56 GiB)."""
 
 
 class MambaParams(NamedTuple):
@@ -114,25 +121,20 @@ def branches(params: MambaParams, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return xz[..., : params.inner_size], xz[..., params.inner_size :]
 
 
-def selective(params: MambaParams, xc: jax.Array, acc: Any):
-  """``(exp(Delta A), Delta B xc, C)`` from the convolved branch ``xc`` ``(..., E D)``: the
-  first two ``(..., E D, N)`` in ``acc``, ``C`` ``(..., N)``; ``Delta = softplus(dt_proj(
-  x_proj(xc)[:R]))`` ``(..., E D)``, as ``selective_scan_ref`` with ``delta_softplus``."""
+def selection(params: MambaParams, xc: jax.Array, acc: Any):
+  """``(Delta, B, C)`` from the convolved branch ``xc`` ``(..., E D)``: ``Delta = softplus(
+  dt_proj(x_proj(xc)[:R]))`` ``(..., E D)`` in ``acc``, as ``selective_scan_ref`` with
+  ``delta_softplus``; ``B`` and ``C`` ``(..., N)``."""
   R, N = params.dt_w.shape[-2], params.state_size
   x_dbl = xc @ params.x_proj
   dt, b, c = x_dbl[..., :R], x_dbl[..., R : R + N], x_dbl[..., R + N :]
   delta = jax.nn.softplus(base.add_bias(dt @ params.dt_w, params.dt_b)).astype(acc)
-  a = -jnp.exp(params.a_log.astype(acc))
-  delta = delta[..., None]
-  d_a = jnp.exp(delta * jnp.reshape(a, (1,) * (delta.ndim - 2) + a.shape))
-  d_bx = delta * b.astype(acc)[..., None, :] * xc.astype(acc)[..., None]
-  return d_a, d_bx, c
+  return delta, b, c
 
 
-def output(params: MambaParams, h: jax.Array, xc: jax.Array, z: jax.Array, c: jax.Array):
+def output(params: MambaParams, ch: jax.Array, xc: jax.Array, z: jax.Array):
   """The block's output ``(..., D)``: ``((C h + D xc) * silu(z)) @ out_proj``, from the
-  states ``h`` ``(..., E D, N)``."""
-  ch = jnp.sum(h * c.astype(h.dtype)[..., None, :], axis=-1).astype(xc.dtype)
+  contraction ``C h`` ``(..., E D)`` (`jaxrnn.cells._selective_scan.contract`)."""
   y = ch + base.rowwise(params.d, xc) * xc
   return (y * jax.nn.silu(z)) @ params.out_proj
 
@@ -161,42 +163,41 @@ def _step(
   window = carry.conv.reshape(batch + (-1, ED)).astype(xb.dtype)
   xc, window = _conv.step(xb, window, p.conv_w, p.conv_b)
   xc = jax.nn.silu(xc)
-  d_a, d_bx, c = selective(p, xc, acc)
+  delta, b, c = selection(p, xc, acc)
+  d_a, d_bx = _selective_scan.discretize(p.a_log, delta, b, xc)
   h = d_a * carry.h.reshape(batch + (ED, N)).astype(acc) + d_bx
-  y = output(p, h, xc, z, c)
+  y = output(p, _selective_scan.contract(h, c, xc), xc, z)
   new = MambaCarry(h.reshape(carry.h.shape), window.reshape(carry.conv.shape))
   return base.like(new, carry), y
 
 
-def _sequence(compute_dtype: Any, requested: Any):
-  """The whole sequence: one convolution (`jaxrnn.cells._conv.sequence`), the selective
-  coefficients of every step, one `linear_scan.recurrence` over the ``(T, N, E D * N)``
-  states, one readout; run in the order the steps run (time flipped for ``reverse``)."""
+def _sequence(compute_dtype: Any, requested: Any, chunk_size: int):
+  """The whole sequence: one convolution (`jaxrnn.cells._conv.sequence`), the selection of
+  every step, the selective scan in chunks (`jaxrnn.cells._selective_scan.chunked`), one
+  readout; run in the order the steps run (time flipped for ``reverse``)."""
 
   def run(params, carry, xs, mask, reverse, unroll, resets=None, reset_carry=None):
     del unroll  # no loop to unroll
     p, _, xs = base.cast_to_compute(NAME, params, (), xs, compute_dtype)
     acc, (T, n) = carry_dtype(params, requested), xs.shape[:2]
-    ED, N = p.inner_size, p.state_size
     if T == 0:
       return carry, jnp.zeros((0, n, p.hidden_size), xs.dtype)
     flip = lambda v: v if v is None or not reverse else v[::-1]  # noqa: E731
     xs, mask, resets = flip(xs), flip(mask), flip(resets)
     xb, z = branches(p, xs)
-    window = lambda c: c.conv.reshape(n, -1, ED).astype(xb.dtype)  # noqa: E731
+    window = lambda c: c.conv.reshape(n, -1, p.inner_size).astype(xb.dtype)  # noqa: E731
     reset_window = None if resets is None else window(reset_carry)
     xc, last_window = _conv.sequence(
       xb, window(carry), p.conv_w, p.conv_b, mask, resets, reset_window
     )
     xc = jax.nn.silu(xc)
-    d_a, d_bx, c = selective(p, xc, acc)
     valid = None if mask is None else mask[..., None]
     r = None if resets is None else resets[..., None]
-    reset_h = None if resets is None else reset_carry.h[None]
-    a, b = d_a.reshape(T, n, ED * N), d_bx.reshape(T, n, ED * N)
-    a, b = linear_scan.fold(a, b, valid, r, reset_h)
-    h, last = linear_scan.recurrence(a, b, carry.h.astype(acc), False, linear_scan.method(a))
-    ys = output(p, h.reshape(T, n, ED, N), xc, z, c)
+    reset_h = None if resets is None else reset_carry.h[None].astype(acc)
+    h0 = carry.h.astype(acc)
+    delta, b, c = selection(p, xc, acc)
+    ch, last = _selective_scan.chunked(p.a_log, h0, xc, delta, b, c, valid, r, reset_h, chunk_size)
+    ys = output(p, ch, xc, z)
     ys = ys if valid is None else jnp.where(valid, ys, jnp.zeros_like(ys))
     new = MambaCarry(last, last_window.reshape(carry.conv.shape))
     return base.like(new, carry), flip(ys)
@@ -261,7 +262,7 @@ def _initial_carry(params: MambaParams, batch_shape: Any = (), *, requested: Any
 
 
 def _check_config(config: dict[str, Any]) -> None:
-  for name in ("hidden_size", "expand", "state_size", "conv_width"):
+  for name in ("hidden_size", "expand", "state_size", "conv_width", "chunk_size"):
     base.check_positive(name, config[name])
   base.check_positive("dt_rank", config["dt_rank"], allow_none=True)
   values = [config[k] for k in ("dt_min", "dt_max", "dt_init_floor")]
@@ -292,6 +293,7 @@ def mamba(
   dtype: Any = jnp.float32,
   carry_dtype: Any = None,
   compute_dtype: Any = None,
+  chunk_size: int = CHUNK_SIZE,
 ) -> base.Cell:
   """The Mamba block of Gu and Dao 2023 (section 3.4, figure 3; its selective SSM, S6, is
   section 3.2's algorithm 2), as the authors' ``mamba_simple.Mamba`` computes it::
@@ -319,10 +321,13 @@ def mamba(
 
   The whole sequence (`jaxrnn.scan`'s default path) is one projection over all ``T * N``
   rows, one convolution with the carried window, lengths and resets (gathers, no loop), the
-  selective coefficients of every step and one `jaxrnn.linear_recurrence` over the
-  ``(T, N, E D * N)`` states, then one readout: its memory is that of the states, ``E N``
-  times the input's (the authors' CUDA kernel keeps them in SRAM instead); ``step`` is
-  ``Mamba.step`` and serves streaming and export. The state and the recurrence run in
+  selection (``Delta``, ``B``, ``C``) of every step, then a `jax.lax.scan` over time chunks
+  of ``chunk_size`` steps carrying ``h``: in each chunk the ``(L, N, E D, N)`` coefficients,
+  one `jaxrnn.linear_recurrence` and the contraction ``h C`` at once, under
+  `jax.checkpoint`, so only one chunk's states are live (forward and backward) instead of
+  the whole sequence's, ``E N`` times the input's (the authors' CUDA kernel keeps them in
+  SRAM instead); then one readout. ``step`` is ``Mamba.step`` and serves streaming and
+  export. The state and the recurrence run in
   `carry_dtype` (float32 for bfloat16 params), the matmuls in the compute dtype.
 
   Initialisation (``mamba_simple.Mamba``, section 3.6): ``a_log = log(1, ..., N)`` on every
@@ -345,13 +350,16 @@ def mamba(
       (`jaxrnn.cells.builtin`): None gives float32 for bfloat16, float16 and float32
       params, float64 for float64; ``jnp.bfloat16`` keeps a bfloat16 state.
     compute_dtype: the matmuls' dtype; None: the params'.
+    chunk_size: L, the time steps per chunk of the whole-sequence path (``CHUNK_SIZE``); the
+      values do not depend on it.
 
   Returns:
     A `Cell` with carry `MambaCarry(h, conv)`, ``h`` ``(*batch, E D * N)`` and ``conv``
     ``(*batch, (K - 1) * E D)``, zeros, in `carry_dtype`; output ``(*batch, D)``.
 
   Raises:
-    ValueError: for a non-positive size, ``expand``, ``conv_width`` or ``dt_rank``,
+    ValueError: for a non-positive size, ``expand``, ``conv_width``, ``dt_rank`` or
+      ``chunk_size``,
       ``dt_min``/``dt_max`` not ``0 < dt_min <= dt_max``, or a non-real dtype.
 
   Example:
@@ -371,7 +379,7 @@ def mamba(
   initial_carry = functools.partial(_initial_carry, requested=carry_dtype)
   for arg in ("dtype", "carry_dtype", "compute_dtype"):
     config[arg] = base.dtype_name(config[arg])
-  sequence = _sequence(compute_dtype, carry_dtype)
+  sequence = _sequence(compute_dtype, carry_dtype, chunk_size)
   return base.Cell.library(init, initial_carry, step, NAME, tuple(sorted(config.items())), sequence)
 
 
