@@ -276,4 +276,5 @@ def test_narrow_integer_lengths_give_the_int32_result(rng):
     np.testing.assert_array_equal(narrow[1], wide[1])
   # ...and they are the lengths: row 1 stops after step 120.
   np.testing.assert_array_equal(wide[1][1, 120:], 0.0)
-  np.testing.assert_array_equal(wide[0].h[1], wide[1][1, 119])
+  # (to 1 ulp: the suite's XLA:CPU loop emitters may round the carry and the output apart)
+  np.testing.assert_allclose(wide[0].h[1], wide[1][1, 119], rtol=2e-7, atol=0)
