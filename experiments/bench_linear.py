@@ -257,6 +257,8 @@ def block_kernel(name: str, cell: Any) -> str:
     return "chunkwise, one chunk of T (quadratic), autodiff"
   if name == "mlstm":
     return f"chunkwise, chunks of {dict(cell.config)['chunk_size']}, autodiff"
+  if name == "mamba":
+    return f"linear scan in chunks of {dict(cell.config)['chunk_size']}, {linear_scan.method()}"
   return f"linear scan, {linear_scan.method()}"
 
 
