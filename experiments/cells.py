@@ -43,6 +43,7 @@ ARGUMENTS: dict[str, Callable[[int, int], dict[str, Any]]] = {
   "indrnn": lambda h, T: dict(recurrent_max=2 ** (1 / T)),
   "slstm": lambda h, T: dict(num_heads=HEADS if h % HEADS == 0 else 1),
   "mlstm": lambda h, T: dict(num_heads=HEADS if h % HEADS == 0 else 1),
+  "s5": lambda h, T: dict(state_size=h),  # P = H, as in the selective and RL-memory runs
 }
 NAMES = {"elman": "tanh"}  # the rows' names where they differ from the kind's
 # Every registered kind, read from the registry.
