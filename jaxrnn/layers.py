@@ -92,13 +92,39 @@ def recurrent(
     recurrent_dropout=recurrent_dropout,
     weight_drop=weight_drop,
   )
+  _check_zoneout(cell, rates, zoneout)
+  settings = pairs(unroll=unroll, remat=remat, impl=impl)
+  apply = _scan_apply(cell, rates, settings, reverse, time_major)
+  config = pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
+  config = tuple(sorted(config + rates))  # only the rates set: plain layers keep their config
+  zoned = dict(rates).get("zoneout")
+  step = cell.step if not zoned else regularizers.zoned_step(cell.step, zoned)
+  return SequenceModel.library(
+    cell.init,
+    apply,
+    cell.initial_carry,
+    "recurrent",
+    config,
+    step=None if reverse else step,
+    settings=settings,
+    no_step=REVERSE_REASON if reverse else "",
+    time_major=bool(time_major),
+    parts=(cell,),
+  )
+
+
+def _check_zoneout(cell: cells.Cell, rates: tuple, zoneout: Any) -> None:
+  """Zoneout outputs the zoned ``h``: refused where the cell's output is not its ``h``."""
   if dict(rates).get("zoneout") and not _output_is_hidden(cell):
     raise ValueError(
       f"zoneout={zoneout!r}: the {cell.name!r} cell's output is a readout of its state (it "
       "declares `readout`, or its params type `output_is_hidden = False`); expected a cell "
       "whose output is its hidden state, or zoneout=0."
     )
-  settings = pairs(unroll=unroll, remat=remat, impl=impl)
+
+
+def _scan_apply(cell: cells.Cell, rates: tuple, settings: tuple, reverse: bool, time_major: bool):
+  """`recurrent`'s ``apply``: `jaxrnn.scan` of ``cell``, with the regularizers' masks drawn."""
 
   def apply(
     params,
@@ -121,22 +147,7 @@ def recurrent(
       )
     return scan(cell, params, xs, carry, seq_lengths=seq_lengths, **kw)
 
-  config = pairs(cell=cell.name, cell_config=cell.config, reverse=reverse, time_major=time_major)
-  config = tuple(sorted(config + rates))  # only the rates set: plain layers keep their config
-  zoned = dict(rates).get("zoneout")
-  step = cell.step if not zoned else regularizers.zoned_step(cell.step, zoned)
-  return SequenceModel.library(
-    cell.init,
-    apply,
-    cell.initial_carry,
-    "recurrent",
-    config,
-    step=None if reverse else step,
-    settings=settings,
-    no_step=REVERSE_REASON if reverse else "",
-    time_major=bool(time_major),
-    parts=(cell,),
-  )
+  return apply
 
 
 def _output_is_hidden(cell: cells.Cell) -> bool:
@@ -215,6 +226,30 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
       backward.initial_carry(params.backward, batch_shape),
     )
 
+  apply = _bidirectional_apply(forward, backward)
+
+  config = pairs(
+    forward=(forward.name, forward.config),
+    backward=(backward.name, backward.config),
+    time_major=forward.time_major,
+  )
+  settings = pairs(forward=forward.settings, backward=backward.settings)
+  return SequenceModel.library(
+    init,
+    apply,
+    initial_carry,
+    "bidirectional",
+    config,
+    settings=settings,
+    no_step=BIDIRECTIONAL_REASON,
+    time_major=forward.time_major,
+    parts=(forward, backward),
+  )
+
+
+def _bidirectional_apply(forward: SequenceModel, backward: SequenceModel):
+  """`bidirectional`'s ``apply``: both directions on the same ``xs``, outputs concatenated."""
+
   def apply(
     params,
     xs,
@@ -242,23 +277,7 @@ def bidirectional(forward: SequenceModel, backward: SequenceModel) -> SequenceMo
     carry, ys = BidirectionalCarry(c_f, c_b), jnp.concatenate([y_f, y_b], axis=-1)
     return (carry, ys, BidirectionalCarry(*all_f, *all_b)) if return_carries else (carry, ys)
 
-  config = pairs(
-    forward=(forward.name, forward.config),
-    backward=(backward.name, backward.config),
-    time_major=forward.time_major,
-  )
-  settings = pairs(forward=forward.settings, backward=backward.settings)
-  return SequenceModel.library(
-    init,
-    apply,
-    initial_carry,
-    "bidirectional",
-    config,
-    settings=settings,
-    no_step=BIDIRECTIONAL_REASON,
-    time_major=forward.time_major,
-    parts=(forward, backward),
-  )
+  return apply
 
 
 def _output_size(model: SequenceModel, params: PyTree, input_size: int) -> int:
@@ -340,13 +359,7 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     _check_layers("params", params, len(layers))
     carry = _per_layer("carry", carry, len(layers))
     restart = _per_layer("reset_carry", reset_carry, len(layers))
-    active = dropout_rate > 0.0 and not deterministic and len(layers) > 1
-    if active and key is None:
-      raise ValueError(
-        f"dropout_rate={dropout_rate} needs a key: pass key=... to train, or "
-        "deterministic=True to evaluate without dropout."
-      )
-    keys = jax.random.split(key, 2 * len(layers)) if key is not None else [None] * 2 * len(layers)
+    active, keys = _stack_keys(key, len(layers), dropout_rate, deterministic)
     new_carry, carries = [], []
     for i, (model, p, c, r) in enumerate(zip(layers, params, carry, restart, strict=True)):
       kw = dict(seq_lengths=seq_lengths, key=keys[2 * i], deterministic=deterministic)
@@ -376,6 +389,17 @@ def stack(layers: Sequence[SequenceModel], *, dropout_rate: float = 0.0) -> Sequ
     time_major=time_major,
     parts=layers,
   )
+
+
+def _stack_keys(key: Any, n: int, dropout_rate: float, deterministic: bool) -> tuple[bool, Any]:
+  """Whether a stack of ``n`` layers drops out between them, and two keys per layer."""
+  active = dropout_rate > 0.0 and not deterministic and n > 1
+  if active and key is None:
+    raise ValueError(
+      f"dropout_rate={dropout_rate} needs a key: pass key=... to train, or "
+      "deterministic=True to evaluate without dropout."
+    )
+  return active, jax.random.split(key, 2 * n) if key is not None else [None] * 2 * n
 
 
 def _per_layer(what: str, tree: Any, n: int) -> Any:
